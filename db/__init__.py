@@ -1,0 +1,1 @@
+"""The results database: SQLAlchemy models, engine factory, migrations and queries."""

@@ -1,0 +1,104 @@
+"""Writes and queries on the results table; plain functions over a Session."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from sqlalchemy import func, select
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.orm import Session
+
+from db.models import Result
+
+RESULT_COLUMNS = [c.name for c in Result.__table__.columns]
+
+
+def insert_results(session: Session, rows: Sequence[dict[str, Any]]) -> int:
+    """Insert rows, ignoring any whose event_id is already recorded; returns rows added."""
+    if not rows:
+        return 0
+    dialect = session.get_bind().dialect.name
+    insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
+    stmt = insert(Result).values(list(rows)).on_conflict_do_nothing(index_elements=["event_id"])
+    return session.execute(stmt).rowcount or 0
+
+
+def recorded_event_ids(session: Session, event_ids: Iterable[str]) -> set[str]:
+    ids = list(event_ids)
+    if not ids:
+        return set()
+    return set(session.scalars(select(Result.event_id).where(Result.event_id.in_(ids))))
+
+
+def first_classified_by_sha(session: Session, hashes: Iterable[str]) -> dict[str, Result]:
+    """The earliest classified, non-duplicate row for each sha256."""
+    hs = [h for h in set(hashes) if h]
+    if not hs:
+        return {}
+    rows = session.scalars(
+        select(Result)
+        .where(Result.sha256.in_(hs), Result.status == "classified", Result.duplicate_of.is_(None))
+        .order_by(Result.id)
+    )
+    found: dict[str, Result] = {}
+    for row in rows:
+        found.setdefault(row.sha256, row)
+    return found
+
+
+@dataclass
+class ResultFilter:
+    label: str | None = None
+    status: str | None = None
+    since: datetime | None = None
+    model: str | None = None
+    limit: int = 50
+    offset: int = 0
+
+
+def query_results(session: Session, f: ResultFilter) -> list[Result]:
+    stmt = select(Result)
+    if f.label:
+        stmt = stmt.where(Result.label == f.label)
+    if f.status:
+        stmt = stmt.where(Result.status == f.status)
+    if f.since:
+        stmt = stmt.where(Result.received_at >= f.since)
+    if f.model:
+        stmt = stmt.where(Result.model_version == f.model)
+    stmt = stmt.order_by(Result.id.desc()).offset(f.offset)
+    if f.limit:
+        stmt = stmt.limit(f.limit)
+    return list(session.scalars(stmt))
+
+
+def as_dict(row: Result) -> dict[str, Any]:
+    out = {}
+    for name in RESULT_COLUMNS:
+        value = getattr(row, name)
+        out[name] = value.isoformat() if isinstance(value, datetime) else value
+    return out
+
+
+def stats(session: Session, now: datetime | None = None) -> dict[str, Any]:
+    now = now or datetime.now(UTC)
+    by_status = dict(session.execute(select(Result.status, func.count()).group_by(Result.status)).all())
+    by_label = dict(
+        session.execute(
+            select(Result.label, func.count()).where(Result.label.is_not(None)).group_by(Result.label)
+        ).all()
+    )
+    hour_ago = now - timedelta(hours=1)
+    last_hour = session.scalar(
+        select(func.count()).select_from(Result).where(Result.classified_at >= hour_ago)
+    ) or 0
+    return {
+        "total": sum(by_status.values()),
+        "by_status": by_status,
+        "by_label": by_label,
+        "last_hour": last_hour,
+        "per_minute_last_hour": round(last_hour / 60, 2),
+    }

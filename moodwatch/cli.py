@@ -1,0 +1,324 @@
+"""The ``moodwatch`` command: parses options, calls the library, formats the answer.
+
+Services are imported inside each command, so ``moodwatch watch`` never loads TensorFlow and
+``moodwatch --help`` is instant.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from pathlib import Path
+
+import click
+
+from moodwatch.settings import get_settings
+
+
+def _fail(message: str) -> None:
+    click.echo(f"error: {message}", err=True)
+    sys.exit(2)
+
+
+@click.group()
+@click.option("-v", "--verbose", is_flag=True, help="Log debug messages.")
+def main(verbose: bool) -> None:
+    """moodwatch: classify photos of people as happy or sad.
+
+    \b
+    Example:
+        moodwatch run              # watcher + worker + nightly retraining + review page
+        moodwatch classify a.jpg   # try the current model on a file
+    """
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    # TensorFlow's C++ start-up chatter is noise on a CLI.
+    import os
+
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+
+@main.command()
+@click.option("--data", "data_dir", type=click.Path(path_type=Path), default=None,
+              help="Folder with happy/ and sad/ subfolders (default: MOODWATCH_DATA_DIR).")
+@click.option("--arch", "architecture", default="default", show_default=True,
+              help="Model architecture: default or seed.")
+@click.option("--epochs", default=30, show_default=True, help="Most epochs (early stopping may end sooner).")
+@click.option("--batch-size", default=16, show_default=True)
+@click.option("--patience", default=6, show_default=True, help="Early-stopping patience in epochs.")
+@click.option("--seed", type=int, default=None, help="Split and training seed (default: MOODWATCH_SEED).")
+@click.option("--promote", is_flag=True, help="Make this version current even if it is worse.")
+def train(data_dir, architecture, epochs, batch_size, patience, seed, promote) -> None:
+    """Clean the curated folders, train a new model version, evaluate it, maybe promote it.
+
+    \b
+    Example:
+        moodwatch train --data ../shared/datasets/web-happy-sad --epochs 3
+    """
+    from trainer.dataset import DatasetError
+    from trainer.training import TrainOptions
+    from trainer.training import train as run_training
+
+    settings = get_settings()
+    options = TrainOptions(
+        data_dir=data_dir or settings.data_dir,
+        architecture=architecture,
+        epochs=epochs,
+        batch_size=batch_size,
+        patience=patience,
+        seed=settings.seed if seed is None else seed,
+        force_promote=promote,
+    )
+    try:
+        result = run_training(settings, options)
+    except (DatasetError, ValueError) as exc:
+        _fail(str(exc))
+        return
+    m = result.metrics
+    click.echo(f"cleaning: {result.clean.summary()}")
+    for src, dest, reason in result.clean.quarantined:
+        click.echo(f"  quarantined {src} -> {dest}: {reason}")
+    click.echo(f"version: {result.version.name}  ({result.version.path})")
+    click.echo(
+        f"test ({m['n']} images): accuracy {m['accuracy']:.3f}  precision {m['precision']:.3f}  "
+        f"recall {m['recall']:.3f}  F1 {m['f1']:.3f}"
+    )
+    cm = m["confusion_matrix"]["rows_true_cols_predicted"]
+    click.echo(f"confusion (rows true happy/sad, cols predicted happy/sad): {cm}")
+    if result.current_metrics:
+        c = result.current_metrics
+        click.echo(f"current {c['version']} on the same test files: accuracy {c['accuracy']:.3f}  F1 {c['f1']:.3f}")
+    t = result.timings
+    click.echo(f"time: {t['total_s']:.1f}s total, {t['epoch_s']:.2f}s per epoch")
+    click.echo(("promoted: " if result.promoted else "") + result.reason)
+
+
+@main.command()
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+def models(as_json: bool) -> None:
+    """List model versions with their test metrics; * marks the current one.
+
+    \b
+    Example:
+        moodwatch models
+    """
+    from moodwatch.registry import Registry
+
+    registry = Registry(get_settings().model_dir)
+    current = registry.current_name()
+    rows = []
+    for version in registry.versions():
+        metrics = version.metrics().get("test", {})
+        params = version.params()
+        rows.append({
+            "version": version.name,
+            "current": version.name == current,
+            "architecture": params.get("architecture"),
+            "accuracy": metrics.get("accuracy"),
+            "precision": metrics.get("precision"),
+            "recall": metrics.get("recall"),
+            "f1": metrics.get("f1"),
+            "test_images": metrics.get("n"),
+        })
+    if as_json:
+        click.echo(json.dumps({"versions": rows, "runs": registry.runs()}, indent=2))
+        return
+    if not rows:
+        click.echo(f"no model versions in {registry.root}")
+    for r in rows:
+        fig = lambda k: "-" if r[k] is None else f"{r[k]:.3f}"  # noqa: E731
+        click.echo(
+            f"{'*' if r['current'] else ' '} {r['version']:<44} {r['architecture'] or '?':<8} "
+            f"acc {fig('accuracy')}  prec {fig('precision')}  rec {fig('recall')}  F1 {fig('f1')}"
+        )
+    runs = registry.runs()
+    if runs:
+        click.echo("\ntraining runs (newest last):")
+        for run in runs[-10:]:
+            click.echo(f"  {run.get('at', '?')[:19]}  {run.get('outcome', '?'):<9} "
+                       f"{run.get('version') or '-':<44} {run.get('reason', '')}")
+
+
+@main.command()
+@click.argument("files", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per file.")
+@click.option("--model", "model_version", default=None, help="Version to use (default: current).")
+def classify(files, as_json: bool, model_version: str | None) -> None:
+    """Classify files with the current model, without the service.
+
+    \b
+    Example:
+        moodwatch classify photo1.jpg photo2.png --json
+    """
+    from moodwatch.modelio import ModelLoadError
+    from moodwatch.registry import Registry, RegistryError
+    from worker.inference import Classifier
+
+    settings = get_settings()
+    registry = Registry(settings.model_dir)
+    try:
+        version = registry.get(model_version) if model_version else registry.require_current()
+        classifier = Classifier(version, batch_size=min(32, max(1, len(files))))
+    except (RegistryError, ModelLoadError) as exc:
+        _fail(str(exc))
+        return
+    failed = 0
+    for p in classifier.classify_paths([str(f) for f in files], settings.max_pixels):
+        if as_json:
+            click.echo(json.dumps({"file": p.path, "label": p.label, "confidence": p.confidence,
+                                   "score_sad": p.score, "error": p.error,
+                                   "model": version.name}))
+        elif p.error:
+            click.echo(f"{p.path}: error: {p.error}", err=True)
+        else:
+            click.echo(f"{p.path}: {p.label} ({p.confidence:.1%})")
+        failed += p.error is not None
+    classifier.close()
+    if failed:
+        sys.exit(1)
+
+
+@main.group()
+def db() -> None:
+    """Database commands."""
+
+
+@db.command("upgrade")
+def db_upgrade() -> None:
+    """Apply schema migrations (the service also does this on start).
+
+    \b
+    Example:
+        MOODWATCH_DATABASE_URL=postgresql://postgres@localhost/moodwatch moodwatch db upgrade
+    """
+    from db.migrate import current_revision, upgrade
+
+    url = get_settings().database
+    upgrade(url)
+    click.echo(f"database at revision {current_revision(url)}")
+
+
+def _parse_since(value: str | None):
+    from datetime import UTC, datetime, timedelta
+
+    if not value:
+        return None
+    units = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+    if value[-1] in units and value[:-1].isdigit():
+        return datetime.now(UTC) - timedelta(seconds=int(value[:-1]) * units[value[-1]])
+    try:
+        when = datetime.fromisoformat(value)
+    except ValueError:
+        raise click.BadParameter("use an ISO date/time or a span like 30m, 2h, 7d") from None
+    return when if when.tzinfo else when.astimezone()
+
+
+@main.command()
+@click.option("--label", type=click.Choice(["happy", "sad"]), help="Only this label.")
+@click.option("--status", type=click.Choice(["classified", "rejected", "failed"]), help="Only this status.")
+@click.option("--since", help="Received since an ISO time or a span ago (30m, 2h, 7d).")
+@click.option("--model", "model_version", help="Only rows classified by this model version.")
+@click.option("--limit", default=50, show_default=True, help="Most rows, newest first; 0 = all.")
+@click.option("--format", "fmt", type=click.Choice(["table", "csv", "json"]), default="table",
+              show_default=True)
+def results(label, status, since, model_version, limit, fmt) -> None:
+    """Query the results table.
+
+    \b
+    Example:
+        moodwatch results --label sad --since 2h --format csv
+    """
+    from db.engine import make_engine, make_sessionmaker
+    from db.migrate import upgrade
+    from db.repository import RESULT_COLUMNS, ResultFilter, as_dict, query_results
+
+    settings = get_settings()
+    upgrade(settings.database)
+    sessions = make_sessionmaker(make_engine(settings.database))
+    f = ResultFilter(label=label, status=status, since=_parse_since(since), model=model_version,
+                     limit=limit)
+    with sessions() as session:
+        rows = [as_dict(r) for r in query_results(session, f)]
+    if fmt == "json":
+        click.echo(json.dumps(rows, indent=2))
+    elif fmt == "csv":
+        import csv
+
+        writer = csv.DictWriter(sys.stdout, fieldnames=RESULT_COLUMNS)
+        writer.writeheader()
+        writer.writerows(rows)
+    else:
+        cols = ["id", "status", "label", "confidence", "model_version", "received_at", "file_name", "error"]
+        click.echo("  ".join(f"{c:<10}" for c in cols))
+        for r in rows:
+            conf = "" if r["confidence"] is None else f"{r['confidence']:.3f}"
+            vals = [r["id"], r["status"], r["label"] or "", conf, r["model_version"] or "",
+                    (r["received_at"] or "")[:19], r["file_name"], r["error"] or ""]
+            click.echo("  ".join(f"{str(v):<10}" for v in vals))
+
+
+@main.command()
+@click.option("--json", "as_json", is_flag=True)
+def stats(as_json: bool) -> None:
+    """Counts per label and status, and throughput over the last hour.
+
+    \b
+    Example:
+        moodwatch stats --json
+    """
+    from db.engine import make_engine, make_sessionmaker
+    from db.migrate import upgrade
+    from db.repository import stats as compute
+
+    settings = get_settings()
+    upgrade(settings.database)
+    with make_sessionmaker(make_engine(settings.database))() as session:
+        s = compute(session)
+    if as_json:
+        click.echo(json.dumps(s, indent=2))
+        return
+    click.echo(f"total rows: {s['total']}")
+    for k, v in sorted(s["by_status"].items()):
+        click.echo(f"  status {k:<11} {v}")
+    for k, v in sorted(s["by_label"].items()):
+        click.echo(f"  label  {k:<11} {v}")
+    click.echo(f"last hour: {s['last_hour']} classified ({s['per_minute_last_hour']}/min)")
+
+
+@main.command()
+@click.option("-c", "--concurrency", type=int, default=None,
+              help="Worker processes (default: MOODWATCH_WORKER_CONCURRENCY, 2).")
+@click.option("-Q", "--queues", default="classify,training", show_default=True)
+@click.option("--loglevel", default="INFO", show_default=True)
+@click.option("-n", "--hostname", default=None, help="Celery node name (default worker@%h).")
+def worker(concurrency, queues, loglevel, hostname) -> None:
+    """Run a Celery worker: batched classification, and the training queue.
+
+    \b
+    Example:
+        MOODWATCH_BROKER_URL=redis://localhost:6379/0 moodwatch worker -c 2
+    """
+    import os
+
+    from db.migrate import upgrade
+
+    settings = get_settings()
+    concurrency = concurrency or settings.worker_concurrency
+    # Each pool process runs its own TensorFlow: share the cores instead of oversubscribing them.
+    os.environ.setdefault("TF_NUM_INTRAOP_THREADS", str(max(1, (os.cpu_count() or 2) // concurrency)))
+    os.environ.setdefault("TF_NUM_INTEROP_THREADS", "1")
+    upgrade(settings.database)
+    from worker.tasks import app
+
+    argv = ["worker", "-Q", queues, "-c", str(concurrency), "-P", "prefork",
+            "--loglevel", loglevel, "--without-gossip", "--without-mingle"]
+    if hostname:
+        argv += ["-n", hostname]
+    app.worker_main(argv)
+
+
+if __name__ == "__main__":
+    main()

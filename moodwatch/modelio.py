@@ -1,0 +1,28 @@
+"""Loading registry models. Keras is imported on first use, so importing this costs nothing."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+
+class ModelLoadError(RuntimeError):
+    pass
+
+
+def load_model(path: Path) -> Any:
+    """Load a ``.keras`` file; safe_mode refuses any serialized Python code (lambdas, pickles)."""
+    import keras
+
+    path = Path(path)
+    if not path.is_file():
+        raise ModelLoadError(f"model file {path} does not exist")
+    try:
+        return keras.saving.load_model(path, safe_mode=True, compile=False)
+    except Exception as exc:
+        raise ModelLoadError(f"cannot load model {path}: {exc.__class__.__name__}: {exc}") from exc
+
+
+def label_for(score: float) -> tuple[str, float]:
+    """The label and its probability for a sigmoid score P(sad)."""
+    return ("sad", score) if score >= 0.5 else ("happy", 1.0 - score)

@@ -1,0 +1,42 @@
+"""The Celery app's configuration and task names, shared by whoever sends or runs tasks.
+
+Senders (watcher, CLI) use task names only, so they never import the worker or TensorFlow.
+"""
+
+from __future__ import annotations
+
+from celery import Celery
+
+from moodwatch.broker import broker_url
+from moodwatch.settings import Settings
+
+CLASSIFY_TASK = "moodwatch.classify_batch"
+RETRAIN_TASK = "moodwatch.retrain"
+CLASSIFY_QUEUE = "classify"
+TRAINING_QUEUE = "training"
+
+
+def make_celery(settings: Settings) -> Celery:
+    app = Celery("moodwatch", broker=broker_url(settings), set_as_current=True)
+    app.conf.update(
+        # JSON only: a message from the broker is never unpickled.
+        task_serializer="json",
+        accept_content=["json"],
+        result_serializer="json",
+        task_ignore_result=True,
+        # A job is acknowledged after it ran; a worker killed mid-job leaves it to be redelivered.
+        task_acks_late=True,
+        task_reject_on_worker_lost=True,
+        worker_prefetch_multiplier=1,
+        broker_transport_options={"visibility_timeout": settings.visibility_timeout},
+        broker_connection_retry_on_startup=True,
+        task_default_queue=CLASSIFY_QUEUE,
+        task_routes={
+            CLASSIFY_TASK: {"queue": CLASSIFY_QUEUE},
+            RETRAIN_TASK: {"queue": TRAINING_QUEUE},
+        },
+        worker_hijack_root_logger=False,
+        timezone=None,
+        enable_utc=False,
+    )
+    return app

@@ -1,0 +1,77 @@
+"""Every setting in one place, read from the environment (prefix ``MOODWATCH_``).
+
+Defaults are the embedded ones a new user gets: folders under the working directory, SQLite
+under the data folder, and an embedded Redis when no broker URL is given.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+LABELS = ("happy", "sad")
+IMAGE_SIZE = 256
+ALLOWED_EXTENSIONS = frozenset({".jpg", ".jpeg", ".bmp", ".png"})
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="MOODWATCH_", extra="ignore")
+
+    data_dir: Path = Field(Path("./data"), description="Root of the image folders.")
+    model_dir: Path = Field(Path("./models"), description="Model registry: one folder a version.")
+    database_url: str | None = Field(
+        None, description="SQLAlchemy URL; unset means SQLite at DATA_DIR/moodwatch.db."
+    )
+    broker_url: str | None = Field(
+        None, description="Celery broker (redis://...); unset means an embedded Redis."
+    )
+    inbox: Path | None = Field(None, description="Folder watched for photos; default DATA_DIR/inbox.")
+    max_file_bytes: int = Field(50 * 1024 * 1024, description="Larger files are rejected.")
+    max_pixels: int = Field(50_000_000, description="Larger images are rejected (decompression bombs).")
+    batch_size: int = Field(32, description="Images per classification job and per forward pass.")
+    batch_wait: float = Field(0.5, description="Seconds the watcher waits to fill a batch.")
+    settle_seconds: float = Field(1.0, description="A file must be unchanged this long to be read.")
+    rescan_seconds: float = Field(180.0, description="Period of the inbox rescan that catches missed events.")
+    move_processed: bool = Field(True, description="Move classified files to DATA_DIR/processed/<label>.")
+    move_rejected: bool = Field(True, description="Move rejected files to DATA_DIR/rejected.")
+    visibility_timeout: int = Field(
+        600, description="Seconds before a job taken by a worker that died is handed to another."
+    )
+    worker_concurrency: int = Field(2, description="Worker processes started by `moodwatch worker`.")
+    retrain_cron: str = Field("0 2 * * *", description="When the nightly retrain runs (cron, local time).")
+    web_port: int = Field(8088, description="Port of the review page.")
+    seed: int = Field(1337, description="Seed for splits and training.")
+
+    @property
+    def database(self) -> str:
+        if self.database_url:
+            return self.database_url
+        return f"sqlite:///{(self.data_dir / 'moodwatch.db').resolve()}"
+
+    @property
+    def inbox_dir(self) -> Path:
+        return self.inbox if self.inbox is not None else self.data_dir / "inbox"
+
+    @property
+    def quarantine_dir(self) -> Path:
+        return self.data_dir / "quarantine"
+
+    @property
+    def processed_dir(self) -> Path:
+        return self.data_dir / "processed"
+
+    @property
+    def rejected_dir(self) -> Path:
+        return self.data_dir / "rejected"
+
+    @property
+    def embedded_redis_path(self) -> Path:
+        return self.data_dir / ".redis" / "redis.db"
+
+
+@lru_cache
+def get_settings() -> Settings:
+    return Settings()

@@ -1,0 +1,83 @@
+import numpy as np
+import pytest
+
+from moodwatch.images import (
+    ImageRejected,
+    extension_allowed,
+    inspect_image,
+    load_image,
+    preprocess_bytes,
+)
+from tests.imagegen import encode, face_like, huge_png_header, write_image
+
+
+def test_extension_any_case():
+    for name in ["a.jpg", "a.JPG", "a.Jpeg", "b.png", "c.BMP", "d.jpeg"]:
+        assert extension_allowed(name)
+    for name in ["a.gif", "a.jpg.txt", "noext", "a.webp", "a.jpg~", "a.part"]:
+        assert not extension_allowed(name)
+
+
+@pytest.mark.parametrize("ext", [".jpg", ".png", ".bmp"])
+def test_loads_each_format_as_rgb_256(tmp_path, ext):
+    rgb = np.zeros((40, 60, 3), np.uint8)
+    rgb[..., 0] = 250  # pure red in RGB order
+    path = write_image(tmp_path / f"red{ext}", rgb)
+    out = load_image(path)
+    assert out.shape == (256, 256, 3) and out.dtype == np.uint8
+    # RGB, not OpenCV's BGR: the red channel is the first one.
+    assert out[..., 0].mean() > 240 and out[..., 2].mean() < 10
+
+
+def test_png_named_jpg_is_accepted(tmp_path):
+    path = tmp_path / "really_png.jpg"
+    path.write_bytes(encode(face_like("happy", 1)))
+    assert load_image(path).shape == (256, 256, 3)
+
+
+@pytest.mark.parametrize(
+    "data, reason",
+    [
+        (b"", "empty"),
+        (b"hello, I am a text file\n" * 10, "not a JPEG, PNG or BMP"),
+        (b"GIF89a" + b"\x00" * 100, "not a JPEG, PNG or BMP"),
+        (b"\x89PNG\r\n\x1a\n" + b"\x00" * 40, "PNG"),
+    ],
+)
+def test_rejects_bad_bytes(data, reason):
+    with pytest.raises(ImageRejected, match=reason):
+        preprocess_bytes(data)
+
+
+def test_rejects_truncated_jpeg():
+    data = encode(face_like("sad", 3, 200), ".jpg")
+    with pytest.raises(ImageRejected, match="truncated JPEG"):
+        preprocess_bytes(data[: len(data) // 2])
+
+
+def test_rejects_truncated_png():
+    data = encode(face_like("sad", 3, 200), ".png")
+    with pytest.raises(ImageRejected, match="truncated PNG"):
+        preprocess_bytes(data[: len(data) // 2])
+
+
+def test_decompression_bomb_refused_from_header():
+    data = huge_png_header(100_000, 100_000)
+    with pytest.raises(ImageRejected, match="too large"):
+        inspect_image(data, max_pixels=50_000_000)
+
+
+def test_large_jpeg_reduced_decode_matches_full_decode_closely(tmp_path):
+    # A big photo is decoded at reduced scale for speed; the result must stay close to a
+    # full-resolution decode followed by the same resize.
+    import cv2
+
+    rng = np.random.default_rng(0)
+    big = cv2.resize(rng.integers(0, 255, (60, 80, 3), dtype=np.uint8), (2400, 1800),
+                     interpolation=cv2.INTER_CUBIC)
+    data = encode(big, ".jpg")
+    fast = preprocess_bytes(data).astype(np.float32)
+    full = cv2.cvtColor(cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR),
+                        cv2.COLOR_BGR2RGB)
+    slow = cv2.resize(full, (256, 256), interpolation=cv2.INTER_AREA).astype(np.float32)
+    assert np.abs(fast - slow).mean() < 3.0

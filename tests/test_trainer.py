@@ -1,0 +1,154 @@
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from moodwatch.registry import Registry
+from moodwatch.settings import Settings
+from tests.imagegen import encode, face_like, make_curated, write_image
+from trainer.cleaning import clean_folders
+from trainer.dataset import DatasetError, Item, load_arrays, make_items, split_items
+from trainer.training import TrainOptions, promotion_decision, train
+
+
+def test_cleaning_quarantines_each_kind_of_dodgy_file(tmp_path):
+    data = make_curated(tmp_path / "data", per_class=3)
+    happy = data / "happy"
+    (happy / "notes.txt").write_text("not a photo")
+    (happy / "text.jpg").write_text("a text file wearing a jpg name")
+    (happy / "empty.png").write_bytes(b"")
+    (happy / "anim.gif").write_bytes(b"GIF89a" + b"\0" * 50)
+    jpg = encode(face_like("happy", 9, 200), ".jpg")
+    (happy / "cut.jpg").write_bytes(jpg[: len(jpg) // 2])
+    outside = write_image(tmp_path / "outside.png", face_like("happy", 5))
+    (happy / "link.png").symlink_to(outside)
+    (happy / "png_named.jpg").write_bytes(encode(face_like("happy", 4)))  # fine: a real image
+
+    report = clean_folders(data, tmp_path / "quarantine", max_pixels=10_000_000)
+
+    reasons = {Path(src).name: reason for src, _, reason in report.quarantined}
+    assert set(reasons) == {"notes.txt", "text.jpg", "empty.png", "anim.gif", "cut.jpg", "link.png"}
+    assert "extension" in reasons["notes.txt"]
+    assert "signature" in reasons["text.jpg"]
+    assert "empty" in reasons["empty.png"]
+    assert "truncated" in reasons["cut.jpg"]
+    assert "symbolic link" in reasons["link.png"]
+    assert report.kept == {"happy": 4, "sad": 3}
+    # Nothing deleted: every dodgy file is in quarantine, and the link's target is untouched.
+    for _, dest, _ in report.quarantined:
+        assert os.path.lexists(dest)
+    assert outside.exists()
+    assert (tmp_path / "quarantine" / "happy" / "link.png").is_symlink()
+    log = [json.loads(line) for line in (tmp_path / "quarantine" / "reasons.jsonl").read_text().splitlines()]
+    assert len(log) == 6 and all(entry["reason"] for entry in log)
+
+
+def test_quarantine_never_overwrites(tmp_path):
+    data = make_curated(tmp_path / "data", per_class=1)
+    (tmp_path / "quarantine" / "happy").mkdir(parents=True)
+    (tmp_path / "quarantine" / "happy" / "bad.jpg").write_text("earlier one")
+    (data / "happy" / "bad.jpg").write_text("new one")
+    clean_folders(data, tmp_path / "quarantine", max_pixels=10_000_000)
+    assert (tmp_path / "quarantine" / "happy" / "bad.jpg").read_text() == "earlier one"
+    assert (tmp_path / "quarantine" / "happy" / "bad-1.jpg").read_text() == "new one"
+
+
+def _items(n_per_class: int, dup_every: int = 0) -> list[Item]:
+    items = []
+    for label in ("happy", "sad"):
+        for i in range(n_per_class):
+            sha = f"{label}{i // dup_every if dup_every else i:04d}".ljust(64, "0")
+            items.append(Item(Path(f"/x/{label}/{i}.jpg"), label, sha))
+    return items
+
+
+def test_split_is_stratified_reproducible_and_order_independent():
+    items = _items(50)
+    a = split_items(items, seed=7)
+    b = split_items(list(reversed(items)), seed=7)
+    c = split_items(items, seed=8)
+    assert [i.path for i in a.test] == [i.path for i in b.test]
+    assert [i.path for i in a.test] != [i.path for i in c.test]
+    for side, expected in ((a.train, 35), (a.validation, 10), (a.test, 5)):
+        assert sum(i.label == "happy" for i in side) == expected
+        assert sum(i.label == "sad" for i in side) == expected
+
+
+def test_duplicate_bytes_never_cross_the_split():
+    items = _items(60, dup_every=3)  # every hash appears three times
+    s = split_items(items, seed=1)
+    sides = [{i.sha256 for i in side} for side in (s.train, s.validation, s.test)]
+    assert not (sides[0] & sides[1]) and not (sides[0] & sides[2]) and not (sides[1] & sides[2])
+    assert sum(len(x) for x in (s.train, s.validation, s.test)) == len(items)
+
+
+def test_too_few_images_is_a_clear_error(tmp_path):
+    data = make_curated(tmp_path / "d", per_class=2)
+    files = [(p, p.parent.name) for p in data.rglob("*.*")]
+    with pytest.raises(DatasetError, match="at least 5"):
+        make_items(files)
+
+
+def test_promotion_rule():
+    good = {"accuracy": 0.9, "f1": 0.9}
+    worse = {"accuracy": 0.8, "f1": 0.95}
+    assert promotion_decision(good, None, False)[0]
+    assert promotion_decision(good, dict(good), False)[0]  # as good is enough
+    assert not promotion_decision(worse, good, False)[0]
+    assert promotion_decision(worse, good, True)[0]
+    assert promotion_decision({"accuracy": 0.9, "f1": 0.91}, good, False)[0]
+    assert not promotion_decision({"accuracy": 0.9, "f1": 0.89}, good, False)[0]
+
+
+def test_preprocessing_parity_train_and_serve(tmp_path, tiny_model_dir):
+    """The same file reaches the model as the same tensor, and gets the same score, both ways."""
+    from moodwatch.modelio import load_model
+    from trainer.evaluation import scores_for
+    from worker.inference import Classifier
+
+    paths = [
+        write_image(tmp_path / "a.jpg", face_like("happy", 1, 700)),
+        write_image(tmp_path / "b.png", face_like("sad", 2, 50)),
+        write_image(tmp_path / "c.BMP", face_like("sad", 3, 300)),
+    ]
+    x_train, _ = load_arrays([Item(p, "happy", "0" * 64) for p in paths])
+    classifier = Classifier(Registry(tiny_model_dir).require_current(), batch_size=4)
+    decoded = [classifier._decode(str(p), 10_000_000)[0] for p in paths]
+    for a, b in zip(x_train, decoded, strict=True):
+        np.testing.assert_array_equal(a, b)
+    train_scores = scores_for(load_model(classifier.version.model_path), x_train)
+    serve_scores = [p.score for p in classifier.classify_paths([str(p) for p in paths])]
+    np.testing.assert_allclose(train_scores, serve_scores, atol=1e-5)
+    classifier.close()
+
+
+def test_end_to_end_training_and_promotion(tmp_path):
+    data = make_curated(tmp_path / "data", per_class=14)
+    (data / "sad" / "junk.jpg").write_text("junk")
+    settings = Settings(data_dir=tmp_path / "data", model_dir=tmp_path / "models")
+    first = train(settings, TrainOptions(data_dir=data, epochs=2, batch_size=8, progress=False))
+
+    v = first.version.path
+    assert first.promoted and Registry(settings.model_dir).current_name() == first.version.name
+    assert (v / "model.keras").is_file()
+    assert (v / "loss.png").read_bytes()[:4] == b"\x89PNG"
+    assert (v / "accuracy.png").read_bytes()[:4] == b"\x89PNG"
+    assert list((v / "tensorboard").rglob("events.out.tfevents.*"))
+    metrics = json.loads((v / "metrics.json").read_text())["test"]
+    for key in ("precision", "recall", "accuracy", "f1", "confusion_matrix"):
+        assert key in metrics
+    cm = metrics["confusion_matrix"]["rows_true_cols_predicted"]
+    assert sum(map(sum, cm)) == metrics["n"] > 0
+    params = json.loads((v / "params.json").read_text())
+    assert len(params["data_fingerprint"]) == 64
+    assert (settings.quarantine_dir / "sad" / "junk.jpg").exists()
+
+    # A second run is compared with the current model on the same test files.
+    second = train(settings, TrainOptions(data_dir=data, epochs=1, batch_size=8, progress=False))
+    assert second.current_metrics is not None
+    assert second.current_metrics["n"] == second.metrics["n"]
+    current = Registry(settings.model_dir).current_name()
+    assert (current == second.version.name) == second.promoted
+    assert len(Registry(settings.model_dir).runs()) == 2

@@ -1,0 +1,1 @@
+"""Training: clean the curated folders, learn a model, evaluate it, register and promote it."""

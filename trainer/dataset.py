@@ -1,0 +1,108 @@
+"""Load curated images and split them reproducibly, keeping duplicate files on one side."""
+
+from __future__ import annotations
+
+import hashlib
+import random
+from collections import defaultdict
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from moodwatch.images import load_image
+from moodwatch.settings import IMAGE_SIZE, LABELS
+
+MIN_PER_CLASS = 5
+
+
+class DatasetError(ValueError):
+    pass
+
+
+@dataclass(frozen=True)
+class Item:
+    path: Path
+    label: str
+    sha256: str
+
+    @property
+    def y(self) -> int:
+        # sigmoid output is P(sad): labels sorted alphabetically, as image_dataset_from_directory does
+        return LABELS.index(self.label)
+
+
+@dataclass
+class Split:
+    train: list[Item]
+    validation: list[Item]
+    test: list[Item]
+
+
+def sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def make_items(files: list[tuple[Path, str]]) -> list[Item]:
+    items = [Item(Path(p), label, sha256_file(Path(p))) for p, label in files]
+    counts = {label: sum(1 for i in items if i.label == label) for label in LABELS}
+    for label, n in counts.items():
+        if n == 0:
+            raise DatasetError(f"class {label!r} has no usable images")
+        if n < MIN_PER_CLASS:
+            raise DatasetError(
+                f"class {label!r} has {n} usable images; at least {MIN_PER_CLASS} are needed to "
+                "split into train, validation and test"
+            )
+    return items
+
+
+def fingerprint(items: list[Item]) -> str:
+    """Identifies the training data: the same labelled bytes give the same fingerprint."""
+    h = hashlib.sha256()
+    for line in sorted(f"{i.label}:{i.sha256}" for i in items):
+        h.update(line.encode() + b"\n")
+    return h.hexdigest()
+
+
+def split_items(
+    items: list[Item], seed: int, fractions: tuple[float, float, float] = (0.7, 0.2, 0.1)
+) -> Split:
+    """Stratified by label; files with the same bytes form one group that lands on one side.
+
+    The result depends only on the files' labels and hashes and the seed, not on the order
+    in which the folder was listed.
+    """
+    rng = random.Random(seed)
+    split = Split([], [], [])
+    for label in LABELS:
+        groups: dict[str, list[Item]] = defaultdict(list)
+        for item in items:
+            if item.label == label:
+                groups[item.sha256].append(item)
+        keys = sorted(groups)
+        rng.shuffle(keys)
+        n = len(keys)
+        n_test = max(1, round(n * fractions[2]))
+        n_val = max(1, round(n * fractions[1]))
+        if n - n_test - n_val < 1:
+            raise DatasetError(f"class {label!r} has too few distinct images to split")
+        for i, key in enumerate(keys):
+            side = split.test if i < n_test else split.validation if i < n_test + n_val else split.train
+            side.extend(sorted(groups[key], key=lambda it: str(it.path)))
+    return split
+
+
+def load_arrays(items: list[Item], workers: int = 2) -> tuple[np.ndarray, np.ndarray]:
+    """Decode items with the shared preprocessing into (N, 256, 256, 3) uint8 and (N,) labels."""
+    x = np.empty((len(items), IMAGE_SIZE, IMAGE_SIZE, 3), dtype=np.uint8)
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        for i, arr in enumerate(pool.map(lambda it: load_image(it.path), items)):
+            x[i] = arr
+    y = np.array([it.y for it in items], dtype=np.float32)
+    return x, y

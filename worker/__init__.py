@@ -1,0 +1,1 @@
+"""The worker: batched classification of images and writing the results."""

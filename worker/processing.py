@@ -1,0 +1,212 @@
+"""Process one batch job: skip what is recorded, reuse known duplicates, classify, write rows.
+
+Plain functions with their dependencies passed in, so tests call them without Celery.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import shutil
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, Protocol
+
+from sqlalchemy import select, update
+from sqlalchemy.orm import sessionmaker
+
+from db.models import Result
+from db.repository import first_classified_by_sha, insert_results, recorded_event_ids
+from moodwatch.files import unique_destination
+from moodwatch.settings import Settings
+from worker.inference import Prediction
+
+log = logging.getLogger("moodwatch.worker")
+
+
+class ClassifierLike(Protocol):
+    @property
+    def version(self) -> Any: ...
+
+    def classify_paths(self, paths: list[str], max_pixels: int) -> list[Prediction]: ...
+
+
+@dataclass
+class Job:
+    event_id: str
+    path: str
+    received_at: datetime
+    sha256: str | None = None
+    # Set by the watcher when it rejected the file itself: the row is written, nothing classified.
+    rejected: str | None = None
+
+    @classmethod
+    def from_message(cls, d: dict[str, Any]) -> Job:
+        received = d.get("received_at")
+        when = datetime.fromisoformat(received) if received else datetime.now(UTC)
+        return cls(str(d["event_id"]), str(d["path"]), when, d.get("sha256"), d.get("rejected"))
+
+
+def sha256_of(path: str) -> str | None:
+    h = hashlib.sha256()
+    try:
+        with open(path, "rb") as fh:
+            for chunk in iter(lambda: fh.read(1 << 20), b""):
+                h.update(chunk)
+    except OSError:
+        return None
+    return h.hexdigest()
+
+
+def _row(job: Job, **fields: Any) -> dict[str, Any]:
+    base = {
+        "event_id": job.event_id,
+        "path": job.path,
+        "file_name": os.path.basename(job.path),
+        "sha256": job.sha256,
+        "received_at": job.received_at,
+        "stored_path": job.path,
+        "status": "failed",
+        "label": None,
+        "confidence": None,
+        "score": None,
+        "model_version": None,
+        "error": None,
+        "duplicate_of": None,
+        "classified_at": None,
+        "processing_ms": None,
+    }
+    base.update(fields)
+    return base
+
+
+def process_batch(
+    messages: list[dict[str, Any]],
+    settings: Settings,
+    sessions: sessionmaker,
+    classifier: ClassifierLike,
+    move_files: bool = True,
+) -> dict[str, int]:
+    """Classify a batch and record one row per event; returns counts by status.
+
+    Safe to run twice on the same messages: recorded events are skipped and inserts ignore
+    event ids that are already there, so a redelivered job adds no second row.
+    """
+    jobs = [Job.from_message(m) for m in messages]
+    with sessions() as session:
+        done = recorded_event_ids(session, (j.event_id for j in jobs))
+    jobs = [j for j in jobs if j.event_id not in done]
+    if not jobs:
+        return {"skipped": len(messages)}
+
+    now = datetime.now(UTC)
+    rows: list[dict[str, Any]] = []
+    to_classify: list[Job] = []
+    for job in jobs:
+        if job.rejected:
+            rows.append(_row(job, status="rejected", error=job.rejected, classified_at=now))
+            continue
+        job.sha256 = job.sha256 or sha256_of(job.path)
+        if job.sha256 is None:
+            rows.append(_row(job, error=f"file not found or unreadable on this worker: {job.path}",
+                             classified_at=now))
+            continue
+        to_classify.append(job)
+
+    with sessions() as session:
+        known = first_classified_by_sha(session, (j.sha256 for j in to_classify))
+        known_fields = {h: (r.id, r.label, r.confidence, r.score, r.model_version)
+                        for h, r in known.items()}
+
+    # Same bytes seen before, or twice in this batch: classify once, refer to the first row.
+    originals: dict[str, Job] = {}
+    duplicates: list[Job] = []
+    for job in to_classify:
+        if job.sha256 in known_fields or job.sha256 in originals:
+            duplicates.append(job)
+        else:
+            originals[job.sha256] = job
+
+    predictions = classifier.classify_paths([j.path for j in originals.values()], settings.max_pixels)
+    version = classifier.version.name
+    classified_at = datetime.now(UTC)
+    for job, p in zip(originals.values(), predictions, strict=True):
+        ms = p.seconds * 1000
+        if p.error:
+            status = "rejected" if p.rejected else "failed"
+            rows.append(_row(job, status=status, error=p.error, classified_at=classified_at,
+                             processing_ms=ms))
+        else:
+            rows.append(_row(job, status="classified", label=p.label, confidence=p.confidence,
+                             score=p.score, model_version=version, classified_at=classified_at,
+                             processing_ms=ms))
+
+    with sessions() as session, session.begin():
+        insert_results(session, rows)
+        if duplicates:
+            session.flush()
+            first_ids = {
+                r.sha256: (r.id, r.label, r.confidence, r.score, r.model_version, r.status)
+                for r in session.scalars(
+                    select(Result).where(Result.event_id.in_([j.event_id for j in originals.values()]))
+                )
+            }
+            dup_rows = []
+            for job in duplicates:
+                if job.sha256 in known_fields:
+                    rid, label, conf, score, model = known_fields[job.sha256]
+                    status = "classified"
+                else:
+                    rid, label, conf, score, model, status = first_ids[job.sha256]
+                if status != "classified":  # the first copy failed: this copy fails the same way
+                    dup_rows.append(_row(job, status=status, duplicate_of=rid, classified_at=classified_at,
+                                         error="same bytes as a file that could not be classified"))
+                    continue
+                dup_rows.append(_row(job, status="classified", label=label, confidence=conf, score=score,
+                                     model_version=model, duplicate_of=rid, classified_at=classified_at,
+                                     processing_ms=0.0))
+            insert_results(session, dup_rows)
+            rows.extend(dup_rows)
+
+    counts: dict[str, int] = {}
+    for row in rows:
+        counts[row["status"]] = counts.get(row["status"], 0) + 1
+        log.info("%s: %s%s", row["path"], row["status"],
+                 f" {row['label']} ({row['confidence']:.0%})" if row["label"] else f" ({row['error']})")
+    if move_files:
+        move_outcomes(rows, settings, sessions)
+    return counts
+
+
+def destination_for(row: dict[str, Any], settings: Settings) -> Path | None:
+    if row["status"] == "classified" and settings.move_processed:
+        return settings.processed_dir / row["label"]
+    if row["status"] == "rejected" and settings.move_rejected:
+        return settings.rejected_dir
+    return None
+
+
+def move_outcomes(rows: list[dict[str, Any]], settings: Settings, sessions: sessionmaker) -> None:
+    """Move files out of the inbox after their rows are committed; never overwrite, never delete."""
+    inbox = settings.inbox_dir.resolve()
+    for row in rows:
+        folder = destination_for(row, settings)
+        src = Path(row["path"])
+        if folder is None or src.is_symlink() or not src.is_file():
+            continue
+        try:
+            src.resolve().relative_to(inbox)
+        except ValueError:
+            continue  # only files the service owns (in its inbox) are moved
+        try:
+            dest = unique_destination(folder, src.name)
+            shutil.move(os.fspath(src), os.fspath(dest))
+        except OSError as exc:
+            log.warning("could not move %s: %s", src, exc)
+            continue
+        with sessions() as session, session.begin():
+            session.execute(
+                update(Result).where(Result.event_id == row["event_id"]).values(stored_path=str(dest))
+            )

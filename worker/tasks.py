@@ -1,0 +1,51 @@
+"""Celery tasks: thin wrappers that hand the job to plain functions.
+
+Per-process state (database engine, loaded model) is created on first use inside the pool
+process, never in the parent: TensorFlow is not fork-safe.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from sqlalchemy.exc import DBAPIError, OperationalError
+
+from db.engine import make_engine, make_sessionmaker
+from moodwatch.queue import CLASSIFY_TASK, make_celery
+from moodwatch.registry import Registry
+from moodwatch.settings import get_settings
+from worker.inference import ModelCache
+from worker.processing import process_batch
+
+log = logging.getLogger("moodwatch.worker")
+settings = get_settings()
+app = make_celery(settings)
+
+_state: dict[str, Any] = {}
+
+
+def _sessions():
+    if "sessions" not in _state:
+        _state["sessions"] = make_sessionmaker(make_engine(settings.database))
+    return _state["sessions"]
+
+
+def _models() -> ModelCache:
+    if "models" not in _state:
+        _state["models"] = ModelCache(Registry(settings.model_dir), settings.batch_size)
+    return _state["models"]
+
+
+@app.task(
+    name=CLASSIFY_TASK,
+    bind=True,
+    autoretry_for=(OperationalError, DBAPIError),
+    retry_backoff=1,
+    retry_backoff_max=30,
+    retry_jitter=True,
+    max_retries=50,
+)
+def classify_batch(self, items: list[dict[str, Any]], move_files: bool = True) -> dict[str, int]:
+    """Classify a batch of files; database outages are retried with backoff."""
+    return process_batch(items, settings, _sessions(), _models().get(), move_files=move_files)

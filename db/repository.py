@@ -22,8 +22,13 @@ def insert_results(session: Session, rows: Sequence[dict[str, Any]]) -> int:
         return 0
     dialect = session.get_bind().dialect.name
     insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
-    stmt = insert(Result).values(list(rows)).on_conflict_do_nothing(index_elements=["event_id"])
-    return session.execute(stmt).rowcount or 0
+    stmt = (
+        insert(Result)
+        .values(list(rows))
+        .on_conflict_do_nothing(index_elements=["event_id"])
+        .returning(Result.event_id)
+    )
+    return len(session.execute(stmt).all())
 
 
 def recorded_event_ids(session: Session, event_ids: Iterable[str]) -> set[str]:

@@ -1,0 +1,50 @@
+from datetime import UTC, datetime, timedelta
+
+from sqlalchemy import func, inspect, select
+
+from db.engine import make_engine, make_sessionmaker
+from db.migrate import current_revision, upgrade
+from db.models import Result
+from db.repository import ResultFilter, insert_results, query_results, stats
+
+
+def _row(i: int, **kw):
+    base = dict(event_id=f"e{i}", path=f"/in/{i}.jpg", file_name=f"{i}.jpg", sha256=f"{i:064d}",
+                status="classified", label="happy" if i % 2 else "sad", confidence=0.8, score=0.2,
+                model_version="v1", received_at=datetime.now(UTC) - timedelta(hours=i),
+                classified_at=datetime.now(UTC))
+    base.update(kw)
+    return base
+
+
+def test_migrations_create_schema_and_indexes(db_url):
+    upgrade(db_url)
+    assert current_revision(db_url) == "0001"
+    upgrade(db_url)  # idempotent
+    engine = make_engine(db_url)
+    insp = inspect(engine)
+    assert {"results", "model_versions", "alembic_version"} <= set(insp.get_table_names())
+    indexed = {tuple(ix["column_names"]) for ix in insp.get_indexes("results")}
+    assert {("received_at",), ("label",), ("sha256",), ("status",)} <= indexed
+    engine.dispose()
+
+
+def test_insert_is_idempotent_and_queries_filter(db_url):
+    upgrade(db_url)
+    engine = make_engine(db_url)
+    sessions = make_sessionmaker(engine)
+    with sessions() as s, s.begin():
+        assert insert_results(s, [_row(i) for i in range(6)]) == 6
+    with sessions() as s, s.begin():
+        # A redelivered job: same event ids, nothing new.
+        assert insert_results(s, [_row(i) for i in range(6)]) == 0
+    with sessions() as s:
+        assert s.scalar(select(func.count()).select_from(Result)) == 6
+        assert {r.label for r in query_results(s, ResultFilter(label="sad", limit=0))} == {"sad"}
+        recent = query_results(s, ResultFilter(since=datetime.now(UTC) - timedelta(hours=2, minutes=30)))
+        assert sorted(r.event_id for r in recent) == ["e0", "e1", "e2"]
+        assert len(query_results(s, ResultFilter(limit=2))) == 2
+        st = stats(s)
+        assert st["total"] == 6 and st["by_label"] == {"happy": 3, "sad": 3}
+        assert st["last_hour"] == 6
+    engine.dispose()

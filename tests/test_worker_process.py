@@ -1,0 +1,196 @@
+"""Real worker processes, real brokers (the machine's Redis and an embedded one), real databases."""
+
+from __future__ import annotations
+
+import signal
+import socket
+import threading
+from collections import Counter
+from datetime import UTC, datetime
+
+import pytest
+
+from db.migrate import upgrade
+from moodwatch.queue import CLASSIFY_TASK, make_celery
+from moodwatch.settings import Settings
+from tests.imagegen import face_like, write_image
+from tests.procs import Rows, service_env, start_worker, stop, wait_for
+
+pytestmark = pytest.mark.slow
+
+
+def _images(folder, n, start=0):
+    return [write_image(folder / f"img_{i}.jpg", face_like("happy" if i % 2 else "sad", i))
+            for i in range(start, start + n)]
+
+
+def _enqueue(broker: str, files, batch: int, tag: str = "t") -> None:
+    app = make_celery(Settings(broker_url=broker))
+    now = datetime.now(UTC).isoformat()
+    msgs = [{"event_id": f"{tag}-{i}", "path": str(p), "received_at": now} for i, p in enumerate(files)]
+    for i in range(0, len(msgs), batch):
+        app.send_task(CLASSIFY_TASK, args=[msgs[i : i + batch]], kwargs={"move_files": False})
+    app.close()
+
+
+@pytest.fixture
+def embedded_broker(tmp_path):
+    from moodwatch.broker import embedded_url, start_embedded
+
+    client = start_embedded(tmp_path / "redis" / "redis.db")
+    yield embedded_url(client)
+    client.shutdown()
+
+
+def _assert_one_row_each(rows: Rows, files) -> None:
+    found = rows.all()
+    per_path = Counter(r.path for r in found)
+    assert set(per_path) == {str(p) for p in files}
+    assert all(n == 1 for n in per_path.values()), [p for p, n in per_path.items() if n > 1]
+    assert all(r.status == "classified" and r.label in ("happy", "sad") for r in found)
+
+
+@pytest.mark.parametrize("stack", ["real", "embedded"])
+def test_worker_process_classifies_enqueued_jobs(stack, request, tmp_path, tiny_model_dir):
+    if stack == "real":
+        broker, db = request.getfixturevalue("redis_url"), request.getfixturevalue("pg_url")
+    else:
+        broker, db = request.getfixturevalue("embedded_broker"), f"sqlite:///{tmp_path / 'r.db'}"
+    upgrade(db)
+    files = _images(tmp_path / "in", 40)
+    env = service_env(broker_url=broker, database_url=db, model_dir=tiny_model_dir,
+                      data_dir=tmp_path / "data")
+    log = tmp_path / "worker.log"
+    worker = start_worker(env, log, concurrency=2)
+    rows = Rows(db)
+    try:
+        _enqueue(broker, files, batch=8)
+        wait_for(lambda: rows.count() >= len(files), 120, "all rows", log)
+        _assert_one_row_each(rows, files)
+    finally:
+        stop(worker)
+        rows.close()
+
+
+def test_sigkill_mid_batch_every_file_gets_one_row(tmp_path, tiny_model_dir, redis_url, pg_url):
+    upgrade(pg_url)
+    files = _images(tmp_path / "in", 24)
+    env = service_env(broker_url=redis_url, database_url=pg_url, model_dir=tiny_model_dir,
+                      data_dir=tmp_path / "data", visibility_timeout=4)
+    log = tmp_path / "worker.log"
+    rows = Rows(pg_url)
+    first = start_worker(env, log, concurrency=1, name="doomed")
+    try:
+        _enqueue(redis_url, files, batch=24)
+        # The job is taken (the child is loading the model for it) and nothing is written yet.
+        wait_for(lambda: "received" in log.read_text(errors="replace"), 60, "job taken", log)
+        assert rows.count() == 0
+        stop(first, signal.SIGKILL)
+        assert rows.count() == 0
+        second = start_worker(env, log, concurrency=1, name="rescuer")
+        try:
+            wait_for(lambda: rows.count() >= len(files), 120, "redelivered rows", log)
+            _assert_one_row_each(rows, files)
+        finally:
+            stop(second)
+    finally:
+        stop(first, signal.SIGKILL)
+        rows.close()
+
+
+class CuttableProxy:
+    """A TCP proxy to a server that a test can cut (refusing and dropping) and restore."""
+
+    def __init__(self, target_port: int):
+        self.target = ("127.0.0.1", target_port)
+        self.listener = socket.socket()
+        self.listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self.listener.bind(("127.0.0.1", 0))
+        self.listener.listen(64)
+        self.port = self.listener.getsockname()[1]
+        self.up = threading.Event()
+        self.up.set()
+        self.conns: list[socket.socket] = []
+        self.lock = threading.Lock()
+        self.closed = False
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while not self.closed:
+            try:
+                client, _ = self.listener.accept()
+            except OSError:
+                return
+            if not self.up.is_set():
+                client.close()
+                continue
+            try:
+                upstream = socket.create_connection(self.target, timeout=5)
+            except OSError:
+                client.close()
+                continue
+            with self.lock:
+                self.conns += [client, upstream]
+            for a, b in ((client, upstream), (upstream, client)):
+                threading.Thread(target=self._pipe, args=(a, b), daemon=True).start()
+
+    def _pipe(self, src: socket.socket, dst: socket.socket) -> None:
+        try:
+            while data := src.recv(65536):
+                dst.sendall(data)
+        except OSError:
+            pass
+        finally:
+            for s in (src, dst):
+                try:
+                    s.close()
+                except OSError:
+                    pass
+
+    def cut(self) -> None:
+        self.up.clear()
+        with self.lock:
+            for s in self.conns:
+                try:
+                    s.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
+            self.conns.clear()
+
+    def restore(self) -> None:
+        self.up.set()
+
+    def close(self) -> None:
+        self.closed = True
+        self.cut()
+        self.listener.close()
+
+
+def test_database_outage_during_batches_is_retried(tmp_path, tiny_model_dir, redis_url, pg_url):
+    import time
+
+    upgrade(pg_url)
+    proxy = CuttableProxy(5432)
+    proxied = pg_url.replace(":5432/", f":{proxy.port}/")
+    files = _images(tmp_path / "in", 48)
+    env = service_env(broker_url=redis_url, database_url=proxied, model_dir=tiny_model_dir,
+                      data_dir=tmp_path / "data")
+    log = tmp_path / "worker.log"
+    rows = Rows(pg_url)  # the test reads around the proxy
+    worker = start_worker(env, log, concurrency=1)
+    try:
+        _enqueue(redis_url, files[:8], batch=8, tag="warm")
+        wait_for(lambda: rows.count() >= 8, 90, "first batch", log)
+        proxy.cut()
+        _enqueue(redis_url, files[8:], batch=8, tag="cut")
+        wait_for(lambda: "Retry in" in log.read_text(errors="replace"), 60, "a retry", log)
+        time.sleep(3)
+        assert rows.count() == 8  # nothing could be written while the database was away
+        proxy.restore()
+        wait_for(lambda: rows.count() >= len(files), 120, "all rows after the outage", log)
+        time.sleep(1)
+        _assert_one_row_each(rows, files)
+    finally:
+        stop(worker)
+        proxy.close()
+        rows.close()

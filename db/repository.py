@@ -2,18 +2,46 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import func, select
+from sqlalchemy import func, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
 from db.models import Result
 
 RESULT_COLUMNS = [c.name for c in Result.__table__.columns]
+
+
+def result_row(event_id: str, path: str, received_at: datetime, **fields: Any) -> dict[str, Any]:
+    """A complete results row with defaults; fields override them."""
+    row: dict[str, Any] = {
+        "event_id": event_id,
+        "path": path,
+        "file_name": os.path.basename(path),
+        "sha256": None,
+        "received_at": received_at,
+        "stored_path": path,
+        "status": "failed",
+        "label": None,
+        "confidence": None,
+        "score": None,
+        "model_version": None,
+        "error": None,
+        "duplicate_of": None,
+        "classified_at": None,
+        "processing_ms": None,
+    }
+    row.update(fields)
+    return row
+
+
+def set_stored_path(session: Session, event_id: str, stored_path: str) -> None:
+    session.execute(update(Result).where(Result.event_id == event_id).values(stored_path=stored_path))
 
 
 def insert_results(session: Session, rows: Sequence[dict[str, Any]]) -> int:

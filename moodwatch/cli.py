@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import sys
 from pathlib import Path
 
@@ -36,8 +37,6 @@ def main(verbose: bool) -> None:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
     # TensorFlow's C++ start-up chatter is noise on a CLI.
-    import os
-
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 
@@ -90,7 +89,8 @@ def train(data_dir, architecture, epochs, batch_size, patience, seed, promote) -
     click.echo(f"confusion (rows true happy/sad, cols predicted happy/sad): {cm}")
     if result.current_metrics:
         c = result.current_metrics
-        click.echo(f"current {c['version']} on the same test files: accuracy {c['accuracy']:.3f}  F1 {c['f1']:.3f}")
+        click.echo(f"current {c['version']} on the same test files: "
+                   f"accuracy {c['accuracy']:.3f}  F1 {c['f1']:.3f}")
     t = result.timings
     click.echo(f"time: {t['total_s']:.1f}s total, {t['epoch_s']:.2f}s per epoch")
     click.echo(("promoted: " if result.promoted else "") + result.reason)
@@ -129,7 +129,9 @@ def models(as_json: bool) -> None:
     if not rows:
         click.echo(f"no model versions in {registry.root}")
     for r in rows:
-        fig = lambda k: "-" if r[k] is None else f"{r[k]:.3f}"  # noqa: E731
+        def fig(key: str, r=r) -> str:
+            return "-" if r[key] is None else f"{r[key]:.3f}"
+
         click.echo(
             f"{'*' if r['current'] else ' '} {r['version']:<44} {r['architecture'] or '?':<8} "
             f"acc {fig('accuracy')}  prec {fig('precision')}  rec {fig('recall')}  F1 {fig('f1')}"
@@ -318,6 +320,120 @@ def worker(concurrency, queues, loglevel, hostname) -> None:
     if hostname:
         argv += ["-n", hostname]
     app.worker_main(argv)
+
+
+@main.command()
+@click.option("--images", type=click.Path(exists=True, file_okay=False, path_type=Path),
+              help="Cycle through the photos under this folder (default: generated images).")
+@click.option("--count", default=1000, show_default=True, help="Images to push through.")
+@click.option("--workers", default=1, show_default=True, help="Worker nodes to start.")
+@click.option("-c", "--concurrency", default=2, show_default=True, help="Processes per worker.")
+@click.option("--batch", default=None, type=int, help="Images per job (default: MOODWATCH_BATCH_SIZE).")
+@click.option("--database-url", default=None,
+              help="Database for the bench rows (default: a temporary SQLite file).")
+def bench(images, count, workers, concurrency, batch, database_url) -> None:
+    """Measure end-to-end throughput (broker, worker processes, database) against naive predict.
+
+    \b
+    Example:
+        MOODWATCH_BROKER_URL=redis://127.0.0.1:6379/3 moodwatch bench \\
+            --images ../shared/datasets/web-happy-sad \\
+            --database-url postgresql://postgres@127.0.0.1/test
+    """
+    from worker.bench import run_bench
+
+    settings = get_settings()
+    r = run_bench(settings, count, images, workers, concurrency, batch or settings.batch_size,
+                  database_url, say=click.echo)
+    click.echo(f"end-to-end: {r.end_to_end:.1f} images/s ({r.count} images in {r.seconds:.2f}s)")
+    click.echo(f"naive: {r.naive:.1f} images/s (one model.predict per image)")
+    click.echo(f"ratio: {r.ratio:.1f}x")
+
+
+def _stop_on_signals():
+    import signal
+    import threading
+
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    return stop
+
+
+@main.command()
+@click.option("--polling", is_flag=True,
+              help="Poll the folder instead of native events (network and container mounts).")
+def watch(polling: bool) -> None:
+    """Watch the inbox and queue every settled photo; record every rejection.
+
+    \b
+    Example:
+        MOODWATCH_INBOX=/srv/photos moodwatch watch --polling
+    """
+    from db.engine import make_engine, make_sessionmaker
+    from db.migrate import upgrade
+    from watcher.service import InotifyLimitError, Watcher, celery_sender
+
+    settings = get_settings()
+    upgrade(settings.database)
+    sessions = make_sessionmaker(make_engine(settings.database))
+    watcher = Watcher(settings, celery_sender(settings), sessions, polling=polling)
+    try:
+        watcher.run(_stop_on_signals())
+    except InotifyLimitError as exc:
+        _fail(str(exc))
+
+
+@main.command()
+@click.argument("paths", nargs=-1, required=True, type=click.Path(exists=False, path_type=Path))
+def submit(paths) -> None:
+    """Send files or whole folders through the same validation and outcomes as the inbox.
+
+    Files outside the inbox are left where they are; rejected ones get a row with the reason.
+
+    \b
+    Example:
+        moodwatch submit /mnt/share/photos extra.jpg
+    """
+    from db.engine import make_engine, make_sessionmaker
+    from db.migrate import upgrade
+    from watcher.service import celery_sender, submit_paths
+
+    settings = get_settings()
+    upgrade(settings.database)
+    sessions = make_sessionmaker(make_engine(settings.database))
+    missing = [p for p in paths if not os.path.lexists(p)]
+    for p in missing:
+        click.echo(f"{p}: error: no such file or folder", err=True)
+    try:
+        results = submit_paths([p for p in paths if p not in missing], settings,
+                               celery_sender(settings), sessions)
+    except RuntimeError as exc:
+        _fail(str(exc))
+        return
+    for c in results:
+        click.echo(f"{c.path}: " + (f"rejected ({c.rejected})" if c.rejected else "queued"))
+    if missing:
+        sys.exit(1)
+
+
+@main.command()
+@click.option("--json", "as_json", is_flag=True)
+def status(as_json: bool) -> None:
+    """Inbox backlog, queue length, workers alive, current model.
+
+    \b
+    Example:
+        moodwatch status
+    """
+    from moodwatch.status import collect
+
+    s = collect(get_settings())
+    if as_json:
+        click.echo(json.dumps(s, indent=2))
+        return
+    for key, value in s.items():
+        click.echo(f"{key.replace('_', ' ')}: {value}")
 
 
 if __name__ == "__main__":

@@ -5,6 +5,9 @@ from __future__ import annotations
 import os
 import shutil
 from pathlib import Path
+from typing import Any
+
+from moodwatch.settings import Settings
 
 
 def unique_destination(folder: Path, name: str) -> Path:
@@ -24,3 +27,30 @@ def move_no_clobber(src: Path, folder: Path) -> Path:
     dest = unique_destination(folder, src.name)
     shutil.move(os.fspath(src), os.fspath(dest))
     return dest
+
+
+def outcome_folder(row: dict[str, Any], settings: Settings) -> Path | None:
+    if row["status"] == "classified" and settings.move_processed and row.get("label"):
+        return settings.processed_dir / row["label"]
+    if row["status"] == "rejected" and settings.move_rejected:
+        return settings.rejected_dir
+    return None
+
+
+def move_outcome(row: dict[str, Any], settings: Settings) -> Path | None:
+    """Move a recorded file from the inbox to its outcome folder; returns where it went.
+
+    Only files inside the inbox are moved (``submit`` of a file elsewhere leaves it be). A
+    symbolic link is moved as a link: its target is never read nor moved.
+    """
+    folder = outcome_folder(row, settings)
+    src = Path(row["path"])
+    if folder is None or not os.path.lexists(src):
+        return None
+    inbox = settings.inbox_dir.resolve()
+    if not src.parent.resolve().is_relative_to(inbox):
+        return None
+    try:
+        return move_no_clobber(src, folder)
+    except OSError:
+        return None

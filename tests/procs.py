@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -28,7 +29,7 @@ def service_env(**settings: str) -> dict[str, str]:
 
 def start_worker(env: dict[str, str], log_path: Path, concurrency: int = 1,
                  name: str = "w1") -> subprocess.Popen:
-    log = open(log_path, "ab")
+    log = open(log_path, "ab")  # noqa: SIM115 - the child keeps it
     return subprocess.Popen(
         [sys.executable, "-m", "moodwatch.cli", "worker", "-c", str(concurrency),
          "-n", f"{name}@%h"],
@@ -43,10 +44,8 @@ def stop(proc: subprocess.Popen, sig: int = signal.SIGTERM, timeout: float = 30)
         os.killpg(proc.pid, sig)
         proc.wait(timeout=timeout)
     except (ProcessLookupError, subprocess.TimeoutExpired):
-        try:
+        with contextlib.suppress(ProcessLookupError):
             os.killpg(proc.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
         proc.wait(timeout=10)
 
 

@@ -7,19 +7,22 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import os
-import shutil
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any, Protocol
 
-from sqlalchemy import select, update
+from sqlalchemy import select
 from sqlalchemy.orm import sessionmaker
 
 from db.models import Result
-from db.repository import first_classified_by_sha, insert_results, recorded_event_ids
-from moodwatch.files import unique_destination
+from db.repository import (
+    first_classified_by_sha,
+    insert_results,
+    recorded_event_ids,
+    result_row,
+    set_stored_path,
+)
+from moodwatch.files import move_outcome
 from moodwatch.settings import Settings
 from worker.inference import Prediction
 
@@ -61,25 +64,7 @@ def sha256_of(path: str) -> str | None:
 
 
 def _row(job: Job, **fields: Any) -> dict[str, Any]:
-    base = {
-        "event_id": job.event_id,
-        "path": job.path,
-        "file_name": os.path.basename(job.path),
-        "sha256": job.sha256,
-        "received_at": job.received_at,
-        "stored_path": job.path,
-        "status": "failed",
-        "label": None,
-        "confidence": None,
-        "score": None,
-        "model_version": None,
-        "error": None,
-        "duplicate_of": None,
-        "classified_at": None,
-        "processing_ms": None,
-    }
-    base.update(fields)
-    return base
+    return result_row(job.event_id, job.path, job.received_at, sha256=job.sha256, **fields)
 
 
 def process_batch(
@@ -88,6 +73,7 @@ def process_batch(
     sessions: sessionmaker,
     classifier: ClassifierLike,
     move_files: bool = True,
+    dedupe: bool = True,
 ) -> dict[str, int]:
     """Classify a batch and record one row per event; returns counts by status.
 
@@ -116,18 +102,18 @@ def process_batch(
         to_classify.append(job)
 
     with sessions() as session:
-        known = first_classified_by_sha(session, (j.sha256 for j in to_classify))
+        known = first_classified_by_sha(session, (j.sha256 for j in to_classify)) if dedupe else {}
         known_fields = {h: (r.id, r.label, r.confidence, r.score, r.model_version)
                         for h, r in known.items()}
 
     # Same bytes seen before, or twice in this batch: classify once, refer to the first row.
-    originals: dict[str, Job] = {}
+    originals: dict[str, Job] = {}  # keyed by sha256, or by event id when not deduplicating
     duplicates: list[Job] = []
     for job in to_classify:
-        if job.sha256 in known_fields or job.sha256 in originals:
+        if dedupe and (job.sha256 in known_fields or job.sha256 in originals):
             duplicates.append(job)
         else:
-            originals[job.sha256] = job
+            originals[job.sha256 if dedupe else job.event_id] = job
 
     predictions = classifier.classify_paths([j.path for j in originals.values()], settings.max_pixels)
     version = classifier.version.name
@@ -180,33 +166,10 @@ def process_batch(
     return counts
 
 
-def destination_for(row: dict[str, Any], settings: Settings) -> Path | None:
-    if row["status"] == "classified" and settings.move_processed:
-        return settings.processed_dir / row["label"]
-    if row["status"] == "rejected" and settings.move_rejected:
-        return settings.rejected_dir
-    return None
-
-
 def move_outcomes(rows: list[dict[str, Any]], settings: Settings, sessions: sessionmaker) -> None:
     """Move files out of the inbox after their rows are committed; never overwrite, never delete."""
-    inbox = settings.inbox_dir.resolve()
     for row in rows:
-        folder = destination_for(row, settings)
-        src = Path(row["path"])
-        if folder is None or src.is_symlink() or not src.is_file():
-            continue
-        try:
-            src.resolve().relative_to(inbox)
-        except ValueError:
-            continue  # only files the service owns (in its inbox) are moved
-        try:
-            dest = unique_destination(folder, src.name)
-            shutil.move(os.fspath(src), os.fspath(dest))
-        except OSError as exc:
-            log.warning("could not move %s: %s", src, exc)
-            continue
-        with sessions() as session, session.begin():
-            session.execute(
-                update(Result).where(Result.event_id == row["event_id"]).values(stored_path=str(dest))
-            )
+        dest = move_outcome(row, settings)
+        if dest is not None:
+            with sessions() as session, session.begin():
+                set_stored_path(session, row["event_id"], str(dest))

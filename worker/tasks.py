@@ -46,6 +46,9 @@ def _models() -> ModelCache:
     retry_jitter=True,
     max_retries=50,
 )
-def classify_batch(self, items: list[dict[str, Any]], move_files: bool = True) -> dict[str, int]:
+def classify_batch(
+    self, items: list[dict[str, Any]], move_files: bool = True, dedupe: bool = True
+) -> dict[str, int]:
     """Classify a batch of files; database outages are retried with backoff."""
-    return process_batch(items, settings, _sessions(), _models().get(), move_files=move_files)
+    return process_batch(items, settings, _sessions(), _models().get(), move_files=move_files,
+                         dedupe=dedupe)

@@ -1,12 +1,11 @@
 """results and model versions
 
 Revision ID: 0001
-Revises: 
+Revises:
 Create Date: 2026-11-29 00:55:21.792526
 """
-from alembic import op
 import sqlalchemy as sa
-
+from alembic import op
 
 revision = '0001'
 down_revision = None

@@ -1,0 +1,38 @@
+"""What `moodwatch status` and the review page's status strip show."""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from moodwatch.queue import CLASSIFY_QUEUE, TRAINING_QUEUE, make_celery
+from moodwatch.registry import Registry
+from moodwatch.settings import Settings
+
+
+def inbox_backlog(settings: Settings) -> int:
+    n = 0
+    if settings.inbox_dir.is_dir():
+        for _root, _dirs, files in os.walk(settings.inbox_dir):
+            n += sum(1 for f in files if not f.startswith("."))
+    return n
+
+
+def collect(settings: Settings, ping_timeout: float = 1.0) -> dict[str, Any]:
+    out: dict[str, Any] = {
+        "inbox": str(settings.inbox_dir),
+        "inbox_backlog": inbox_backlog(settings),
+        "current_model": Registry(settings.model_dir).current_name(),
+    }
+    try:
+        app = make_celery(settings)
+        with app.connection_for_write() as conn:
+            client = conn.channel().client
+            out["queue_length"] = client.llen(CLASSIFY_QUEUE)
+            out["training_queue_length"] = client.llen(TRAINING_QUEUE)
+        replies = app.control.ping(timeout=ping_timeout) or []
+        out["workers_alive"] = len(replies)
+        app.close()
+    except Exception as exc:
+        out["broker"] = f"unreachable: {exc.__class__.__name__}: {exc}"
+    return out

@@ -1,0 +1,185 @@
+"""The watcher's decisions, with a recording sender and a real SQLite database."""
+
+from __future__ import annotations
+
+import threading
+import time
+from pathlib import Path
+
+from sqlalchemy import select
+
+from db.engine import make_engine, make_sessionmaker
+from db.migrate import upgrade
+from db.models import Result
+from moodwatch.settings import Settings
+from tests.imagegen import encode, face_like, write_image
+from watcher.filters import is_ignored
+from watcher.service import Watcher, submit_paths
+
+
+class Recorder:
+    def __init__(self):
+        self.batches: list[list[dict]] = []
+        self.down = False
+
+    def __call__(self, messages):
+        if self.down:
+            raise ConnectionError("broker down")
+        self.batches.append(list(messages))
+
+    @property
+    def paths(self) -> list[str]:
+        return [m["path"] for b in self.batches for m in b]
+
+
+def _setup(tmp_path, **kw):
+    settings = Settings(data_dir=tmp_path / "data", model_dir=tmp_path / "models", settle_seconds=0.3,
+                        batch_wait=0.1, batch_size=kw.pop("batch_size", 32), **kw)
+    url = f"sqlite:///{tmp_path / 'r.db'}"
+    upgrade(url)
+    sessions = make_sessionmaker(make_engine(url))
+    rec = Recorder()
+    w = Watcher(settings, rec, sessions)
+    settings.inbox_dir.mkdir(parents=True)
+    return settings, sessions, rec, w
+
+
+def _run_until(w: Watcher, cond, timeout=10.0):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        w.step()
+        if cond():
+            return
+        time.sleep(0.05)
+    raise AssertionError("condition not met")
+
+
+def test_ignore_patterns():
+    root = Path("/in")
+    for name in ["/in/.hidden.jpg", "/in/a.jpg.part", "/in/b.crdownload", "/in/c.jpg~", "/in/.d/x.jpg",
+                 "/in/x.tmp"]:
+        assert is_ignored(name, root), name
+    for name in ["/in/a.jpg", "/in/sub/b.PNG", "/in/ünïcode name.jpeg"]:
+        assert not is_ignored(name, root), name
+
+
+def test_accepts_rejects_and_records(tmp_path):
+    settings, sessions, rec, w = _setup(tmp_path)
+    inbox = settings.inbox_dir
+    good = write_image(inbox / "a b ü.JPG", face_like("happy", 1))
+    nested = write_image(inbox / "x" / "y" / "n.png", face_like("sad", 2))
+    text = inbox / "t.jpg"
+    text.write_text("hello")
+    gif = inbox / "g.gif"
+    gif.write_bytes(b"GIF89a" + b"\0" * 20)
+    outside = write_image(tmp_path / "secret.jpg", face_like("sad", 3))
+    link = inbox / "link.jpg"
+    link.symlink_to(outside)
+    (inbox / "partial.jpg.part").write_bytes(b"\xff\xd8\xff")
+    w.start()
+    try:
+        _run_until(w, lambda: len(rec.paths) == 2 and not w._rejects and len(w.tracker) == 0)
+    finally:
+        w.stop()
+    assert sorted(rec.paths) == sorted([str(good), str(nested)])
+    with sessions() as s:
+        rows = {r.file_name: r for r in s.scalars(select(Result))}
+    assert set(rows) == {"t.jpg", "g.gif", "link.jpg"}
+    assert all(r.status == "rejected" for r in rows.values())
+    assert "symbolic link" in rows["link.jpg"].error
+    assert "not accepted" in rows["g.gif"].error
+    # Rejected files moved, nothing deleted; the link's target untouched and never moved.
+    assert (settings.rejected_dir / "t.jpg").read_text() == "hello"
+    assert (settings.rejected_dir / "link.jpg").is_symlink() and outside.exists()
+    assert (inbox / "partial.jpg.part").exists()
+
+
+def test_slow_writer_is_not_read_half_written(tmp_path):
+    settings, sessions, rec, w = _setup(tmp_path)
+    data = encode(face_like("happy", 5, 400), ".png")
+    path = settings.inbox_dir / "slow.png"
+
+    def write_slowly():
+        with open(path, "wb") as fh:
+            for i in range(0, len(data), 10_000):
+                fh.write(data[i : i + 10_000])
+                fh.flush()
+                time.sleep(0.1)
+
+    writer = threading.Thread(target=write_slowly)
+    w.start()
+    writer.start()
+    try:
+        while writer.is_alive():
+            w.step()
+            assert not rec.paths and not w._rejects, "handed on before the copy finished"
+            time.sleep(0.05)
+        _run_until(w, lambda: len(rec.paths) == 1)
+    finally:
+        w.stop()
+    assert rec.batches[0][0]["sha256"] is not None
+    with sessions() as s:
+        assert not list(s.scalars(select(Result)))  # no rejection for a half-written file
+
+
+def test_rescan_and_restart_do_not_enqueue_twice(tmp_path):
+    settings, sessions, rec, w = _setup(tmp_path)
+    files = [write_image(settings.inbox_dir / f"f{i}.jpg", face_like("sad", i)) for i in range(5)]
+    w.start()
+    _run_until(w, lambda: len(rec.paths) == 5)
+    w.rescan()
+    for _ in range(10):
+        w.step()
+        time.sleep(0.05)
+    w.stop()
+    assert len(rec.paths) == 5
+    # After a restart the files are still in the inbox (not yet processed): they are sent again
+    # with the same event ids, so the worker's idempotent insert records each once.
+    ids = {m["event_id"] for b in rec.batches for m in b}
+    w2 = Watcher(settings, rec, sessions)
+    w2.start()
+    _run_until(w2, lambda: len(rec.paths) == 10)
+    w2.stop()
+    assert {m["event_id"] for b in rec.batches[-1:] for m in b} <= ids
+    assert len(files) == 5
+
+
+def test_broker_down_keeps_files_and_retries(tmp_path):
+    settings, sessions, rec, w = _setup(tmp_path)
+    rec.down = True
+    w.start()
+    for i in range(4):
+        write_image(settings.inbox_dir / f"d{i}.jpg", face_like("happy", i))
+    deadline = time.monotonic() + 3
+    while time.monotonic() < deadline:
+        w.step()
+        time.sleep(0.05)
+    assert not rec.batches and len(w._pending) == 4
+    rec.down = False
+    _run_until(w, lambda: len(rec.paths) == 4, timeout=15)
+    w.stop()
+
+
+def test_batches_respect_size(tmp_path):
+    settings, sessions, rec, w = _setup(tmp_path, batch_size=4)
+    for i in range(10):
+        write_image(settings.inbox_dir / f"b{i}.jpg", face_like("happy", i))
+    w.start()
+    _run_until(w, lambda: len(rec.paths) == 10)
+    w.stop()
+    assert max(len(b) for b in rec.batches) <= 4
+
+
+def test_submit_outside_inbox_leaves_files_in_place(tmp_path):
+    settings, sessions, rec, _ = _setup(tmp_path)
+    folder = tmp_path / "share"
+    ok = write_image(folder / "ok.jpg", face_like("happy", 1))
+    bad = folder / "sub" / "bad.png"
+    bad.parent.mkdir(parents=True)
+    bad.write_bytes(b"nope")
+    results = submit_paths([folder], settings, rec, sessions)
+    assert {Path(c.path).name: bool(c.rejected) for c in results} == {"ok.jpg": False, "bad.png": True}
+    assert rec.paths == [str(ok)]
+    assert bad.exists() and ok.exists()
+    with sessions() as s:
+        assert [r.file_name for r in s.scalars(select(Result))] == ["bad.png"]

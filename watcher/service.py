@@ -1,0 +1,286 @@
+"""The watcher loop: events and rescans feed a stability tracker; settled files are validated,
+rejected ones recorded at once, accepted ones grouped into batch jobs for the workers."""
+
+from __future__ import annotations
+
+import errno
+import logging
+import os
+import threading
+import time
+from collections.abc import Callable
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy.orm import sessionmaker
+from watchdog.events import FileSystemEvent, FileSystemEventHandler
+from watchdog.observers import Observer
+from watchdog.observers.polling import PollingObserver
+
+from db.repository import insert_results, recorded_event_ids, result_row, set_stored_path
+from moodwatch.files import move_outcome
+from moodwatch.settings import Settings
+from watcher.filters import is_ignored
+from watcher.stability import StabilityTracker
+from watcher.validation import Checked, check_file
+
+log = logging.getLogger("moodwatch.watcher")
+
+INOTIFY_HELP = (
+    "the system's inotify watch limit is reached, so new folders would be missed. Raise it with "
+    "`sudo sysctl fs.inotify.max_user_watches=524288` (and add that line to /etc/sysctl.conf), "
+    "or run `moodwatch watch --polling`."
+)
+
+Sender = Callable[[list[dict[str, Any]]], None]
+
+
+class InotifyLimitError(RuntimeError):
+    pass
+
+
+class _Handler(FileSystemEventHandler):
+    def __init__(self, watcher: Watcher):
+        self.watcher = watcher
+
+    def on_any_event(self, event: FileSystemEvent) -> None:
+        if event.is_directory:
+            if event.event_type in ("created", "moved"):
+                # A folder moved in whole brings files that raised no events of their own.
+                self.watcher.request_rescan()
+            return
+        path = getattr(event, "dest_path", "") or event.src_path
+        if event.event_type in ("created", "modified", "moved", "closed"):
+            self.watcher.notice(os.fsdecode(path))
+
+
+class Watcher:
+    def __init__(self, settings: Settings, send: Sender, sessions: sessionmaker | None,
+                 polling: bool = False):
+        self.settings = settings
+        self.inbox = settings.inbox_dir
+        self.send = send
+        self.sessions = sessions
+        self.polling = polling
+        self.tracker = StabilityTracker(settings.settle_seconds)
+        self._lock = threading.Lock()
+        self._noticed: list[str] = []
+        self._handled: set[str] = set()  # event ids recorded or sent by this process
+        self._pending: list[dict[str, Any]] = []  # accepted, not yet sent
+        self._pending_since = 0.0
+        self._rejects: list[Checked] = []  # rejected, row not yet written
+        self._send_retry_at = 0.0
+        self._send_backoff = 1.0
+        self._rescan_at = 0.0
+        self._observer = None
+
+    # events -------------------------------------------------------------------------------
+    def notice(self, path: str) -> None:
+        if is_ignored(path, self.inbox):
+            return
+        with self._lock:
+            self._noticed.append(path)
+
+    def request_rescan(self) -> None:
+        self._rescan_at = 0.0
+
+    def start(self) -> None:
+        self.inbox.mkdir(parents=True, exist_ok=True)
+        observer = PollingObserver(timeout=1.0) if self.polling else Observer()
+        observer.schedule(_Handler(self), str(self.inbox), recursive=True)
+        try:
+            observer.start()
+        except OSError as exc:
+            if exc.errno in (errno.ENOSPC, errno.EMFILE):
+                raise InotifyLimitError(INOTIFY_HELP) from exc
+            raise
+        self._observer = observer
+        log.info("watching %s (%s)", self.inbox, "polling" if self.polling else "native events")
+        self.rescan()  # files dropped while we were down
+
+    def stop(self) -> None:
+        if self._observer is not None:
+            self._observer.stop()
+            self._observer.join(timeout=5)
+            self._observer = None
+
+    # the loop -----------------------------------------------------------------------------
+    def run(self, stop_event: threading.Event, tick: float = 0.1) -> None:
+        self.start()
+        try:
+            while not stop_event.is_set():
+                self.step()
+                stop_event.wait(tick)
+            self.drain()
+        finally:
+            self.stop()
+
+    def step(self) -> None:
+        now = time.monotonic()
+        if now >= self._rescan_at:
+            self.rescan()
+        with self._lock:
+            noticed, self._noticed = self._noticed, []
+        for path in noticed:
+            self.tracker.touch(path)
+        for path in self.tracker.due():
+            self._handle(path)
+        self._write_rejects()
+        if self._pending and (
+            len(self._pending) >= self.settings.batch_size
+            or now - self._pending_since >= self.settings.batch_wait
+        ):
+            self._flush(now)
+
+    def drain(self) -> None:
+        """On shutdown: send what is pending (files not yet settled are found again on start)."""
+        self._write_rejects()
+        self._flush(time.monotonic(), force=True)
+
+    def rescan(self) -> None:
+        """Walk the inbox for files without a recorded outcome (missed events, restarts)."""
+        self._rescan_at = time.monotonic() + self.settings.rescan_seconds
+        if not self.inbox.is_dir():
+            return
+        for root, dirs, files in os.walk(self.inbox, followlinks=False):
+            dirs[:] = [d for d in dirs if not is_ignored(os.path.join(root, d), self.inbox)]
+            for name in files:
+                path = os.path.join(root, name)
+                if not is_ignored(path, self.inbox) and path not in self.tracker:
+                    self.tracker.touch(path)
+            # Links to folders are not followed, but each one gets its own rejected outcome.
+            for d in list(dirs):
+                if os.path.islink(os.path.join(root, d)):
+                    self.tracker.touch(os.path.join(root, d))
+
+    def _handle(self, path: str) -> None:
+        checked = check_file(path, self.inbox, self.settings.max_file_bytes, self.settings.max_pixels)
+        if checked is not None:
+            self.take(checked)
+
+    def take(self, checked: Checked) -> None:
+        """Queue an accepted file, or keep a rejected one for its row."""
+        if checked.event_id in self._handled:
+            return
+        if checked.rejected:
+            self._rejects.append(checked)
+            return
+        if not self._pending:
+            self._pending_since = time.monotonic()
+        self._pending.append({
+            "event_id": checked.event_id,
+            "path": checked.path,
+            "sha256": checked.sha256,
+            "received_at": datetime.now(UTC).isoformat(),
+        })
+        self._handled.add(checked.event_id)
+
+    def _already_recorded(self, ids: list[str]) -> set[str]:
+        if self.sessions is None or not ids:
+            return set()
+        try:
+            with self.sessions() as session:
+                return recorded_event_ids(session, ids)
+        except Exception as exc:  # the workers' idempotent insert still guards against doubles
+            log.debug("could not check recorded events: %s", exc)
+            return set()
+
+    def _write_rejects(self) -> None:
+        if not self._rejects or self.sessions is None:
+            return
+        rejects, self._rejects = self._rejects, []
+        done = self._already_recorded([c.event_id for c in rejects])
+        rows = [
+            result_row(c.event_id, c.path, datetime.now(UTC), status="rejected", error=c.rejected,
+                       classified_at=datetime.now(UTC))
+            for c in rejects if c.event_id not in done
+        ]
+        try:
+            with self.sessions() as session, session.begin():
+                insert_results(session, rows)
+        except Exception as exc:
+            log.warning("database unavailable, %d rejection(s) kept for retry: %s", len(rows), exc)
+            self._rejects.extend(rejects)
+            return
+        for row in rows:
+            self._handled.add(row["event_id"])
+            log.info("%s: rejected (%s)", row["path"], row["error"])
+            dest = move_outcome(row, self.settings)
+            if dest is not None:
+                try:
+                    with self.sessions() as session, session.begin():
+                        set_stored_path(session, row["event_id"], str(dest))
+                except Exception as exc:
+                    log.warning("moved %s to %s but could not record it: %s", row["path"], dest, exc)
+
+    def _flush(self, now: float, force: bool = False) -> None:
+        if not self._pending or (now < self._send_retry_at and not force):
+            return
+        while self._pending:
+            batch = self._pending[: self.settings.batch_size]
+            done = self._already_recorded([m["event_id"] for m in batch])
+            to_send = [m for m in batch if m["event_id"] not in done]
+            try:
+                if to_send:
+                    self.send(to_send)
+            except Exception as exc:
+                self._send_retry_at = now + self._send_backoff
+                log.warning("broker unreachable (%s): %d file(s) kept, retrying in %.0fs",
+                            exc.__class__.__name__, len(self._pending), self._send_backoff)
+                self._send_backoff = min(30.0, self._send_backoff * 2)
+                return
+            self._send_backoff = 1.0
+            del self._pending[: len(batch)]
+            for m in to_send:
+                log.info("%s: queued", m["path"])
+        self._pending_since = now
+
+    @property
+    def backlog(self) -> int:
+        return len(self.tracker) + len(self._pending) + len(self._rejects)
+
+
+def celery_sender(settings: Settings) -> Sender:
+    from moodwatch.queue import CLASSIFY_TASK, make_celery
+
+    app = make_celery(settings)
+
+    def send(messages: list[dict[str, Any]]) -> None:
+        # A short retry policy: on an outage the watcher keeps the files and tries again itself.
+        app.send_task(CLASSIFY_TASK, args=[messages], retry=True,
+                      retry_policy={"max_retries": 1, "interval_start": 0.2, "interval_step": 0.2,
+                                    "timeout": 2})
+
+    return send
+
+
+def submit_paths(paths: list[Path], settings: Settings, send: Sender,
+                 sessions: sessionmaker | None) -> list[Checked]:
+    """Validate files or folders by hand and give them the same outcomes as dropped files."""
+    w = Watcher(settings, send, sessions)
+    files: list[str] = []
+    for p in paths:
+        if p.is_dir() and not p.is_symlink():
+            for root, _dirs, names in os.walk(p):
+                files += [os.path.join(root, n) for n in sorted(names)
+                          if not is_ignored(os.path.join(root, n), p)]
+        else:
+            files.append(str(p))
+    results = []
+    for f in files:
+        root = w.inbox if _inside(f, w.inbox) else Path(f).parent
+        checked = check_file(f, root, settings.max_file_bytes, settings.max_pixels)
+        if checked is None:
+            continue
+        results.append(checked)
+        w.take(checked)
+    w.drain()
+    if w._pending or w._rejects:
+        raise RuntimeError(f"{len(w._pending)} file(s) could not be queued and "
+                           f"{len(w._rejects)} rejection(s) not recorded: is the broker/database up?")
+    return results
+
+
+def _inside(path: str, folder: Path) -> bool:
+    return Path(path).resolve().is_relative_to(folder.resolve())

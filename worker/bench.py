@@ -1,0 +1,169 @@
+"""End-to-end throughput through the real broker, worker processes and database, against the
+naive way (one model.predict per image), measured in the same run."""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+from sqlalchemy import func, select
+
+from db.engine import make_engine, make_sessionmaker
+from db.migrate import upgrade
+from db.models import Result
+from moodwatch.images import ImageRejected, extension_allowed, inspect_image
+from moodwatch.queue import CLASSIFY_TASK, make_celery
+from moodwatch.registry import Registry
+from moodwatch.settings import Settings
+
+
+@dataclass
+class BenchResult:
+    count: int
+    end_to_end: float  # images/s
+    naive: float  # images/s
+    seconds: float
+    workers: int
+    concurrency: int
+
+    @property
+    def ratio(self) -> float:
+        return self.end_to_end / self.naive if self.naive else float("inf")
+
+
+def _usable(folder: Path) -> list[Path]:
+    out = []
+    for p in sorted(folder.rglob("*")):
+        if p.is_file() and extension_allowed(p.name):
+            try:
+                inspect_image(p.read_bytes())
+                out.append(p)
+            except (ImageRejected, OSError):
+                pass
+    return out
+
+
+def prepare_images(images: Path | None, count: int, scratch: Path) -> list[Path]:
+    if images is not None:
+        found = _usable(images)
+        if not found:
+            raise ValueError(f"no usable images under {images}")
+        return list(itertools.islice(itertools.cycle(found), count))
+    import cv2
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    unique = []
+    for i in range(min(count, 200)):
+        img = cv2.resize(rng.integers(0, 255, (48, 64, 3), dtype=np.uint8), (640, 480))
+        path = scratch / f"gen_{i}.jpg"
+        cv2.imwrite(str(path), img)
+        unique.append(path)
+    return list(itertools.islice(itertools.cycle(unique), count))
+
+
+def naive_rate(settings: Settings, files: list[Path], sample: int = 60) -> float:
+    """The naive way: load the model, then one model.predict call per image."""
+    from moodwatch.images import load_image
+    from moodwatch.modelio import load_model
+
+    model = load_model(Registry(settings.model_dir).require_current().model_path)
+    model.predict(load_image(files[0])[None], verbose=0)  # warm-up, not timed
+    chosen = files[:sample]
+    t0 = time.perf_counter()
+    for p in chosen:
+        model.predict(load_image(p)[None], verbose=0)
+    return len(chosen) / (time.perf_counter() - t0)
+
+
+def run_bench(settings: Settings, count: int, images: Path | None, workers: int,
+              concurrency: int, batch: int, database_url: str | None,
+              say=print) -> BenchResult:
+    run_id = uuid.uuid4().hex[:8]
+    queue = f"bench-{run_id}"
+    scratch = Path(tempfile.mkdtemp(prefix="moodwatch-bench-"))
+    db_url = database_url or f"sqlite:///{scratch / 'bench.db'}"
+    upgrade(db_url)
+    files = prepare_images(images, count, scratch)
+    say(f"bench: {count} images ({'cycling ' + str(images) if images else 'generated 640x480'}), "
+        f"{workers} worker(s) x {concurrency} processes, batch {batch}, database "
+        f"{make_engine(db_url).url.get_backend_name()}")
+    app = make_celery(settings)
+    broker = app.conf.broker_url
+    env = dict(os.environ, MOODWATCH_BROKER_URL=broker, MOODWATCH_DATABASE_URL=db_url,
+               MOODWATCH_MODEL_DIR=str(settings.model_dir.resolve()),
+               MOODWATCH_DATA_DIR=str(scratch / "data"), TF_CPP_MIN_LOG_LEVEL="2")
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-m", "moodwatch.cli", "worker", "-c", str(concurrency), "-Q", queue,
+             "-n", f"bench{i}-{run_id}@%h", "--loglevel", "WARNING"],
+            env=env, stdout=subprocess.DEVNULL, stderr=open(scratch / f"worker{i}.log", "wb"),  # noqa: SIM115
+            start_new_session=True,
+        )
+        for i in range(workers)
+    ]
+    engine = make_engine(db_url)
+    sessions = make_sessionmaker(engine)
+
+    def rows() -> int:
+        with sessions() as s:
+            return s.scalar(select(func.count()).select_from(Result)) or 0
+
+    def send(paths: list[Path], tag: str) -> None:
+        now = datetime.now(UTC).isoformat()
+        msgs = [{"event_id": f"{run_id}-{tag}-{i}", "path": str(p.resolve()), "received_at": now}
+                for i, p in enumerate(paths)]
+        for i in range(0, len(msgs), batch):
+            app.send_task(CLASSIFY_TASK, args=[msgs[i : i + batch]],
+                          kwargs={"move_files": False, "dedupe": False}, queue=queue)
+
+    try:
+        # Warm-up: every pool process loads the model before the clock starts.
+        warm = workers * concurrency * 2
+        send(files[:1] * warm, "warm")
+        _wait(lambda: rows() >= warm, 300, procs, scratch)
+        t0 = time.perf_counter()
+        send(files, "run")
+        _wait(lambda: rows() >= warm + count, 1800, procs, scratch, poll=0.05)
+        seconds = time.perf_counter() - t0
+    finally:
+        for p in procs:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(p.pid, signal.SIGTERM)
+        for p in procs:
+            try:
+                p.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                os.killpg(p.pid, signal.SIGKILL)
+        engine.dispose()
+        app.close()
+    with make_sessionmaker(make_engine(db_url))() as s:
+        failed = s.scalar(select(func.count()).select_from(Result).where(Result.status != "classified"))
+    if failed:
+        say(f"warning: {failed} images were not classified")
+    naive = naive_rate(settings, files)
+    shutil.rmtree(scratch, ignore_errors=True)
+    return BenchResult(count, count / seconds, naive, seconds, workers, concurrency)
+
+
+def _wait(pred, timeout: float, procs, scratch: Path, poll: float = 0.2) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if pred():
+            return
+        if all(p.poll() is not None for p in procs):
+            logs = "".join(f.read_text(errors="replace")[-2000:] for f in scratch.glob("worker*.log"))
+            raise RuntimeError(f"bench workers exited:\n{logs}")
+        time.sleep(poll)
+    raise TimeoutError("bench did not finish in time")

@@ -36,6 +36,7 @@ def main(verbose: bool) -> None:
         level=logging.DEBUG if verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    logging.getLogger("alembic").setLevel(logging.WARNING)
     # TensorFlow's C++ start-up chatter is noise on a CLI.
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
@@ -434,6 +435,89 @@ def status(as_json: bool) -> None:
         return
     for key, value in s.items():
         click.echo(f"{key.replace('_', ' ')}: {value}")
+
+
+@main.command()
+@click.option("--polling", is_flag=True, help="Watch the inbox by polling (network mounts).")
+@click.option("--no-web", is_flag=True, help="Do not start the review page.")
+@click.option("--no-beat", is_flag=True, help="Do not schedule the nightly retrain.")
+def run(polling: bool, no_web: bool, no_beat: bool) -> None:
+    """Run everything: watcher, worker, nightly retraining and the review page.
+
+    With no MOODWATCH_BROKER_URL an embedded Redis is started; with no MOODWATCH_DATABASE_URL
+    results go to SQLite under the data folder.
+
+    \b
+    Example:
+        moodwatch run
+        MOODWATCH_BROKER_URL=redis://redis:6379/0 \\
+        MOODWATCH_DATABASE_URL=postgresql://postgres@db/moodwatch moodwatch run
+    """
+    from moodwatch.supervisor import run_all
+
+    web_available = "web" in main.commands
+    sys.exit(run_all(get_settings(), _stop_on_signals(), polling=polling, web=web_available and not no_web,
+                     beat=not no_beat, say=click.echo))
+
+
+@main.command()
+@click.option("--loglevel", default="INFO", show_default=True)
+def beat(loglevel: str) -> None:
+    """Run the scheduler that sends the nightly retrain (run exactly one).
+
+    \b
+    Example:
+        MOODWATCH_RETRAIN_CRON="30 3 * * *" moodwatch beat
+    """
+    from moodwatch.queue import make_celery
+
+    settings = get_settings()
+    app = make_celery(settings)
+    schedule = settings.data_dir / ".beat-schedule"
+    schedule.parent.mkdir(parents=True, exist_ok=True)
+    app.Beat(loglevel=loglevel, schedule=str(schedule)).run()
+
+
+@main.command()
+@click.option("--epochs", type=int, default=None, help="Most epochs (default: MOODWATCH_RETRAIN_EPOCHS).")
+@click.option("--force", is_flag=True, help="Train even if the curated data is unchanged.")
+@click.option("--enqueue", is_flag=True, help="Send it to the workers' training queue instead.")
+def retrain(epochs: int | None, force: bool, enqueue: bool) -> None:
+    """Run the nightly retrain now: locked, skipped when data/happy and data/sad are unchanged.
+
+    \b
+    Example:
+        moodwatch retrain
+    """
+    from moodwatch.queue import RETRAIN_TASK, TRAINING_QUEUE, make_celery
+
+    settings = get_settings()
+    app = make_celery(settings)
+    if enqueue:
+        app.send_task(RETRAIN_TASK, kwargs={"epochs": epochs, "force": force}, queue=TRAINING_QUEUE)
+        click.echo("retrain queued on the training queue")
+        return
+    from trainer.retrain import retrain as run_retrain
+
+    outcome = run_retrain(settings, app.conf.broker_url, epochs=epochs or settings.retrain_epochs,
+                          force=force)
+    click.echo(json.dumps(outcome, indent=2))
+
+
+@main.command()
+@click.argument("file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.argument("label", type=click.Choice(["happy", "sad"]))
+def label(file: Path, label: str) -> None:
+    """Copy a photo into data/happy or data/sad: training data for the next nightly retrain.
+
+    \b
+    Example:
+        moodwatch label data/processed/sad/IMG_0042.jpg happy
+    """
+    from moodwatch.curation import label_file
+
+    dest = label_file(get_settings(), file, label)
+    click.echo(f"copied to {dest}")
 
 
 if __name__ == "__main__":

@@ -39,4 +39,20 @@ def make_celery(settings: Settings) -> Celery:
         timezone=None,
         enable_utc=False,
     )
+    app.conf.beat_schedule = {
+        "nightly-retrain": {"task": RETRAIN_TASK, "schedule": cron(settings.retrain_cron),
+                            "options": {"queue": TRAINING_QUEUE}},
+    }
     return app
+
+
+def cron(expression: str):
+    """A Celery crontab from a five-field cron expression (minute hour day month weekday)."""
+    from celery.schedules import crontab
+
+    fields = expression.split()
+    if len(fields) != 5:
+        raise ValueError(f"cron expression needs 5 fields, got {expression!r}")
+    minute, hour, day, month, weekday = fields
+    return crontab(minute=minute, hour=hour, day_of_month=day, month_of_year=month,
+                   day_of_week=weekday)

@@ -226,8 +226,8 @@ class Watcher:
                     self.send(to_send)
             except Exception as exc:
                 self._send_retry_at = now + self._send_backoff
-                log.warning("broker unreachable (%s): %d file(s) kept, retrying in %.0fs",
-                            exc.__class__.__name__, len(self._pending), self._send_backoff)
+                log.warning("broker unreachable (%s: %s): %d file(s) kept, retrying in %.0fs",
+                            exc.__class__.__name__, exc, len(self._pending), self._send_backoff)
                 self._send_backoff = min(30.0, self._send_backoff * 2)
                 return
             self._send_backoff = 1.0
@@ -249,8 +249,7 @@ def celery_sender(settings: Settings) -> Sender:
     def send(messages: list[dict[str, Any]]) -> None:
         # A short retry policy: on an outage the watcher keeps the files and tries again itself.
         app.send_task(CLASSIFY_TASK, args=[messages], retry=True,
-                      retry_policy={"max_retries": 1, "interval_start": 0.2, "interval_step": 0.2,
-                                    "timeout": 2})
+                      retry_policy={"max_retries": 1, "interval_start": 0.2, "interval_step": 0.2})
 
     return send
 

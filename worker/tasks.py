@@ -12,7 +12,7 @@ from typing import Any
 from sqlalchemy.exc import DBAPIError, OperationalError
 
 from db.engine import make_engine, make_sessionmaker
-from moodwatch.queue import CLASSIFY_TASK, make_celery
+from moodwatch.queue import CLASSIFY_TASK, RETRAIN_TASK, make_celery
 from moodwatch.registry import Registry
 from moodwatch.settings import get_settings
 from worker.inference import ModelCache
@@ -52,3 +52,17 @@ def classify_batch(
     """Classify a batch of files; database outages are retried with backoff."""
     return process_batch(items, settings, _sessions(), _models().get(), move_files=move_files,
                          dedupe=dedupe)
+
+
+@app.task(name=RETRAIN_TASK, acks_late=False)
+def retrain(epochs: int | None = None, force: bool = False) -> dict[str, Any]:
+    """The nightly retrain: locked, skipped when the curated data is unchanged.
+
+    acks_late is off: a training run that died is not worth replaying blindly; the next
+    night (or `moodwatch retrain`) starts a fresh one.
+    """
+    from trainer.retrain import retrain as run
+
+    outcome = run(settings, app.conf.broker_url, epochs=epochs or settings.retrain_epochs, force=force)
+    log.info("retrain: %s", outcome)
+    return outcome

@@ -1,0 +1,111 @@
+"""`moodwatch run`: the whole service as child processes under one parent.
+
+The parent owns the embedded Redis (when no broker URL is set), so every child shares it;
+children are restarted if they die, and on Ctrl-C/SIGTERM each gets a SIGTERM and time to
+finish: the watcher sends what it holds, the worker finishes its jobs (any it cannot finish
+stay unacknowledged and are redelivered on the next start).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+
+from moodwatch.broker import broker_url
+from moodwatch.settings import Settings
+
+log = logging.getLogger("moodwatch.run")
+
+
+@dataclass
+class Child:
+    name: str
+    argv: list[str]
+    proc: subprocess.Popen | None = None
+    restarts: int = 0
+    started_at: float = 0.0
+    env: dict[str, str] = field(default_factory=dict)
+
+    def start(self) -> None:
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "moodwatch.cli", *self.argv], env=self.env,
+            start_new_session=True,
+        )
+        self.started_at = time.monotonic()
+        log.info("started %s (pid %d)", self.name, self.proc.pid)
+
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def terminate(self) -> None:
+        if self.alive():
+            os.killpg(self.proc.pid, signal.SIGTERM)
+
+    def wait(self, timeout: float) -> None:
+        if self.proc is None:
+            return
+        try:
+            self.proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            log.warning("%s did not stop in %.0fs; killing it", self.name, timeout)
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait()
+
+
+def prepare_folders(settings: Settings) -> None:
+    for folder in (settings.inbox_dir, settings.data_dir / "happy", settings.data_dir / "sad",
+                   settings.processed_dir, settings.rejected_dir, settings.model_dir):
+        folder.mkdir(parents=True, exist_ok=True)
+
+
+def run_all(settings: Settings, stop: threading.Event, polling: bool = False, web: bool = True,
+            beat: bool = True, say=print) -> int:
+    from db.migrate import upgrade  # the parent migrates once, before any child starts
+
+    prepare_folders(settings)
+    upgrade(settings.database)
+    url = broker_url(settings)
+    env = dict(os.environ, MOODWATCH_BROKER_URL=url, MOODWATCH_DATABASE_URL=settings.database,
+               MOODWATCH_DATA_DIR=str(settings.data_dir.resolve()),
+               MOODWATCH_MODEL_DIR=str(settings.model_dir.resolve()),
+               MOODWATCH_INBOX=str(settings.inbox_dir.resolve()))
+    children = [
+        Child("worker", ["worker"], env=env),
+        Child("watcher", ["watch", *(["--polling"] if polling else [])], env=env),
+    ]
+    if beat:
+        children.append(Child("beat", ["beat"], env=env))
+    if web:
+        children.append(Child("web", ["web"], env=env))
+    for child in children:
+        child.start()
+    say(f"moodwatch is running. Drop photos into {settings.inbox_dir.resolve()}")
+    say("  results:  moodwatch results    (or SQL on " + settings.database + ")")
+    if web:
+        say(f"  review:   http://127.0.0.1:{settings.web_port}/")
+    say("  stop:     Ctrl-C")
+    while not stop.is_set():
+        for child in children:
+            if not child.alive() and not stop.is_set():
+                code = child.proc.returncode if child.proc else None
+                child.restarts += 1
+                delay = min(30, 2 ** min(child.restarts, 5))
+                log.warning("%s exited (code %s); restarting in %ds", child.name, code, delay)
+                if stop.wait(delay):
+                    break
+                child.start()
+        stop.wait(0.5)
+    say("stopping: the watcher sends what it holds, the worker finishes its jobs...")
+    # The watcher first, so nothing new is queued while the worker winds down.
+    order = sorted(children, key=lambda c: {"watcher": 0, "web": 1, "beat": 2, "worker": 3}[c.name])
+    for child in order:
+        child.terminate()
+        child.wait(timeout=120 if child.name == "worker" else 30)
+    say("stopped.")
+    return 0

@@ -1,0 +1,72 @@
+"""The nightly job: one training run at a time, skipped when the curated data is unchanged."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from contextlib import contextmanager
+from typing import Any
+
+from moodwatch.registry import Registry
+from moodwatch.settings import Settings
+from trainer.cleaning import clean_folders
+from trainer.dataset import DatasetError, fingerprint, make_items
+from trainer.training import TrainOptions, train
+
+log = logging.getLogger("moodwatch.trainer")
+LOCK_NAME = "moodwatch:training-lock"
+
+
+def redis_client_for(url: str):
+    import redis
+
+    if url.startswith("redis+socket://"):
+        return redis.Redis(unix_socket_path=url[len("redis+socket://"):])
+    return redis.Redis.from_url(url)
+
+
+@contextmanager
+def training_lock(broker_url: str, timeout: int = 6 * 3600):
+    """Held across processes and machines through the broker's Redis; yields False if taken."""
+    client = redis_client_for(broker_url)
+    lock = client.lock(LOCK_NAME, timeout=timeout, blocking=False)
+    acquired = lock.acquire(blocking=False)
+    try:
+        yield acquired
+    finally:
+        if acquired:
+            with contextlib.suppress(Exception):  # expired: nothing to release
+                lock.release()
+        client.close()
+
+
+def last_trained_fingerprint(registry: Registry) -> str | None:
+    versions = registry.versions()
+    return versions[-1].params().get("data_fingerprint") if versions else None
+
+
+def retrain(settings: Settings, broker_url: str, epochs: int = 30, architecture: str = "default",
+            force: bool = False) -> dict[str, Any]:
+    """Train on DATA_DIR/happy and DATA_DIR/sad if they changed; every run is recorded."""
+    registry = Registry(settings.model_dir)
+    with training_lock(broker_url) as acquired:
+        if not acquired:
+            outcome = {"outcome": "skipped", "reason": "another training run holds the lock"}
+            registry.record_run(outcome)
+            return outcome
+        try:
+            clean = clean_folders(settings.data_dir, settings.quarantine_dir, settings.max_pixels)
+            data_fp = fingerprint(make_items(clean.files))
+        except DatasetError as exc:
+            outcome = {"outcome": "skipped", "reason": f"curated data not usable: {exc}"}
+            registry.record_run(outcome)
+            return outcome
+        if not force and data_fp == last_trained_fingerprint(registry):
+            outcome = {"outcome": "skipped", "reason": "curated data unchanged since the last version",
+                       "data_fingerprint": data_fp}
+            registry.record_run(outcome)
+            return outcome
+        result = train(settings, TrainOptions(data_dir=settings.data_dir, architecture=architecture,
+                                              epochs=epochs, seed=settings.seed, progress=False))
+        return {"outcome": "promoted" if result.promoted else "trained", "reason": result.reason,
+                "version": result.version.name, "accuracy": result.metrics["accuracy"]}

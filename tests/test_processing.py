@@ -83,3 +83,21 @@ def test_files_are_moved_not_deleted(sqlite_url, settings):
     assert rows["bad.jpg"].stored_path == str(settings.rejected_dir / "bad.jpg")
     assert (settings.rejected_dir / "bad.jpg").read_text() == "text"
     classifier.close()
+
+
+def test_worker_picks_up_a_newly_promoted_model(tmp_path, tiny_model_dir):
+    import shutil
+
+    from moodwatch.registry import Version
+    from worker.inference import ModelCache
+
+    models = tmp_path / "models"
+    shutil.copytree(tiny_model_dir, models)
+    registry = Registry(models)
+    first = registry.require_current()
+    cache = ModelCache(registry, batch_size=4, check_every=0)
+    assert cache.get().version == first
+    newer = models / "vzz-newer"
+    shutil.copytree(first.path, newer)
+    registry.promote(Version("vzz-newer", newer))
+    assert cache.get().version.name == "vzz-newer"

@@ -244,3 +244,29 @@ def test_broker_outage_during_drops_loses_nothing(stack, tmp_path):
         stop(proc)
         redis.stop()
         rows.close()
+
+
+def test_sigterm_during_a_batch_then_restart_gives_one_outcome_each(stack, tmp_path):
+    data, env = stack
+    inbox = data / "inbox"
+    for i in range(120):
+        write_image(inbox / f"s_{i}.jpg", face_like("happy" if i % 3 else "sad", i, 200))
+    log = tmp_path / "run.log"
+    rows = Rows(f"sqlite:///{data / 'moodwatch.db'}")
+    proc = start_service(env, log)
+    try:
+        wait_for(lambda: rows.count() >= 1, 120, "the first rows", log)
+        os.killpg(proc.pid, signal.SIGTERM)  # Ctrl-C / docker stop, mid-stream
+        proc.wait(timeout=150)
+        before = rows.count()
+        proc = start_service(env, log)
+        wait_for(lambda: rows.count() >= 120, 180, "all rows after restart", log)
+        time.sleep(2)
+        names = Counter(r.file_name for r in rows.all())
+        assert len(names) == 120 and set(names.values()) == {1}
+        assert all(r.status == "classified" for r in rows.all())
+        assert before <= 120
+    finally:
+        stop(proc)
+        rows.close()
+    assert len(files_under(data / "processed")) == 120

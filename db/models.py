@@ -34,6 +34,9 @@ class Result(Base):
     received_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
     classified_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     processing_ms: Mapped[float | None] = mapped_column(Float)
+    # A person's verdict from the review page: happy, sad, or skip (seen, no opinion).
+    human_label: Mapped[str | None] = mapped_column(String(8))
+    reviewed_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
 
     __table_args__ = (
         Index("ix_results_received_at", "received_at"),
@@ -42,6 +45,7 @@ class Result(Base):
         Index("ix_results_status", "status"),
         Index("ix_results_sha256", "sha256"),
         Index("ix_results_model_version", "model_version"),
+        Index("ix_results_review", "status", "reviewed_at", "confidence"),
     )
 
 

@@ -35,6 +35,8 @@ def result_row(event_id: str, path: str, received_at: datetime, **fields: Any) -
         "duplicate_of": None,
         "classified_at": None,
         "processing_ms": None,
+        "human_label": None,
+        "reviewed_at": None,
     }
     row.update(fields)
     return row
@@ -87,9 +89,13 @@ class ResultFilter:
     label: str | None = None
     status: str | None = None
     since: datetime | None = None
+    until: datetime | None = None
     model: str | None = None
+    min_confidence: float | None = None
+    max_confidence: float | None = None
     limit: int = 50
     offset: int = 0
+    before_id: int | None = None  # keyset paging: rows older than this id, fast at any depth
 
 
 def query_results(session: Session, f: ResultFilter) -> list[Result]:
@@ -100,12 +106,45 @@ def query_results(session: Session, f: ResultFilter) -> list[Result]:
         stmt = stmt.where(Result.status == f.status)
     if f.since:
         stmt = stmt.where(Result.received_at >= f.since)
+    if f.until:
+        stmt = stmt.where(Result.received_at < f.until)
     if f.model:
         stmt = stmt.where(Result.model_version == f.model)
+    if f.min_confidence is not None:
+        stmt = stmt.where(Result.confidence >= f.min_confidence)
+    if f.max_confidence is not None:
+        stmt = stmt.where(Result.confidence <= f.max_confidence)
+    if f.before_id is not None:
+        stmt = stmt.where(Result.id < f.before_id)
     stmt = stmt.order_by(Result.id.desc()).offset(f.offset)
     if f.limit:
         stmt = stmt.limit(f.limit)
     return list(session.scalars(stmt))
+
+
+def review_queue(session: Session, limit: int = 24) -> list[Result]:
+    """Classified rows nobody has reviewed, least confident first."""
+    stmt = (select(Result)
+            .where(Result.status == "classified", Result.reviewed_at.is_(None),
+                   Result.duplicate_of.is_(None))
+            .order_by(Result.confidence.asc(), Result.id.asc()).limit(limit))
+    return list(session.scalars(stmt))
+
+
+def agreement_by_model(session: Session) -> dict[str, dict[str, int]]:
+    """Per model version: how many reviewed rows the person agreed with."""
+    rows = session.execute(
+        select(Result.model_version, Result.label == Result.human_label, func.count())
+        .where(Result.human_label.in_(["happy", "sad"]))
+        .group_by(Result.model_version, Result.label == Result.human_label)
+    ).all()
+    out: dict[str, dict[str, int]] = {}
+    for model, agreed, n in rows:
+        entry = out.setdefault(model or "?", {"agreed": 0, "reviewed": 0})
+        entry["reviewed"] += n
+        if agreed:
+            entry["agreed"] += n
+    return out
 
 
 def as_dict(row: Result) -> dict[str, Any]:

@@ -455,8 +455,7 @@ def run(polling: bool, no_web: bool, no_beat: bool) -> None:
     """
     from moodwatch.supervisor import run_all
 
-    web_available = "web" in main.commands
-    sys.exit(run_all(get_settings(), _stop_on_signals(), polling=polling, web=web_available and not no_web,
+    sys.exit(run_all(get_settings(), _stop_on_signals(), polling=polling, web=not no_web,
                      beat=not no_beat, say=click.echo))
 
 
@@ -518,6 +517,30 @@ def label(file: Path, label: str) -> None:
 
     dest = label_file(get_settings(), file, label)
     click.echo(f"copied to {dest}")
+
+
+@main.command()
+@click.option("--host", default="127.0.0.1", show_default=True,
+              help="Address to bind; anything but loopback requires MOODWATCH_WEB_TOKEN.")
+@click.option("--port", type=int, default=None, help="Port (default: MOODWATCH_WEB_PORT, 8088).")
+def web(host: str, port: int | None) -> None:
+    """Serve the review page: gallery, review queue, rejected files, models, JSON API.
+
+    \b
+    Example:
+        moodwatch web                       # http://127.0.0.1:8088/
+        MOODWATCH_WEB_TOKEN=s3cret moodwatch web --host 0.0.0.0
+    """
+    import uvicorn
+
+    from web.app import create_app
+
+    settings = get_settings()
+    loopback = host in ("127.0.0.1", "localhost", "::1")
+    if not loopback and not settings.web_token:
+        _fail(f"binding to {host} exposes the review page: set MOODWATCH_WEB_TOKEN first")
+    app = create_app(settings, token=settings.web_token)
+    uvicorn.run(app, host=host, port=port or settings.web_port, log_level="warning")
 
 
 if __name__ == "__main__":

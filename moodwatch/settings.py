@@ -44,6 +44,9 @@ class Settings(BaseSettings):
     retrain_cron: str = Field("0 2 * * *", description="When the nightly retrain runs (cron, local time).")
     retrain_epochs: int = Field(30, description="Most epochs of a nightly retrain.")
     web_port: int = Field(8088, description="Port of the review page.")
+    web_token: str | None = Field(
+        None, description="Required on every request to the review page; must be set off loopback."
+    )
     seed: int = Field(1337, description="Seed for splits and training.")
 
     @property

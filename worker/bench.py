@@ -118,7 +118,8 @@ def run_bench(settings: Settings, count: int, images: Path | None, workers: int,
 
     def rows() -> int:
         with sessions() as s:
-            return s.scalar(select(func.count()).select_from(Result)) or 0
+            return s.scalar(select(func.count()).select_from(Result)
+                            .where(Result.event_id.like(f"{run_id}-%"))) or 0
 
     def send(paths: list[Path], tag: str) -> None:
         now = datetime.now(UTC).isoformat()
@@ -149,7 +150,8 @@ def run_bench(settings: Settings, count: int, images: Path | None, workers: int,
         engine.dispose()
         app.close()
     with make_sessionmaker(make_engine(db_url))() as s:
-        failed = s.scalar(select(func.count()).select_from(Result).where(Result.status != "classified"))
+        failed = s.scalar(select(func.count()).select_from(Result).where(
+            Result.status != "classified", Result.event_id.like(f"{run_id}-%")))
     if failed:
         say(f"warning: {failed} images were not classified")
     naive = naive_rate(settings, files)

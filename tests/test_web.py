@@ -1,0 +1,158 @@
+"""The review page and API through FastAPI's test client, over a real database."""
+
+from __future__ import annotations
+
+import re
+from datetime import UTC, datetime, timedelta
+
+import pytest
+from fastapi.testclient import TestClient
+
+from db.engine import make_engine, make_sessionmaker
+from db.migrate import upgrade
+from db.repository import insert_results, result_row
+from moodwatch.settings import Settings
+from tests.imagegen import face_like, write_image
+from web.app import create_app
+
+XSS = "<img src=x onerror=alert(1)>.jpg"
+
+
+@pytest.fixture
+def site(tmp_path, db_url, tiny_model_dir):
+    settings = Settings(data_dir=tmp_path / "data", model_dir=tiny_model_dir, database_url=db_url,
+                        broker_url="redis://127.0.0.1:1/0")  # no broker: the strip says so
+    upgrade(db_url)
+    sessions = make_sessionmaker(make_engine(db_url))
+    now = datetime.now(UTC)
+    rows = []
+    for i in range(130):
+        label = "happy" if i % 2 else "sad"
+        name = XSS if i == 7 else f"p{i}.jpg"
+        path = write_image(settings.processed_dir / label / f"p{i}.jpg", face_like(label, i))
+        rows.append(result_row(f"e{i}", str(settings.inbox_dir / name), now - timedelta(days=i % 5),
+                               file_name=name, stored_path=str(path), status="classified", label=label,
+                               confidence=0.5 + (i % 50) / 100, score=0.3, model_version="v-test",
+                               classified_at=now))
+    rows.append(result_row("bad", str(settings.inbox_dir / "bad.jpg"), now, status="rejected",
+                           error="not a JPEG, PNG or BMP image", classified_at=now))
+    with sessions() as s, s.begin():
+        insert_results(s, rows)
+    client = TestClient(create_app(settings))
+    yield client, settings, sessions
+    client.close()
+
+
+def _csrf(client: TestClient, page: str = "/review") -> str:
+    html = client.get(page).text
+    return re.search(r'name="csrf" value="([^"]+)"', html).group(1)
+
+
+def test_gallery_filters_and_paging(site):
+    client, settings, _ = site
+    r = client.get("/")
+    assert r.status_code == 200 and r.headers["content-type"].startswith("text/html")
+    assert r.headers["x-content-type-options"] == "nosniff"
+    assert r.text.count('class="card"') == 48
+    nxt = re.search(r'id="next" href="([^"]+)"', r.text).group(1).replace("&amp;", "&")
+    page2 = client.get(nxt)
+    ids1 = set(re.findall(r'href="/results/(\d+)"', r.text))
+    ids2 = set(re.findall(r'href="/results/(\d+)"', page2.text))
+    assert ids1 and ids2 and not ids1 & ids2
+    sad = client.get("/", params={"label": "sad"}).text
+    assert 'data-label="happy"' not in sad and 'data-label="sad"' in sad
+    api = client.get("/api/results", params={"label": "happy", "min_conf": 0.9, "limit": 0}).json()
+    assert api and all(x["label"] == "happy" and x["confidence"] >= 0.9 for x in api)
+    assert client.get("/api/results", params={"status": "rejected"}).json()[0]["error"]
+    since = (datetime.now(UTC) - timedelta(days=1, hours=1)).date().isoformat()
+    recent = client.get("/api/results", params={"since": since, "limit": 0}).json()
+    assert 0 < len(recent) < 131
+    assert client.get("/api/results", params={"label": "angry"}).status_code == 422
+    stats = client.get("/api/stats").json()
+    assert stats["total"] == 131 and stats["by_label"] == {"happy": 65, "sad": 65}
+    assert client.get("/api/openapi.json").json()["paths"]["/api/results"]
+
+
+def test_review_flow_label_relabel_copy_not_move(site):
+    client, settings, sessions = site
+    page = client.get("/review").text
+    first_id = re.search(r'id="r(\d+)"', page).group(1)
+    row = client.get("/api/results", params={"limit": 0}).json()
+    stored = next(x for x in row if str(x["id"]) == first_id)["stored_path"]
+    assert next(x for x in row if str(x["id"]) == first_id)["confidence"] == 0.5  # least confident first
+    token = _csrf(client)
+    r = client.post(f"/review/{first_id}", data={"choice": "happy", "csrf": token}, follow_redirects=False)
+    assert r.status_code == 303
+    copies = list((settings.data_dir / "happy").iterdir())
+    assert len(copies) == 1 and copies[0].read_bytes() == open(stored, "rb").read()
+    assert open(stored, "rb")  # copied, not moved
+    detail = client.get("/api/results", params={"limit": 0}).json()
+    assert next(x for x in detail if str(x["id"]) == first_id)["human_label"] == "happy"
+    assert f'id="r{first_id}"' not in client.get("/review").text  # reviewed: off the queue
+    # Choosing again moves the copy to the other label; nothing is deleted.
+    client.post(f"/review/{first_id}", data={"choice": "sad", "csrf": token})
+    assert not list((settings.data_dir / "happy").iterdir())
+    assert len(list((settings.data_dir / "sad").iterdir())) == 1
+    models = client.get("/api/models").json()
+    assert models["versions"] and "runs" in models
+
+
+def test_post_without_csrf_is_refused(site):
+    client, _, _ = site
+    r = client.post("/review/1", data={"choice": "happy", "csrf": "forged"})
+    assert r.status_code == 403
+    assert client.get("/review/1").status_code == 405  # state changes are POST only
+
+
+def test_unknown_ids_and_traversal_are_404(site):
+    client, _, _ = site
+    for url in ["/results/999999", "/thumb/999999", "/image/999999", "/plots/../../etc/loss.png",
+                "/plots/v-nope/loss.png", "/plots/..%2F..%2Fetc/passwd", "/thumb/..%2F..%2Fetc%2Fpasswd"]:
+        assert client.get(url).status_code in (404, 422), url
+    rejected_id = client.get("/api/results", params={"status": "rejected"}).json()[0]["id"]
+    assert client.get(f"/image/{rejected_id}").status_code == 404
+
+
+def test_images_only_from_owned_folders(site, tmp_path):
+    client, settings, sessions = site
+    outside = write_image(tmp_path / "elsewhere" / "secret.jpg", face_like("sad", 1))
+    with sessions() as s, s.begin():
+        insert_results(s, [result_row("out", str(outside), datetime.now(UTC), stored_path=str(outside),
+                                      status="classified", label="sad", confidence=0.9)])
+    rid = client.get("/api/results", params={"limit": 1}).json()[0]["id"]
+    assert client.get(f"/image/{rid}").status_code == 404
+    assert client.get(f"/thumb/{rid}").status_code == 404
+    ok = client.get("/api/results", params={"label": "happy", "limit": 1}).json()[0]["id"]
+    img = client.get(f"/image/{ok}")
+    assert img.status_code == 200 and img.headers["content-type"] == "image/jpeg"
+    th = client.get(f"/thumb/{ok}")
+    assert th.status_code == 200 and th.content[:2] == b"\xff\xd8"
+    assert (settings.data_dir / ".thumbs" / f"{ok}.jpg").is_file()  # cached
+
+
+def test_file_names_are_escaped(site):
+    client, _, _ = site
+    for url in ["/", "/review", "/results/8"]:
+        html = client.get(url).text
+        assert "<img src=x onerror" not in html
+    assert "&lt;img src=x onerror=alert(1)&gt;.jpg" in client.get("/results/8").text
+
+
+def test_token_required_when_configured(tmp_path, sqlite_url, tiny_model_dir):
+    settings = Settings(data_dir=tmp_path / "d", model_dir=tiny_model_dir, database_url=sqlite_url,
+                        broker_url="redis://127.0.0.1:1/0")
+    client = TestClient(create_app(settings, token="s3cret"))
+    assert client.get("/").status_code == 401
+    assert client.get("/api/stats").status_code == 401
+    assert client.get("/api/stats", headers={"Authorization": "Bearer s3cret"}).status_code == 200
+    assert client.get("/", params={"token": "s3cret"}).status_code == 200
+    assert client.get("/api/stats").status_code == 200  # the cookie set by ?token= carries on
+
+
+def test_web_refuses_public_bind_without_token(tmp_path):
+    from click.testing import CliRunner
+
+    from moodwatch.cli import main
+
+    result = CliRunner().invoke(main, ["web", "--host", "0.0.0.0"], env={"MOODWATCH_WEB_TOKEN": ""})
+    assert result.exit_code != 0 and "MOODWATCH_WEB_TOKEN" in result.output

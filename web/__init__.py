@@ -1,0 +1,1 @@
+"""The review page: browse results, correct the model where it was unsure."""

@@ -1,0 +1,254 @@
+"""FastAPI app with server-rendered pages and a JSON API.
+
+Images are served by result id only, from folders the service owns; every state change is a
+POST carrying a CSRF token (double-submit cookie); off loopback a token guards every request.
+"""
+
+from __future__ import annotations
+
+import hmac
+import secrets
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from fastapi import Depends, FastAPI, Form, HTTPException, Query, Request
+from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, RedirectResponse, Response
+from fastapi.templating import Jinja2Templates
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from db.engine import make_engine, make_sessionmaker
+from db.migrate import upgrade
+from db.models import Result
+from db.repository import (
+    ResultFilter,
+    agreement_by_model,
+    as_dict,
+    query_results,
+    review_queue,
+    stats,
+)
+from moodwatch.curation import label_file
+from moodwatch.registry import Registry, RegistryError
+from moodwatch.settings import Settings
+from web.thumbs import owned_file, thumbnail
+
+TEMPLATES = Jinja2Templates(directory=str(Path(__file__).parent / "templates"))
+CSRF_COOKIE = "mw_csrf"
+TOKEN_COOKIE = "mw_token"
+PAGE = 48
+
+
+def _parse_day(value: str | None) -> datetime | None:
+    if not value:
+        return None
+    try:
+        d = datetime.fromisoformat(value)
+    except ValueError:
+        raise HTTPException(422, f"bad date {value!r}; use YYYY-MM-DD") from None
+    return d if d.tzinfo else d.replace(tzinfo=UTC)
+
+
+def create_app(settings: Settings, token: str | None = None, migrate: bool = True) -> FastAPI:
+    if migrate:
+        upgrade(settings.database)
+    sessions = make_sessionmaker(make_engine(settings.database))
+    registry = Registry(settings.model_dir)
+    app = FastAPI(title="moodwatch", description="Results, review and models of moodwatch.",
+                  docs_url="/api/docs", openapi_url="/api/openapi.json", redoc_url=None)
+    status_cache: dict[str, Any] = {"at": 0.0, "value": {}}
+
+    def db() -> Session:
+        with sessions() as session:
+            yield session
+
+    @app.middleware("http")
+    async def guard(request: Request, call_next):
+        if token:
+            supplied = (request.headers.get("authorization", "").removeprefix("Bearer ").strip()
+                        or request.cookies.get(TOKEN_COOKIE) or request.query_params.get("token") or "")
+            if not hmac.compare_digest(supplied.encode(), token.encode()):
+                return Response("a token is required (MOODWATCH_WEB_TOKEN)", status_code=401,
+                                media_type="text/plain", headers={"X-Content-Type-Options": "nosniff"})
+        response = await call_next(request)
+        response.headers["X-Content-Type-Options"] = "nosniff"
+        response.headers["X-Frame-Options"] = "DENY"
+        response.headers["Referrer-Policy"] = "same-origin"
+        response.headers["Content-Security-Policy"] = (
+            "default-src 'self'; img-src 'self'; style-src 'self' 'unsafe-inline'; script-src 'none'")
+        if token and request.query_params.get("token"):
+            response.set_cookie(TOKEN_COOKIE, token, httponly=True, samesite="strict")
+        return response
+
+    def csrf_token(request: Request) -> str:
+        return request.cookies.get(CSRF_COOKIE) or secrets.token_urlsafe(24)
+
+    def render(request: Request, name: str, ctx: dict[str, Any]) -> HTMLResponse:
+        tok = csrf_token(request)
+        response = TEMPLATES.TemplateResponse(request, name, {**ctx, "csrf": tok, "status": status_strip()})
+        response.set_cookie(CSRF_COOKIE, tok, httponly=True, samesite="strict")
+        return response
+
+    def check_csrf(request: Request, supplied: str) -> None:
+        cookie = request.cookies.get(CSRF_COOKIE, "")
+        if not cookie or not hmac.compare_digest(cookie.encode(), supplied.encode()):
+            raise HTTPException(403, "missing or wrong CSRF token; reload the page")
+
+    def status_strip() -> dict[str, Any]:
+        now = time.monotonic()
+        if now - status_cache["at"] > 5:
+            from moodwatch.status import collect
+
+            try:
+                value = collect(settings, ping_timeout=0.5)
+            except Exception as exc:
+                value = {"broker": f"unreachable: {exc}"}
+            with sessions() as s:
+                value["per_minute"] = stats(s)["per_minute_last_hour"]
+            status_cache.update(at=now, value=value)
+        return status_cache["value"]
+
+    def filters(label: str | None, status: str | None, min_conf: float | None, max_conf: float | None,
+                since: str | None, until: str | None, model: str | None, before: int | None,
+                limit: int) -> ResultFilter:
+        if label and label not in ("happy", "sad"):
+            raise HTTPException(422, "label must be happy or sad")
+        if status and status not in ("classified", "rejected", "failed"):
+            raise HTTPException(422, "status must be classified, rejected or failed")
+        return ResultFilter(label=label or None, status=status or None, min_confidence=min_conf,
+                            max_confidence=max_conf, since=_parse_day(since), until=_parse_day(until),
+                            model=model or None, before_id=before, limit=limit)
+
+    def get_row(session: Session, result_id: int) -> Result:
+        row = session.get(Result, result_id)
+        if row is None:
+            raise HTTPException(404, "no such result")
+        return row
+
+    # pages --------------------------------------------------------------------------------
+    @app.get("/", response_class=HTMLResponse, include_in_schema=False)
+    def gallery(request: Request, label: str | None = None, status: str | None = None,
+                min_conf: float | None = None, max_conf: float | None = None, since: str | None = None,
+                until: str | None = None, model: str | None = None, before: int | None = None,
+                session: Session = Depends(db)):
+        f = filters(label, status, min_conf, max_conf, since, until, model, before, PAGE + 1)
+        rows = query_results(session, f)
+        more = len(rows) > PAGE
+        rows = rows[:PAGE]
+        args = {k: v for k, v in dict(label=label, status=status, min_conf=min_conf, max_conf=max_conf,
+                                      since=since, until=until, model=model).items() if v not in (None, "")}
+        return render(request, "gallery.html", {
+            "rows": rows, "args": args, "next_before": rows[-1].id if more and rows else None,
+            "models": [v.name for v in registry.versions()]})
+
+    @app.get("/review", response_class=HTMLResponse, include_in_schema=False)
+    def review(request: Request, session: Session = Depends(db)):
+        return render(request, "review.html", {"rows": review_queue(session)})
+
+    @app.post("/review/{result_id}", include_in_schema=False)
+    def review_post(request: Request, result_id: int, choice: str = Form(...), csrf: str = Form(...),
+                    next: str = Form("/review"), session: Session = Depends(db)):
+        check_csrf(request, csrf)
+        if choice not in ("happy", "sad", "skip"):
+            raise HTTPException(422, "choice must be happy, sad or skip")
+        row = get_row(session, result_id)
+        if choice != "skip":
+            src = owned_file(settings, row.stored_path)
+            if src is None:
+                raise HTTPException(409, "the photo is no longer where the service keeps it")
+            label_file(settings, src, choice)
+        row.human_label = choice
+        row.reviewed_at = datetime.now(UTC)
+        session.commit()
+        target = next if next.startswith("/") and not next.startswith("//") else "/review"
+        return RedirectResponse(target, status_code=303)
+
+    @app.get("/rejected", response_class=HTMLResponse, include_in_schema=False)
+    def rejected(request: Request, before: int | None = None, session: Session = Depends(db)):
+        rows = query_results(session, ResultFilter(status="rejected", before_id=before, limit=PAGE + 1))
+        more = len(rows) > PAGE
+        return render(request, "rejected.html", {"rows": rows[:PAGE],
+                                                 "next_before": rows[PAGE - 1].id if more else None})
+
+    @app.get("/results/{result_id}", response_class=HTMLResponse, include_in_schema=False)
+    def detail(request: Request, result_id: int, session: Session = Depends(db)):
+        row = get_row(session, result_id)
+        original = session.get(Result, row.duplicate_of) if row.duplicate_of else None
+        has_image = owned_file(settings, row.stored_path) is not None
+        return render(request, "detail.html", {"row": row, "original": original, "has_image": has_image})
+
+    @app.get("/models", response_class=HTMLResponse, include_in_schema=False)
+    def models_page(request: Request, session: Session = Depends(db)):
+        return render(request, "models.html", {
+            "versions": list(reversed(registry.versions())), "current": registry.current_name(),
+            "runs": list(reversed(registry.runs()))[:50], "agreement": agreement_by_model(session)})
+
+    # files, by id only ------------------------------------------------------------------------
+    @app.get("/thumb/{result_id}", include_in_schema=False)
+    def thumb(result_id: int, session: Session = Depends(db)):
+        row = get_row(session, result_id)
+        path = thumbnail(settings, row.id, row.stored_path)
+        if path is None:
+            raise HTTPException(404, "no thumbnail for this result")
+        return FileResponse(path, media_type="image/jpeg")
+
+    @app.get("/image/{result_id}", include_in_schema=False)
+    def image(result_id: int, session: Session = Depends(db)):
+        row = get_row(session, result_id)
+        path = owned_file(settings, row.stored_path)
+        if path is None or row.status != "classified":
+            raise HTTPException(404, "no image for this result")
+        kind = {b"\xff\xd8": "image/jpeg", b"\x89P": "image/png", b"BM": "image/bmp"}.get(
+            path.read_bytes()[:2], "application/octet-stream")
+        return FileResponse(path, media_type=kind)
+
+    @app.get("/plots/{version}/{name}", include_in_schema=False)
+    def plot(version: str, name: str):
+        if name not in ("loss.png", "accuracy.png"):
+            raise HTTPException(404, "no such plot")
+        try:
+            v = registry.get(version)
+        except RegistryError:
+            raise HTTPException(404, "no such model version") from None
+        path = v.path / name
+        if not path.is_file():
+            raise HTTPException(404, "no such plot")
+        return FileResponse(path, media_type="image/png")
+
+    # API --------------------------------------------------------------------------------------
+    @app.get("/api/results", tags=["api"])
+    def api_results(label: str | None = None, status: str | None = None,
+                    min_conf: float | None = None, max_conf: float | None = None,
+                    since: str | None = Query(None, description="ISO date or time"),
+                    until: str | None = None, model: str | None = None, before: int | None = None,
+                    limit: int = Query(50, ge=0, le=10_000, description="0 = all"),
+                    session: Session = Depends(db)) -> list[dict[str, Any]]:
+        f = filters(label, status, min_conf, max_conf, since, until, model, before, limit)
+        return [as_dict(r) for r in query_results(session, f)]
+
+    @app.get("/api/stats", tags=["api"])
+    def api_stats(session: Session = Depends(db)) -> dict[str, Any]:
+        return stats(session)
+
+    @app.get("/api/models", tags=["api"])
+    def api_models(session: Session = Depends(db)) -> dict[str, Any]:
+        agreement = agreement_by_model(session)
+        return {
+            "current": registry.current_name(),
+            "versions": [{"version": v.name, "metrics": v.metrics().get("test"),
+                          "architecture": v.params().get("architecture"),
+                          "agreement": agreement.get(v.name)} for v in registry.versions()],
+            "runs": registry.runs(),
+        }
+
+    @app.exception_handler(HTTPException)
+    async def http_error(request: Request, exc: HTTPException):
+        if request.url.path.startswith("/api/"):
+            return JSONResponse({"detail": exc.detail}, status_code=exc.status_code)
+        return Response(str(exc.detail), status_code=exc.status_code, media_type="text/plain")
+
+    app.state.sessions = sessions
+    app.state.select = select
+    return app

@@ -51,6 +51,15 @@ def _parse_day(value: str | None) -> datetime | None:
     return d if d.tzinfo else d.replace(tzinfo=UTC)
 
 
+def _number(value: str | None, kind: type):
+    if value is None or value.strip() == "":
+        return None
+    try:
+        return kind(value)
+    except ValueError:
+        raise HTTPException(422, f"not a number: {value!r}") from None
+
+
 def create_app(settings: Settings, token: str | None = None, migrate: bool = True) -> FastAPI:
     if migrate:
         upgrade(settings.database)
@@ -130,10 +139,12 @@ def create_app(settings: Settings, token: str | None = None, migrate: bool = Tru
     # pages --------------------------------------------------------------------------------
     @app.get("/", response_class=HTMLResponse, include_in_schema=False)
     def gallery(request: Request, label: str | None = None, status: str | None = None,
-                min_conf: float | None = None, max_conf: float | None = None, since: str | None = None,
-                until: str | None = None, model: str | None = None, before: int | None = None,
+                min_conf: str | None = None, max_conf: str | None = None, since: str | None = None,
+                until: str | None = None, model: str | None = None, before: str | None = None,
                 session: Session = Depends(db)):
-        f = filters(label, status, min_conf, max_conf, since, until, model, before, PAGE + 1)
+        # An HTML form sends empty fields as "": they mean "no filter", not an error.
+        f = filters(label, status, _number(min_conf, float), _number(max_conf, float), since, until, model,
+                    _number(before, int), PAGE + 1)
         rows = query_results(session, f)
         more = len(rows) > PAGE
         rows = rows[:PAGE]

@@ -1,0 +1,121 @@
+"""The CLI as a user meets it: documented commands, clear errors, non-zero exits."""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from moodwatch import settings as settings_module
+from moodwatch.cli import main
+from tests.imagegen import face_like, make_curated, write_image
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _commands():
+    out = []
+    for name, cmd in main.commands.items():
+        if hasattr(cmd, "commands"):
+            out += [(f"{name} {sub}", subcmd) for sub, subcmd in cmd.commands.items()]
+        else:
+            out.append((name, cmd))
+    return out
+
+
+@pytest.fixture(autouse=True)
+def fresh_settings():
+    settings_module.get_settings.cache_clear()
+    yield
+    settings_module.get_settings.cache_clear()
+
+
+@pytest.mark.parametrize("name, command", _commands())
+def test_every_command_has_an_example_and_is_in_the_readme(name, command):
+    assert "Example:" in (command.help or ""), f"`moodwatch {name}` --help has no example"
+    readme = (ROOT / "README.md").read_text()
+    assert f"moodwatch {name}" in readme, f"`moodwatch {name}` is not in the README"
+
+
+def run(args, env):
+    return CliRunner().invoke(main, args, env=env, catch_exceptions=False)
+
+
+def test_classify_prints_label_and_confidence_and_refuses_text(tmp_path, tiny_model_dir):
+    env = {"MOODWATCH_MODEL_DIR": str(tiny_model_dir), "MOODWATCH_DATA_DIR": str(tmp_path)}
+    a = write_image(tmp_path / "a.jpg", face_like("happy", 1))
+    b = write_image(tmp_path / "b.png", face_like("sad", 2))
+    fake = tmp_path / "x.jpg"
+    fake.write_text("I am text")
+    ok = run(["classify", str(a), str(b)], env)
+    assert ok.exit_code == 0
+    assert re.search(r"a\.jpg: (happy|sad) \(\d+\.\d%\)", ok.output)
+    bad = run(["classify", "--json", str(a), str(fake)], env)
+    assert bad.exit_code == 1
+    lines = [json.loads(x) for x in bad.output.splitlines() if x.startswith("{")]
+    assert lines[0]["label"] in ("happy", "sad") and 0.5 <= lines[0]["confidence"] <= 1
+    assert lines[1]["label"] is None and "not a JPEG, PNG or BMP" in lines[1]["error"]
+
+
+def test_unreadable_model_is_a_clear_error(tmp_path, tiny_model_dir):
+    models = tmp_path / "models"
+    shutil.copytree(tiny_model_dir, models)
+    current = (models / "current").read_text().strip()
+    (models / current / "model.keras").write_bytes(b"this is not a keras file")
+    img = write_image(tmp_path / "a.jpg", face_like("happy", 1))
+    r = CliRunner().invoke(main, ["classify", str(img)], env={"MOODWATCH_MODEL_DIR": str(models)})
+    assert r.exit_code == 2 and "cannot load model" in r.output
+
+
+def test_no_model_is_a_clear_error(tmp_path):
+    img = write_image(tmp_path / "a.jpg", face_like("happy", 1))
+    r = CliRunner().invoke(main, ["classify", str(img)], env={"MOODWATCH_MODEL_DIR": str(tmp_path / "none")})
+    assert r.exit_code == 2 and "no current model" in r.output
+
+
+@pytest.mark.parametrize("case, message", [
+    ("missing-folder", "does not exist"),
+    ("empty-class", "class 'sad' has no usable images"),
+    ("one-class", "class 'sad' has no usable images"),
+    ("too-few", "at least 5"),
+])
+def test_train_bad_input_exits_non_zero(tmp_path, case, message):
+    data = tmp_path / "data"
+    if case == "empty-class":
+        make_curated(data, per_class=6)
+        for p in (data / "sad").iterdir():
+            p.unlink()
+    elif case == "one-class":
+        make_curated(data, per_class=6)
+        shutil.rmtree(data / "sad")
+    elif case == "too-few":
+        make_curated(data, per_class=3)
+    env = {"MOODWATCH_MODEL_DIR": str(tmp_path / "models"), "MOODWATCH_DATA_DIR": str(tmp_path / "d")}
+    r = CliRunner().invoke(main, ["train", "--data", str(data), "--epochs", "1"], env=env)
+    assert r.exit_code == 2 and message in r.output, r.output
+
+
+def test_results_formats(tmp_path):
+    from datetime import UTC, datetime
+
+    from db.engine import make_engine, make_sessionmaker
+    from db.migrate import upgrade
+    from db.repository import insert_results, result_row
+
+    url = f"sqlite:///{tmp_path / 'r.db'}"
+    upgrade(url)
+    with make_sessionmaker(make_engine(url))() as s, s.begin():
+        insert_results(s, [result_row(f"e{i}", f"/in/{i}.jpg", datetime.now(UTC), status="classified",
+                                      label="happy" if i % 2 else "sad", confidence=0.7) for i in range(5)])
+    env = {"MOODWATCH_DATABASE_URL": url}
+    js = json.loads(run(["results", "--format", "json", "--label", "sad", "--limit", "0"], env).output)
+    assert len(js) == 3 and {"id", "label", "confidence", "sha256", "event_id"} <= set(js[0])
+    csv = run(["results", "--format", "csv", "--limit", "2"], env).output.splitlines()
+    assert csv[0].startswith("id,") and len(csv) == 3
+    assert "sad" in run(["results"], env).output
+    st = json.loads(run(["stats", "--json"], env).output)
+    assert st["by_label"] == {"happy": 2, "sad": 3}

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from pathlib import Path
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -84,8 +85,8 @@ def test_review_flow_label_relabel_copy_not_move(site):
     r = client.post(f"/review/{first_id}", data={"choice": "happy", "csrf": token}, follow_redirects=False)
     assert r.status_code == 303
     copies = list((settings.data_dir / "happy").iterdir())
-    assert len(copies) == 1 and copies[0].read_bytes() == open(stored, "rb").read()
-    assert open(stored, "rb")  # copied, not moved
+    assert len(copies) == 1 and copies[0].read_bytes() == Path(stored).read_bytes()
+    assert Path(stored).is_file()  # copied, not moved
     detail = client.get("/api/results", params={"limit": 0}).json()
     assert next(x for x in detail if str(x["id"]) == first_id)["human_label"] == "happy"
     assert f'id="r{first_id}"' not in client.get("/review").text  # reviewed: off the queue

@@ -42,6 +42,12 @@ def files_under(*folders: Path) -> list[Path]:
     return out
 
 
+def assert_one_row_per_name(rows: Rows, expected: int) -> None:
+    time.sleep(2)  # a second row, if any were coming, would show up now
+    names = Counter(r.file_name for r in rows.all())
+    assert len(names) == expected and set(names.values()) == {1}, names.most_common(3)
+
+
 @pytest.fixture
 def stack(tmp_path, tiny_model_dir):
     data = tmp_path / "data"
@@ -158,9 +164,7 @@ def test_files_dropped_while_stopped_are_processed_on_start(stack, tmp_path):
     proc = start_service(env, log)
     try:
         wait_for(lambda: rows.count() >= 13, 120, "rows for files dropped while down", log)
-        time.sleep(2)
-        names = Counter(r.file_name for r in rows.all())
-        assert len(names) == 13 and set(names.values()) == {1}
+        assert_one_row_per_name(rows, 13)
     finally:
         stop(proc)
         rows.close()
@@ -237,9 +241,7 @@ def test_broker_outage_during_drops_loses_nothing(stack, tmp_path):
         assert proc.poll() is None, "the service must survive a broker outage"
         redis.start()
         wait_for(lambda: rows.count() >= 25, 180, "rows after the broker came back", log)
-        time.sleep(2)
-        names = Counter(r.file_name for r in rows.all())
-        assert len(names) == 25 and set(names.values()) == {1}
+        assert_one_row_per_name(rows, 25)
     finally:
         stop(proc)
         redis.stop()
@@ -261,9 +263,7 @@ def test_sigterm_during_a_batch_then_restart_gives_one_outcome_each(stack, tmp_p
         before = rows.count()
         proc = start_service(env, log)
         wait_for(lambda: rows.count() >= 120, 180, "all rows after restart", log)
-        time.sleep(2)
-        names = Counter(r.file_name for r in rows.all())
-        assert len(names) == 120 and set(names.values()) == {1}
+        assert_one_row_per_name(rows, 120)
         assert all(r.status == "classified" for r in rows.all())
         assert before <= 120
     finally:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import random
 import statistics
 import time
-from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -17,7 +16,7 @@ import tensorflow as tf
 from moodwatch.settings import LABELS
 from trainer.architectures import make_model
 from trainer.cleaning import check_file
-from trainer.dataset import Item, load_arrays, make_items, split_items
+from trainer.dataset import Item, load_arrays, make_items, shuffled_groups, split_items
 from trainer.evaluation import evaluate
 
 
@@ -34,14 +33,8 @@ def folds_of(items: list[Item], k: int, seed: int) -> list[list[Item]]:
     rng = random.Random(seed)
     folds: list[list[Item]] = [[] for _ in range(k)]
     for label in LABELS:
-        groups: dict[str, list[Item]] = defaultdict(list)
-        for it in items:
-            if it.label == label:
-                groups[it.sha256].append(it)
-        keys = sorted(groups)
-        rng.shuffle(keys)
-        for i, key in enumerate(keys):
-            folds[i % k].extend(groups[key])
+        for i, group in enumerate(shuffled_groups(items, label, rng)):
+            folds[i % k].extend(group)
     return folds
 
 

@@ -70,6 +70,17 @@ def fingerprint(items: list[Item]) -> str:
     return h.hexdigest()
 
 
+def shuffled_groups(items: list[Item], label: str, rng: random.Random) -> list[list[Item]]:
+    """The label's items grouped by identical bytes, groups in a seeded order."""
+    groups: dict[str, list[Item]] = defaultdict(list)
+    for item in items:
+        if item.label == label:
+            groups[item.sha256].append(item)
+    keys = sorted(groups)
+    rng.shuffle(keys)
+    return [sorted(groups[k], key=lambda it: str(it.path)) for k in keys]
+
+
 def split_items(
     items: list[Item], seed: int, fractions: tuple[float, float, float] = (0.7, 0.2, 0.1)
 ) -> Split:
@@ -81,20 +92,15 @@ def split_items(
     rng = random.Random(seed)
     split = Split([], [], [])
     for label in LABELS:
-        groups: dict[str, list[Item]] = defaultdict(list)
-        for item in items:
-            if item.label == label:
-                groups[item.sha256].append(item)
-        keys = sorted(groups)
-        rng.shuffle(keys)
-        n = len(keys)
+        groups = shuffled_groups(items, label, rng)
+        n = len(groups)
         n_test = max(1, round(n * fractions[2]))
         n_val = max(1, round(n * fractions[1]))
         if n - n_test - n_val < 1:
             raise DatasetError(f"class {label!r} has too few distinct images to split")
-        for i, key in enumerate(keys):
+        for i, group in enumerate(groups):
             side = split.test if i < n_test else split.validation if i < n_test + n_val else split.train
-            side.extend(sorted(groups[key], key=lambda it: str(it.path)))
+            side.extend(group)
     return split
 
 

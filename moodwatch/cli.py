@@ -184,6 +184,52 @@ def classify(files, as_json: bool, model_version: str | None) -> None:
         sys.exit(1)
 
 
+@main.command()
+@click.option("--data", "data_dir", required=True, type=click.Path(path_type=Path),
+              help="Labelled folder with happy/ and sad/ subfolders.")
+@click.option("--model", "model_version", default=None, help="Version to evaluate (default: current).")
+@click.option("--csv", "csv_path", type=click.Path(path_type=Path), default=None,
+              help="Write per-file predictions here (default: evaluation-<version>.csv).")
+@click.option("--json", "as_json", is_flag=True, help="Print the figures as JSON.")
+def evaluate(data_dir, model_version, csv_path, as_json) -> None:
+    """Measure a model on any labelled folder; it never trains on what it evaluates.
+
+    \b
+    Example:
+        moodwatch evaluate --data ../shared/datasets/fer2013-happy-sad/validation
+    """
+    import time
+
+    from moodwatch.modelio import ModelLoadError
+    from moodwatch.registry import Registry, RegistryError
+    from trainer.report import Evaluated, format_report, labelled_files, summarise, write_csv
+    from worker.inference import Classifier
+
+    settings = get_settings()
+    registry = Registry(settings.model_dir)
+    try:
+        files = labelled_files(data_dir)
+        version = registry.get(model_version) if model_version else registry.require_current()
+        classifier = Classifier(version, batch_size=32)
+    except (ValueError, RegistryError, ModelLoadError) as exc:
+        _fail(str(exc))
+        return
+    t0 = time.perf_counter()
+    preds = classifier.classify_paths([p for p, _ in files], settings.max_pixels)
+    rate = len(files) / (time.perf_counter() - t0)
+    classifier.close()
+    results = [Evaluated(p.path, truth, p.score, p.error) for p, (_, truth) in zip(preds, files, strict=True)]
+    figures = summarise(results)
+    csv_path = csv_path or Path(f"evaluation-{version.name}.csv")
+    write_csv(results, csv_path)
+    if as_json:
+        click.echo(json.dumps({"version": version.name, "data": str(data_dir), "images_per_s": rate,
+                               **figures}, indent=2))
+    else:
+        click.echo(format_report(f"{version.name} on {data_dir}", figures, rate))
+        click.echo(f"per-file predictions: {csv_path}")
+
+
 @main.group()
 def db() -> None:
     """Database commands."""

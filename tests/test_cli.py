@@ -119,3 +119,45 @@ def test_results_formats(tmp_path):
     assert "sad" in run(["results"], env).output
     st = json.loads(run(["stats", "--json"], env).output)
     assert st["by_label"] == {"happy": 2, "sad": 3}
+
+
+def test_evaluate_reports_figures_calibration_and_csv(tmp_path, tiny_model_dir):
+    data = make_curated(tmp_path / "labelled", per_class=8, start=100)
+    (data / "sad" / "broken.jpg").write_text("not an image")
+    out_csv = tmp_path / "preds.csv"
+    env = {"MOODWATCH_MODEL_DIR": str(tiny_model_dir)}
+    r = run(["evaluate", "--data", str(data), "--csv", str(out_csv), "--json"], env)
+    assert r.exit_code == 0, r.output
+    figures = json.loads(r.output[r.output.index("{"):])
+    for key in ("accuracy", "precision", "recall", "f1", "roc_auc", "confusion_matrix", "calibration", "ece"):
+        assert key in figures
+    assert figures["n"] == 16 and figures["unreadable"] == 1
+    assert sum(b["n"] for b in figures["calibration"]) == 16
+    lines = out_csv.read_text().splitlines()
+    assert lines[0].startswith("file,truth,predicted") and len(lines) == 18
+    text = run(["evaluate", "--data", str(data), "--csv", str(out_csv)], env).output
+    assert "ROC AUC" in text and "calibration" in text
+    assert CliRunner().invoke(main, ["evaluate", "--data", str(tmp_path / "nope")], env=env).exit_code == 2
+
+
+def test_roc_auc_matches_pairwise_definition():
+    import numpy as np
+
+    from trainer.report import roc_auc
+
+    rng = np.random.default_rng(3)
+    y = rng.integers(0, 2, 200)
+    s = np.round(rng.random(200) * 0.5 + y * 0.3, 2)  # rounded: ties on purpose
+    pos, neg = s[y == 1], s[y == 0]
+    pairwise = np.mean([(p > n) + 0.5 * (p == n) for p in pos for n in neg])
+    assert abs(roc_auc(y, s) - pairwise) < 1e-9
+
+
+def test_label_copies_and_relabel_moves_the_copy(tmp_path):
+    photo = write_image(tmp_path / "processed" / "p.jpg", face_like("happy", 4))
+    env = {"MOODWATCH_DATA_DIR": str(tmp_path / "data")}
+    assert run(["label", str(photo), "happy"], env).exit_code == 0
+    assert (tmp_path / "data" / "happy" / "p.jpg").is_file() and photo.is_file()
+    run(["label", str(photo), "sad"], env)
+    assert not (tmp_path / "data" / "happy" / "p.jpg").exists()
+    assert (tmp_path / "data" / "sad" / "p.jpg").read_bytes() == photo.read_bytes()

@@ -1,0 +1,128 @@
+"""Honest figures on any labelled folder: accuracy, precision, recall, F1, ROC AUC, confusion
+matrix, a calibration table, and per-file predictions."""
+
+from __future__ import annotations
+
+import csv
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from moodwatch.images import extension_allowed
+from moodwatch.settings import LABELS
+from trainer.evaluation import metrics_from_scores
+
+CALIBRATION_BINS = ((0.5, 0.6), (0.6, 0.7), (0.7, 0.8), (0.8, 0.9), (0.9, 0.95), (0.95, 1.0001))
+
+
+@dataclass
+class Evaluated:
+    path: str
+    truth: str
+    score: float | None  # P(sad)
+    error: str | None = None
+
+    @property
+    def predicted(self) -> str | None:
+        return None if self.score is None else ("sad" if self.score >= 0.5 else "happy")
+
+    @property
+    def confidence(self) -> float | None:
+        return None if self.score is None else max(self.score, 1 - self.score)
+
+
+def labelled_files(folder: Path) -> list[tuple[str, str]]:
+    if not folder.is_dir():
+        raise ValueError(f"folder {folder} does not exist")
+    out = []
+    for label in LABELS:
+        sub = folder / label
+        if not sub.is_dir():
+            raise ValueError(f"{folder} needs a {label}/ subfolder")
+        out += [(str(p), label) for p in sorted(sub.rglob("*")) if p.is_file() and extension_allowed(p.name)]
+    if not out:
+        raise ValueError(f"no images under {folder}/happy or {folder}/sad")
+    return out
+
+
+def roc_auc(y: np.ndarray, scores: np.ndarray) -> float:
+    """Area under the ROC curve by the rank statistic (ties count half)."""
+    pos, neg = scores[y == 1], scores[y == 0]
+    if len(pos) == 0 or len(neg) == 0:
+        return float("nan")
+    order = np.argsort(np.concatenate([pos, neg]), kind="mergesort")
+    ranks = np.empty(len(order))
+    allscores = np.concatenate([pos, neg])[order]
+    ranks[order] = np.arange(1, len(order) + 1)
+    # average ranks over ties
+    _, inverse, counts = np.unique(allscores, return_inverse=True, return_counts=True)
+    sums = np.bincount(inverse, weights=ranks[order])
+    ranks[order] = (sums / counts)[inverse]
+    return float((ranks[: len(pos)].sum() - len(pos) * (len(pos) + 1) / 2) / (len(pos) * len(neg)))
+
+
+def calibration_table(y: np.ndarray, scores: np.ndarray) -> list[dict[str, Any]]:
+    """For each confidence band: how many predictions, their mean confidence, how many right."""
+    conf = np.maximum(scores, 1 - scores)
+    right = (scores >= 0.5).astype(int) == y
+    table = []
+    for lo, hi in CALIBRATION_BINS:
+        m = (conf >= lo) & (conf < hi)
+        n = int(m.sum())
+        table.append({"band": f"{lo:.2f}-{min(hi, 1.0):.2f}", "n": n,
+                      "mean_confidence": float(conf[m].mean()) if n else None,
+                      "accuracy": float(right[m].mean()) if n else None})
+    return table
+
+
+def expected_calibration_error(y: np.ndarray, scores: np.ndarray) -> float:
+    table = calibration_table(y, scores)
+    total = sum(r["n"] for r in table)
+    return float(sum(r["n"] * abs(r["accuracy"] - r["mean_confidence"]) for r in table if r["n"]) / total)
+
+
+def summarise(results: list[Evaluated]) -> dict[str, Any]:
+    ok = [r for r in results if r.score is not None]
+    y = np.array([LABELS.index(r.truth) for r in ok])
+    s = np.array([r.score for r in ok], dtype=np.float32)
+    m = metrics_from_scores(y, s)
+    m["roc_auc"] = roc_auc(y, s)
+    m["calibration"] = calibration_table(y, s)
+    m["ece"] = expected_calibration_error(y, s)
+    m["unreadable"] = len(results) - len(ok)
+    return m
+
+
+def write_csv(results: list[Evaluated], path: Path) -> None:
+    with open(path, "w", newline="") as fh:
+        w = csv.writer(fh)
+        w.writerow(["file", "truth", "predicted", "confidence", "score_sad", "correct", "error"])
+        for r in results:
+            w.writerow([r.path, r.truth, r.predicted or "",
+                        "" if r.confidence is None else f"{r.confidence:.4f}",
+                        "" if r.score is None else f"{r.score:.4f}",
+                        "" if r.score is None else int(r.predicted == r.truth), r.error or ""])
+
+
+def format_report(name: str, m: dict[str, Any], images_per_s: float | None = None) -> str:
+    cm = m["confusion_matrix"]["rows_true_cols_predicted"]
+    lines = [
+        f"{name}: {m['n']} images" + (f", {m['unreadable']} unreadable" if m.get("unreadable") else ""),
+        f"  accuracy {m['accuracy']:.3f}  precision {m['precision']:.3f}  recall {m['recall']:.3f}  "
+        f"F1 {m['f1']:.3f}  ROC AUC {m['roc_auc']:.3f}  (positive class: sad)",
+        f"  confusion (rows true, cols predicted):  happy->happy {cm[0][0]}  happy->sad {cm[0][1]}  "
+        f"sad->happy {cm[1][0]}  sad->sad {cm[1][1]}",
+        f"  calibration (expected calibration error {m['ece']:.3f}):",
+        "    confidence    n   mean conf   accuracy",
+    ]
+    for row in m["calibration"]:
+        if row["n"]:
+            lines.append(f"    {row['band']:<11} {row['n']:>4}   {row['mean_confidence']:.3f}       "
+                         f"{row['accuracy']:.3f}")
+        else:
+            lines.append(f"    {row['band']:<11} {0:>4}")
+    if images_per_s:
+        lines.append(f"  speed: {images_per_s:.1f} images/s (decode + predict, batched)")
+    return "\n".join(lines)

@@ -16,15 +16,33 @@ def main() -> None:
     data = Path(sys.argv[1])
     archs = sys.argv[2:] or ["seed", "default"]
     k = int(os.environ.get("FOLDS", "5"))
-    for arch in archs:
-        results = cross_validate(data, arch, k=k)
+    face = Path(os.environ["FACE_MODEL"]) if os.environ.get("FACE_MODEL") else None
+    weight = float(os.environ.get("FACE_WEIGHT", "0.5"))
+    for spec in archs:
+        # "default+faces" adds the face model (FACE_MODEL) to the default architecture.
+        arch, _, extra = spec.partition("+")
+        results = cross_validate(data, arch, k=k, face_base=face if extra == "faces" else None,
+                                 face_weight=weight)
+        arch = spec
         for r in results:
             m = r.metrics
             print(f"{arch} fold {r.fold}: acc {m['accuracy']:.3f} F1 {m['f1']:.3f} "
                   f"epochs {r.epochs} ({r.epoch_s:.2f}s/epoch)", flush=True)
         s = summarise(results)
         print(f"{arch}: accuracy {s['accuracy_mean']:.3f} ± {s['accuracy_std']:.3f}  "
-              f"F1 {s['f1_mean']:.3f} ± {s['f1_std']:.3f}  {s['epoch_s']:.2f}s/epoch", flush=True)
+              f"F1 {s['f1_mean']:.3f} ± {s['f1_std']:.3f}  ROC AUC {s['roc_auc_mean']:.3f}  "
+              f"{s['epoch_s']:.2f}s/epoch", flush=True)
+        import numpy as np
+
+        from trainer.report import calibration_table, expected_calibration_error
+
+        y = np.array([t for r in results for t in r.metrics["truth"]])
+        sc = np.array([v for r in results for v in r.metrics["scores"]])
+        print(f"{arch}: pooled out-of-fold calibration (ECE {expected_calibration_error(y, sc):.3f}):")
+        for row in calibration_table(y, sc):
+            if row["n"]:
+                print(f"    {row['band']}  n {row['n']:>3}  mean conf {row['mean_confidence']:.3f}  "
+                      f"accuracy {row['accuracy']:.3f}", flush=True)
 
 
 if __name__ == "__main__":

@@ -51,7 +51,12 @@ def main(verbose: bool) -> None:
 @click.option("--patience", default=6, show_default=True, help="Early-stopping patience in epochs.")
 @click.option("--seed", type=int, default=None, help="Split and training seed (default: MOODWATCH_SEED).")
 @click.option("--promote", is_flag=True, help="Make this version current even if it is worse.")
-def train(data_dir, architecture, epochs, batch_size, patience, seed, promote) -> None:
+@click.option("--face-model", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
+              help="Face model (.keras) to fine-tune (default: the current version's, if it has one).")
+@click.option("--no-faces", is_flag=True, help="Whole-image model only, no face detection.")
+@click.option("--face-epochs", default=3, show_default=True, help="Fine-tuning epochs of the face model.")
+def train(data_dir, architecture, epochs, batch_size, patience, seed, promote, face_model, no_faces,
+          face_epochs) -> None:
     """Clean the curated folders, train a new model version, evaluate it, maybe promote it.
 
     \b
@@ -71,6 +76,9 @@ def train(data_dir, architecture, epochs, batch_size, patience, seed, promote) -
         patience=patience,
         seed=settings.seed if seed is None else seed,
         force_promote=promote,
+        face_base=face_model,
+        no_faces=no_faces,
+        face_epochs=face_epochs,
     )
     try:
         result = run_training(settings, options)

@@ -104,8 +104,8 @@ def test_promotion_rule():
 
 def test_preprocessing_parity_train_and_serve(tmp_path, tiny_model_dir):
     """The same file reaches the model as the same tensor, and gets the same score, both ways."""
-    from moodwatch.modelio import load_model
-    from trainer.evaluation import scores_for
+    from moodwatch.pipeline import Pipeline
+    from trainer.training import prepare_items
     from worker.inference import Classifier
 
     paths = [
@@ -113,12 +113,17 @@ def test_preprocessing_parity_train_and_serve(tmp_path, tiny_model_dir):
         write_image(tmp_path / "b.png", face_like("sad", 2, 50)),
         write_image(tmp_path / "c.BMP", face_like("sad", 3, 300)),
     ]
-    x_train, _ = load_arrays([Item(p, "happy", "0" * 64) for p in paths])
-    classifier = Classifier(Registry(tiny_model_dir).require_current(), batch_size=4)
-    decoded = [classifier._decode(str(p), 10_000_000)[0] for p in paths]
-    for a, b in zip(x_train, decoded, strict=True):
-        np.testing.assert_array_equal(a, b)
-    train_scores = scores_for(load_model(classifier.version.model_path), x_train)
+    items = [Item(p, "happy", "0" * 64) for p in paths]
+    x_loaded, _ = load_arrays(items)
+    trained_on = prepare_items(items, 10_000_000, faces=True)
+    version = Registry(tiny_model_dir).require_current()
+    classifier = Classifier(version, batch_size=4)
+    served = [classifier._decode(str(p), 10_000_000)[0] for p in paths]
+    for a, b, c in zip(x_loaded, trained_on, served, strict=True):
+        np.testing.assert_array_equal(a, b.image)
+        np.testing.assert_array_equal(b.image, c.image)
+        assert b.image.shape == (256, 256, 3) and b.image.dtype == np.uint8
+    train_scores = Pipeline(version.path).scores(trained_on)
     serve_scores = [p.score for p in classifier.classify_paths([str(p) for p in paths])]
     np.testing.assert_allclose(train_scores, serve_scores, atol=1e-5)
     classifier.close()

@@ -10,14 +10,13 @@ from pathlib import Path
 from typing import Any
 
 import keras
-import numpy as np
-import tensorflow as tf
 
 from moodwatch.settings import LABELS
-from trainer.architectures import make_model
 from trainer.cleaning import check_file
-from trainer.dataset import Item, load_arrays, make_items, shuffled_groups, split_items
-from trainer.evaluation import evaluate
+from trainer.dataset import Item, make_items, shuffled_groups, split_items
+from trainer.evaluation import metrics_from_scores
+from trainer.report import roc_auc
+from trainer.training import TrainOptions, fit_models, labels_of, prepare_items
 
 
 @dataclass
@@ -50,40 +49,42 @@ def list_items(data_dir: Path, max_pixels: int = 50_000_000) -> list[Item]:
 
 def cross_validate(
     data_dir: Path, architecture: str, k: int = 5, epochs: int = 40, patience: int = 8,
-    batch_size: int = 16, seed: int = 1337,
+    batch_size: int = 16, seed: int = 1337, face_base: Path | None = None, face_epochs: int = 3,
+    face_weight: float = 0.5, max_pixels: int = 50_000_000,
 ) -> list[FoldResult]:
+    """Each fold is the test set once; the rest is split 80/20 into training and validation
+    (early stopping and calibration), exactly as `moodwatch train` does with its own split."""
     items = list_items(data_dir)
     folds = folds_of(items, k, seed)
+    prepared = dict(zip([str(i.path) for i in items],
+                        prepare_items(items, max_pixels, faces=face_base is not None), strict=True))
+    options = TrainOptions(data_dir=data_dir, architecture=architecture, epochs=epochs, patience=patience,
+                           batch_size=batch_size, seed=seed, progress=False, face_epochs=face_epochs,
+                           face_weight=face_weight)
     results = []
     for i in range(k):
         test = folds[i]
         rest = [it for j, f in enumerate(folds) if j != i for it in f]
         inner = split_items(rest, seed, fractions=(0.8, 0.2, 0.0001))
         train_items = inner.train + inner.test  # the inner split's token test group trains too
-        x_tr, y_tr = load_arrays(train_items)
-        x_va, y_va = load_arrays(inner.validation)
-        x_te, y_te = load_arrays(test)
-        keras.utils.set_random_seed(seed + i)
-        model = make_model(architecture)
-        train_ds = (tf.data.Dataset.from_tensor_slices((x_tr, y_tr)).shuffle(len(x_tr), seed=seed)
-                    .batch(batch_size).prefetch(tf.data.AUTOTUNE))
-        val_ds = tf.data.Dataset.from_tensor_slices((x_va, y_va)).batch(batch_size)
         t0 = time.perf_counter()
-        hist = model.fit(train_ds, validation_data=val_ds, epochs=epochs, verbose=0, callbacks=[
-            keras.callbacks.EarlyStopping(monitor="val_loss", patience=patience,
-                                          restore_best_weights=True)])
-        n_epochs = len(hist.history["loss"])
-        results.append(FoldResult(i, evaluate(model, x_te, y_te), n_epochs,
-                                  (time.perf_counter() - t0) / n_epochs))
-        del model
+        pipeline, history = fit_models(
+            options, [prepared[str(it.path)] for it in train_items], labels_of(train_items),
+            [prepared[str(it.path)] for it in inner.validation], labels_of(inner.validation), face_base)
+        n_epochs = len(history["loss"])
+        scores = pipeline.scores([prepared[str(it.path)] for it in test])
+        metrics = metrics_from_scores(labels_of(test), scores)
+        metrics["roc_auc"] = roc_auc(labels_of(test).astype(int), scores)
+        metrics["scores"] = [float(s) for s in scores]
+        metrics["truth"] = [int(v) for v in labels_of(test)]
+        results.append(FoldResult(i, metrics, n_epochs, (time.perf_counter() - t0) / n_epochs))
         keras.backend.clear_session()
-        np.random.seed(None)
     return results
 
 
 def summarise(results: list[FoldResult]) -> dict[str, float]:
     out = {}
-    for key in ("accuracy", "f1", "precision", "recall"):
+    for key in ("accuracy", "f1", "precision", "recall", "roc_auc"):
         vals = [r.metrics[key] for r in results]
         out[f"{key}_mean"] = statistics.mean(vals)
         out[f"{key}_std"] = statistics.stdev(vals) if len(vals) > 1 else 0.0

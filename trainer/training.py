@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -14,12 +15,22 @@ import tensorflow as tf
 from tqdm.auto import tqdm
 
 from moodwatch.modelio import load_model
+from moodwatch.pipeline import (
+    FACE_MODEL_FILE,
+    PIPELINE_FILE,
+    Combination,
+    Pipeline,
+    Prepared,
+    combine_logits,
+    fit_temperature,
+    prepare_path,
+)
 from moodwatch.registry import Registry, Version, write_json
 from moodwatch.settings import Settings
 from trainer.architectures import make_model
 from trainer.cleaning import CleanReport, clean_folders
-from trainer.dataset import DatasetError, Item, fingerprint, load_arrays, make_items, split_items
-from trainer.evaluation import evaluate
+from trainer.dataset import DatasetError, Item, fingerprint, make_items, split_items
+from trainer.evaluation import metrics_from_scores
 from trainer.plots import save_history_plots
 
 log = logging.getLogger(__name__)
@@ -36,6 +47,10 @@ class TrainOptions:
     seed: int = 1337
     force_promote: bool = False
     progress: bool = True
+    face_base: Path | None = None  # a face model to fine-tune; default: the current version's
+    no_faces: bool = False
+    face_epochs: int = 3
+    face_weight: float = 0.5
 
 
 @dataclass
@@ -99,6 +114,83 @@ def _files(items: list[Item]) -> list[dict[str, str]]:
     return [{"path": str(i.path), "label": i.label, "sha256": i.sha256} for i in items]
 
 
+def prepare_items(items: list[Item], max_pixels: int, faces: bool, workers: int = 2) -> list[Prepared]:
+    """The shared preprocessing (whole image, and face crops when the pipeline uses faces)."""
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        return list(pool.map(lambda it: prepare_path(it.path, max_pixels, faces), items))
+
+
+def labels_of(items: list[Item]) -> np.ndarray:
+    return np.array([it.y for it in items], dtype=np.float32)
+
+
+def fine_tune_faces(face_model: keras.Model, prepared: list[Prepared], y: np.ndarray, epochs: int,
+                    seed: int) -> int:
+    """Adapt the face model to the faces in the curated photos; returns how many crops it saw."""
+    crops, labels = [], []
+    for p, label in zip(prepared, y, strict=True):
+        if p.faces is not None and len(p.faces.crops):
+            crops.append(p.faces.crops)
+            labels += [label] * len(p.faces.crops)
+    if len(labels) < 8 or epochs <= 0:
+        return 0
+    face_model.compile(optimizer=keras.optimizers.Adam(1e-4), loss="binary_crossentropy",
+                       metrics=["accuracy"])
+    face_model.fit(np.concatenate(crops), np.array(labels, np.float32), batch_size=16, epochs=epochs,
+                   shuffle=True, verbose=0)
+    return len(labels)
+
+
+def calibrate(pipeline: Pipeline, prepared: list[Prepared], y: np.ndarray) -> Combination:
+    """Fit the temperature on the validation split, so confidence means what it says."""
+    whole, faces, close = pipeline.raw(prepared)
+    base = Combination(face_weight=pipeline.combination.face_weight, temperature=1.0)
+    z, regimes = combine_logits(whole, faces, close, base)
+    base.temperature = fit_temperature(z, y)
+    base.regimes = {r: regimes.count(r) for r in set(regimes)}
+    return base
+
+
+def fit_models(
+    options: TrainOptions, train_prep: list[Prepared], y_train: np.ndarray, val_prep: list[Prepared],
+    y_val: np.ndarray, face_base: Path | None, log_dir: Path | None = None,
+) -> tuple[Pipeline, dict[str, list[float]]]:
+    """Train the whole-image CNN, fine-tune the face model, calibrate: a ready pipeline."""
+    keras.utils.set_random_seed(options.seed)
+    model = make_model(options.architecture)
+    if options.learning_rate is not None:
+        model.optimizer.learning_rate = options.learning_rate
+    callbacks: list[keras.callbacks.Callback] = [
+        keras.callbacks.EarlyStopping(monitor="val_loss", patience=options.patience,
+                                      restore_best_weights=True),
+        TqdmEpochs(options.epochs, options.progress),
+    ]
+    if log_dir is not None:
+        callbacks.insert(0, keras.callbacks.TensorBoard(log_dir=str(log_dir)))
+    x_train = np.stack([p.image for p in train_prep])
+    x_val = np.stack([p.image for p in val_prep])
+    history = model.fit(
+        _dataset(x_train, y_train, options.batch_size, True, options.seed),
+        validation_data=_dataset(x_val, y_val, options.batch_size, False, options.seed),
+        epochs=options.epochs, callbacks=callbacks, verbose=0,
+    )
+    face_model = None
+    if face_base is not None:
+        face_model = load_model(face_base)
+        fine_tune_faces(face_model, train_prep, y_train, options.face_epochs, options.seed)
+    pipeline = Pipeline(Path("/nonexistent"), batch_size=32, whole_model=model, face_model=face_model,
+                        combination=Combination(face_weight=options.face_weight))
+    pipeline.combination = calibrate(pipeline, val_prep, y_val)
+    return pipeline, history.history
+
+
+def default_face_base(registry: Registry) -> Path | None:
+    current = registry.current()
+    if current is not None and (current.path / FACE_MODEL_FILE).is_file():
+        return current.path / FACE_MODEL_FILE
+    return None
+
+
 def train(settings: Settings, options: TrainOptions) -> TrainResult:
     timings: dict[str, float] = {}
     t0 = time.perf_counter()
@@ -109,51 +201,42 @@ def train(settings: Settings, options: TrainOptions) -> TrainResult:
     items = make_items(clean.files)
     data_fingerprint = fingerprint(items)
     split = split_items(items, options.seed)
-    x_train, y_train = load_arrays(split.train)
-    x_val, y_val = load_arrays(split.validation)
-    x_test, y_test = load_arrays(split.test)
+    registry = Registry(settings.model_dir)
+    face_base = None if options.no_faces else (options.face_base or default_face_base(registry))
+    current = registry.current()
+    # Face crops are prepared when either the new or the current pipeline uses them.
+    faces = face_base is not None or (current is not None and (current.path / FACE_MODEL_FILE).is_file())
+    train_prep = prepare_items(split.train, settings.max_pixels, faces)
+    val_prep = prepare_items(split.validation, settings.max_pixels, faces)
+    test_prep = prepare_items(split.test, settings.max_pixels, faces)
+    y_train, y_val, y_test = labels_of(split.train), labels_of(split.validation), labels_of(split.test)
     timings["load_s"] = time.perf_counter() - t0
 
-    keras.utils.set_random_seed(options.seed)
-    model = make_model(options.architecture)
-    if options.learning_rate is not None:
-        model.optimizer.learning_rate = options.learning_rate
-    registry = Registry(settings.model_dir)
-    version = registry.new_version_dir(options.architecture)
-    callbacks = [
-        keras.callbacks.TensorBoard(log_dir=str(version.path / "tensorboard")),
-        keras.callbacks.EarlyStopping(
-            monitor="val_loss", patience=options.patience, restore_best_weights=True
-        ),
-        TqdmEpochs(options.epochs, options.progress),
-    ]
+    version = registry.new_version_dir(options.architecture + ("-faces" if face_base else ""))
     t1 = time.perf_counter()
-    history = model.fit(
-        _dataset(x_train, y_train, options.batch_size, True, options.seed),
-        validation_data=_dataset(x_val, y_val, options.batch_size, False, options.seed),
-        epochs=options.epochs,
-        callbacks=callbacks,
-        verbose=0,
-    )
-    epochs_run = len(history.history.get("loss", []))
+    pipeline, history = fit_models(options, train_prep, y_train, val_prep, y_val, face_base,
+                                   log_dir=version.path / "tensorboard")
+    epochs_run = len(history.get("loss", []))
     timings["train_s"] = time.perf_counter() - t1
     timings["epoch_s"] = timings["train_s"] / max(1, epochs_run)
 
     t2 = time.perf_counter()
-    metrics = evaluate(model, x_test, y_test)
-    current = registry.current()
+    metrics = metrics_from_scores(y_test, pipeline.scores(test_prep))
     current_metrics = None
     if current is not None:
         try:
-            current_metrics = evaluate(load_model(current.model_path), x_test, y_test)
+            current_metrics = metrics_from_scores(y_test, Pipeline(current.path).scores(test_prep))
             current_metrics["version"] = current.name
         except Exception as exc:  # an unreadable current model must not block a good new one
             log.warning("could not evaluate current model %s: %s", current.name, exc)
     timings["evaluate_s"] = time.perf_counter() - t2
     promoted, reason = promotion_decision(metrics, current_metrics, options.force_promote)
 
-    model.save(version.model_path)
-    save_history_plots(history.history, version.path)
+    pipeline.whole.save(version.model_path)
+    if pipeline.face is not None:
+        pipeline.face.save(version.path / FACE_MODEL_FILE)
+    write_json(version.path / PIPELINE_FILE, pipeline.combination.to_json())
+    save_history_plots(history, version.path)
     timings["total_s"] = time.perf_counter() - t0
     write_json(
         version.path / "metrics.json",
@@ -163,7 +246,7 @@ def train(settings: Settings, options: TrainOptions) -> TrainResult:
             "promoted": promoted,
             "promotion_reason": reason,
             "epochs_run": epochs_run,
-            "history": {k: [float(v) for v in vals] for k, vals in history.history.items()},
+            "history": {k: [float(v) for v in vals] for k, vals in history.items()},
             "timings": timings,
         },
     )
@@ -171,6 +254,10 @@ def train(settings: Settings, options: TrainOptions) -> TrainResult:
         version.path / "params.json",
         {
             "architecture": options.architecture,
+            "faces": face_base is not None,
+            "face_base": str(face_base) if face_base else None,
+            "face_base_provenance": _provenance(face_base),
+            "face_epochs": options.face_epochs if face_base else 0,
             "epochs": options.epochs,
             "batch_size": options.batch_size,
             "patience": options.patience,
@@ -199,3 +286,18 @@ def train(settings: Settings, options: TrainOptions) -> TrainResult:
         }
     )
     return TrainResult(version, metrics, current_metrics, promoted, reason, clean, timings)
+
+
+def _provenance(face_base: Path | None) -> str | None:
+    """Where the face model came from: carried over from the version it was fine-tuned from."""
+    if face_base is None:
+        return None
+    params = face_base.parent / "params.json"
+    if params.is_file():
+        import json
+
+        earlier = json.loads(params.read_text()).get("face_base_provenance")
+        if earlier:
+            return earlier
+    note = face_base.with_suffix(".provenance.txt")
+    return note.read_text().strip() if note.is_file() else f"face model file {face_base}"

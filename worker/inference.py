@@ -1,4 +1,4 @@
-"""Batched inference: decode in threads while a compiled forward pass runs on fixed shapes."""
+"""Batched inference: decode (and detect faces) in threads while compiled forward passes run."""
 
 from __future__ import annotations
 
@@ -8,12 +8,10 @@ from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 
-import numpy as np
-
-from moodwatch.images import DEFAULT_MAX_PIXELS, ImageRejected, load_image
-from moodwatch.modelio import label_for, load_model
+from moodwatch.images import DEFAULT_MAX_PIXELS, ImageRejected
+from moodwatch.modelio import label_for
+from moodwatch.pipeline import Pipeline, Prepared, prepare_path
 from moodwatch.registry import Registry, Version
-from moodwatch.settings import IMAGE_SIZE
 
 
 @dataclass
@@ -28,45 +26,25 @@ class Prediction:
 
 
 class Classifier:
-    """A loaded model and its compiled batch function; one per worker process."""
+    """A loaded model version and its compiled batch functions; one per worker process."""
 
     def __init__(self, version: Version, batch_size: int = 32, decode_threads: int | None = None):
-        import tensorflow as tf
+        from moodwatch.modelio import ModelLoadError
 
         self.version = version
         self.batch_size = batch_size
-        self.model = load_model(version.model_path)
-        spec = tf.TensorSpec([batch_size, IMAGE_SIZE, IMAGE_SIZE, 3], tf.uint8)
-        model = self.model
-
-        # A fixed input signature: one trace, one graph, reused for every batch (partial batches
-        # are padded), instead of model.predict's per-call overhead.
-        @tf.function(input_signature=[spec], reduce_retracing=True)
-        def forward(x):
-            return model(x, training=False)
-
-        self._forward = forward
-        self._pool = ThreadPoolExecutor(
-            max_workers=decode_threads or min(4, os.cpu_count() or 2),
-            thread_name_prefix="decode",
-        )
-
-    def scores(self, x: np.ndarray) -> np.ndarray:
-        """P(sad) for a (N, 256, 256, 3) uint8 array, N of any size."""
-        out = np.empty(len(x), dtype=np.float32)
-        for start in range(0, len(x), self.batch_size):
-            chunk = x[start : start + self.batch_size]
-            n = len(chunk)
-            if n < self.batch_size:
-                chunk = np.concatenate(
-                    [chunk, np.zeros((self.batch_size - n, *chunk.shape[1:]), np.uint8)]
-                )
-            out[start : start + n] = self._forward(chunk).numpy().reshape(-1)[:n]
-        return out
-
-    def _decode(self, path: str, max_pixels: int) -> tuple[np.ndarray | None, str | None, bool]:
         try:
-            return load_image(path, max_pixels), None, False
+            self.pipeline = Pipeline(version.path, batch_size)
+        except ModelLoadError:
+            raise
+        except Exception as exc:
+            raise ModelLoadError(f"cannot load model {version.path}: {exc}") from exc
+        self._pool = ThreadPoolExecutor(
+            max_workers=decode_threads or min(4, os.cpu_count() or 2), thread_name_prefix="decode")
+
+    def _decode(self, path: str, max_pixels: int) -> tuple[Prepared | None, str | None, bool]:
+        try:
+            return prepare_path(path, max_pixels, faces=self.pipeline.uses_faces), None, False
         except ImageRejected as exc:
             return None, exc.reason, True
         except FileNotFoundError:
@@ -74,9 +52,7 @@ class Classifier:
         except OSError as exc:
             return None, f"cannot read file: {exc.strerror or exc}", False
 
-    def classify_paths(
-        self, paths: Sequence[str], max_pixels: int = DEFAULT_MAX_PIXELS
-    ) -> list[Prediction]:
+    def classify_paths(self, paths: Sequence[str], max_pixels: int = DEFAULT_MAX_PIXELS) -> list[Prediction]:
         """Classify files; a bad one gets its reason and the others are still classified."""
         return list(self.iter_classify(paths, max_pixels))
 
@@ -90,13 +66,13 @@ class Classifier:
         for start in range(0, len(paths), self.batch_size):
             chunk_paths = paths[start : start + self.batch_size]
             decoded = [f.result() for f in futures[start : start + self.batch_size]]
-            good = [i for i, (arr, _, _) in enumerate(decoded) if arr is not None]
-            scores = self.scores(np.stack([decoded[i][0] for i in good])) if good else []
+            good = [i for i, (prep, _, _) in enumerate(decoded) if prep is not None]
+            scores = self.pipeline.scores([decoded[i][0] for i in good]) if good else []
             by_index = dict(zip(good, scores, strict=True))
             elapsed = (time.perf_counter() - t0) / max(1, start + len(chunk_paths))
             for i, path in enumerate(chunk_paths):
-                arr, error, rejected = decoded[i]
-                if arr is None:
+                prep, error, rejected = decoded[i]
+                if prep is None:
                     yield Prediction(path, error=error, rejected=rejected, seconds=elapsed)
                     continue
                 score = float(by_index[i])

@@ -1,0 +1,184 @@
+"""A model version as a whole: whole-image CNN, optional face model, and how they combine.
+
+`prepare_bytes` is the one preprocessing function (train and serve): the 256x256 RGB image and,
+for versions that use faces, the face crops. `Pipeline` turns prepared images into calibrated
+P(sad). TensorFlow is imported only when a Pipeline is built.
+
+How a photo is scored (versions with a face model):
+- faces found: the mean of the face model's logits over the faces (largest four, weighted by
+  area) is averaged with the whole-image model's logit;
+- no face found but the photo is a close-up (a face crop itself, <= 128 px): the face model alone;
+- no face found: the whole-image model alone.
+Then a temperature, fitted on the validation split, makes the confidence mean what it says.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from moodwatch.faces import FACE_SIZE, FaceInputs, face_inputs
+from moodwatch.images import DEFAULT_MAX_PIXELS, IMAGE_SIZE, decode_rgb, resize
+
+PIPELINE_FILE = "pipeline.json"
+FACE_MODEL_FILE = "face.keras"
+EPS = 1e-6
+
+
+@dataclass
+class Prepared:
+    image: np.ndarray  # (256, 256, 3) uint8 RGB
+    faces: FaceInputs | None = None
+
+
+def prepare_bytes(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS, faces: bool = False) -> Prepared:
+    rgb = decode_rgb(data, max_pixels)
+    return Prepared(resize(rgb), face_inputs(rgb) if faces else None)
+
+
+def prepare_path(path: str | Path, max_pixels: int = DEFAULT_MAX_PIXELS, faces: bool = False) -> Prepared:
+    return prepare_bytes(Path(path).read_bytes(), max_pixels, faces)
+
+
+def logit(p: np.ndarray) -> np.ndarray:
+    p = np.clip(np.asarray(p, dtype=np.float64), EPS, 1 - EPS)
+    return np.log(p / (1 - p))
+
+
+def sigmoid(z: np.ndarray) -> np.ndarray:
+    return 1 / (1 + np.exp(-np.asarray(z, dtype=np.float64)))
+
+
+@dataclass
+class Combination:
+    face_weight: float = 0.5  # share of the face logit when faces are found
+    temperature: float = 1.0
+    regimes: dict[str, int] = field(default_factory=dict)
+
+    @classmethod
+    def load(cls, folder: Path) -> Combination | None:
+        path = folder / PIPELINE_FILE
+        if not path.is_file():
+            return None
+        d = json.loads(path.read_text())
+        return cls(float(d.get("face_weight", 0.5)), float(d.get("temperature", 1.0)))
+
+    def to_json(self) -> dict[str, Any]:
+        return {"face_weight": self.face_weight, "temperature": self.temperature,
+                "rule": "faces: mix of face and whole logits; close-up: face; none: whole",
+                "regimes_on_validation": self.regimes}
+
+
+def combine_logits(whole: np.ndarray, face: list[np.ndarray | None], close_up: list[bool],
+                   c: Combination) -> tuple[np.ndarray, list[str]]:
+    """Combined logits, and which rule scored each photo."""
+    out = np.array(whole, dtype=np.float64)
+    regime = []
+    for i, f in enumerate(face):
+        if f is None or len(f) == 0:
+            regime.append("whole")
+        elif close_up[i]:
+            out[i] = f[0]
+            regime.append("close-up")
+        else:
+            out[i] = c.face_weight * float(np.mean(f)) + (1 - c.face_weight) * out[i]
+            regime.append("faces")
+    return out / c.temperature, regime
+
+
+def fit_temperature(z: np.ndarray, y: np.ndarray) -> float:
+    """The temperature that minimises the log loss of sigmoid(z / T) (a 1-D search)."""
+    best, best_t = float("inf"), 1.0
+    for t in np.exp(np.linspace(np.log(0.25), np.log(8), 80)):
+        p = np.clip(sigmoid(z / t), EPS, 1 - EPS)
+        loss = -np.mean(y * np.log(p) + (1 - y) * np.log(1 - p))
+        if loss < best:
+            best, best_t = loss, float(t)
+    return best_t
+
+
+class Pipeline:
+    """Loaded models of one version, with compiled forward passes on fixed batch shapes."""
+
+    def __init__(self, folder: Path, batch_size: int = 32, whole_model: Any = None, face_model: Any = None,
+                 combination: Combination | None = None):
+        import tensorflow as tf
+
+        from moodwatch.modelio import load_model
+
+        folder = Path(folder)
+        self.batch_size = batch_size
+        self.whole = whole_model if whole_model is not None else load_model(folder / "model.keras")
+        face_path = folder / FACE_MODEL_FILE
+        self.face = face_model if face_model is not None else (
+            load_model(face_path) if face_path.is_file() else None)
+        self.combination = combination or Combination.load(folder) or Combination()
+
+        def compiled(model, shape):
+            spec = tf.TensorSpec([batch_size, *shape], tf.uint8)
+
+            @tf.function(input_signature=[spec], reduce_retracing=True)
+            def forward(x):
+                return model(x, training=False)
+
+            return forward
+
+        self._whole_fn = compiled(self.whole, (IMAGE_SIZE, IMAGE_SIZE, 3))
+        self._face_fn = compiled(self.face, (FACE_SIZE, FACE_SIZE, 1)) if self.face is not None else None
+
+    @property
+    def uses_faces(self) -> bool:
+        return self.face is not None
+
+    def _run(self, fn, x: np.ndarray) -> np.ndarray:
+        out = np.empty(len(x), dtype=np.float32)
+        for start in range(0, len(x), self.batch_size):
+            chunk = x[start : start + self.batch_size]
+            n = len(chunk)
+            if n < self.batch_size:
+                chunk = np.concatenate([chunk, np.zeros((self.batch_size - n, *chunk.shape[1:]), np.uint8)])
+            out[start : start + n] = fn(chunk).numpy().reshape(-1)[:n]
+        return out
+
+    def whole_scores(self, images: np.ndarray) -> np.ndarray:
+        return self._run(self._whole_fn, images)
+
+    def face_scores(self, crops: np.ndarray) -> np.ndarray:
+        if len(crops) == 0:
+            return np.zeros(0, np.float32)
+        return self._run(self._face_fn, crops)
+
+    def raw(self, prepared: list[Prepared]) -> tuple[np.ndarray, list[np.ndarray | None], list[bool]]:
+        """Whole-image logits, per-photo face logits, close-up flags (before combining)."""
+        whole = logit(self.whole_scores(np.stack([p.image for p in prepared])))
+        if self.face is None:
+            return whole, [None] * len(prepared), [False] * len(prepared)
+        crops = [p.faces.crops if p.faces is not None else np.zeros((0, FACE_SIZE, FACE_SIZE, 1), np.uint8)
+                 for p in prepared]
+        flat = logit(self.face_scores(np.concatenate(crops))) if sum(map(len, crops)) else np.zeros(0)
+        faces, at = [], 0
+        for p, c in zip(prepared, crops, strict=True):
+            if len(c) == 0:
+                faces.append(None)
+                continue
+            logits = flat[at : at + len(c)]
+            at += len(c)
+            if p.faces is not None and p.faces.boxes:
+                area = np.array([w * h for _, _, w, h in p.faces.boxes], dtype=np.float64)
+                faces.append(np.array([np.sum(logits * area) / area.sum()]))
+            else:
+                faces.append(logits)
+        close = [bool(p.faces is not None and p.faces.close_up) for p in prepared]
+        return whole, faces, close
+
+    def scores(self, prepared: list[Prepared]) -> np.ndarray:
+        """Calibrated P(sad) per prepared photo."""
+        if not prepared:
+            return np.zeros(0, np.float32)
+        whole, faces, close = self.raw(prepared)
+        z, _ = combine_logits(whole, faces, close, self.combination)
+        return sigmoid(z).astype(np.float32)

@@ -157,3 +157,31 @@ def test_end_to_end_training_and_promotion(tmp_path):
     current = Registry(settings.model_dir).current_name()
     assert (current == second.version.name) == second.promoted
     assert len(Registry(settings.model_dir).runs()) == 2
+
+
+def test_training_with_a_face_model_ships_it_and_serves_it(tmp_path):
+    from trainer.face_model import make_face_model
+    from worker.inference import Classifier
+
+    base = tmp_path / "face-base.keras"
+    make_face_model().save(base)
+    data = make_curated(tmp_path / "data", per_class=8)
+    settings = Settings(data_dir=tmp_path / "data", model_dir=tmp_path / "models")
+    result = train(settings, TrainOptions(data_dir=data, epochs=1, batch_size=8, progress=False,
+                                          face_base=base, face_epochs=1))
+    v = result.version.path
+    assert (v / "face.keras").is_file() and (v / "pipeline.json").is_file()
+    pipeline = json.loads((v / "pipeline.json").read_text())
+    assert pipeline["temperature"] > 0 and sum(pipeline["regimes_on_validation"].values()) > 0
+    assert json.loads((v / "params.json").read_text())["faces"] is True
+    # The next run fine-tunes the current version's face model by default.
+    second = train(settings, TrainOptions(data_dir=data, epochs=1, batch_size=8, progress=False,
+                                          face_epochs=0, force_promote=True))
+    assert json.loads((second.version.path / "params.json").read_text())["face_base"].endswith("face.keras")
+    classifier = Classifier(Registry(settings.model_dir).require_current(), batch_size=4)
+    assert classifier.pipeline.uses_faces
+    close_up = write_image(tmp_path / "closeup.png", face_like("sad", 9, 48))
+    big = write_image(tmp_path / "big.jpg", face_like("happy", 9, 400))
+    preds = classifier.classify_paths([str(close_up), str(big)])
+    assert all(p.label in ("happy", "sad") and 0.5 <= p.confidence <= 1 for p in preds)
+    classifier.close()

@@ -165,7 +165,8 @@ def stats(session: Session, now: datetime | None = None) -> dict[str, Any]:
     )
     hour_ago = now - timedelta(hours=1)
     last_hour = session.scalar(
-        select(func.count()).select_from(Result).where(Result.classified_at >= hour_ago)
+        select(func.count()).select_from(Result)
+        .where(Result.classified_at >= hour_ago, Result.status == "classified")
     ) or 0
     return {
         "total": sum(by_status.values()),
@@ -174,3 +175,20 @@ def stats(session: Session, now: datetime | None = None) -> dict[str, Any]:
         "last_hour": last_hour,
         "per_minute_last_hour": round(last_hour / 60, 2),
     }
+
+
+def upsert_model_version(session: Session, name: str, architecture: str | None, metrics: dict[str, Any],
+                         promoted: bool, created_at: datetime | None = None) -> None:
+    """Mirror a registry version into the model_versions table (for SQL users)."""
+    from db.models import ModelVersion
+
+    row = session.get(ModelVersion, name) or ModelVersion(
+        name=name, created_at=created_at or datetime.now(UTC))
+    row.architecture = architecture
+    row.accuracy = metrics.get("accuracy")
+    row.precision = metrics.get("precision")
+    row.recall = metrics.get("recall")
+    row.f1 = metrics.get("f1")
+    row.promoted = promoted
+    row.metrics = {k: v for k, v in metrics.items() if k not in ("scores", "truth")}
+    session.merge(row)

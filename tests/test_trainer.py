@@ -157,6 +157,16 @@ def test_end_to_end_training_and_promotion(tmp_path):
     current = Registry(settings.model_dir).current_name()
     assert (current == second.version.name) == second.promoted
     assert len(Registry(settings.model_dir).runs()) == 2
+    # Versions are mirrored into the database's model_versions table.
+    from sqlalchemy import select
+
+    from db.engine import make_engine, make_sessionmaker
+    from db.models import ModelVersion
+
+    with make_sessionmaker(make_engine(settings.database))() as s:
+        names = {r.name: r for r in s.scalars(select(ModelVersion))}
+    assert set(names) == {first.version.name, second.version.name}
+    assert names[first.version.name].accuracy == first.metrics["accuracy"]
 
 
 def test_training_with_a_face_model_ships_it_and_serves_it(tmp_path):

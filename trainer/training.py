@@ -274,6 +274,8 @@ def train(settings: Settings, options: TrainOptions) -> TrainResult:
     )
     if promoted:
         registry.promote(version)
+    _record_in_database(settings, version.name, options.architecture + ("+faces" if face_base else ""),
+                        metrics, promoted)
     registry.record_run(
         {
             "version": version.name,
@@ -286,6 +288,24 @@ def train(settings: Settings, options: TrainOptions) -> TrainResult:
         }
     )
     return TrainResult(version, metrics, current_metrics, promoted, reason, clean, timings)
+
+
+def _record_in_database(
+    settings: Settings, name: str, architecture: str, metrics: dict, promoted: bool
+) -> None:
+    """Best effort: the registry is the source of truth, the table a convenience for SQL."""
+    try:
+        from db.engine import make_engine, make_sessionmaker
+        from db.migrate import upgrade
+        from db.repository import upsert_model_version
+
+        upgrade(settings.database)
+        engine = make_engine(settings.database)
+        with make_sessionmaker(engine)() as session, session.begin():
+            upsert_model_version(session, name, architecture, metrics, promoted)
+        engine.dispose()
+    except Exception as exc:
+        log.warning("could not record version %s in the database: %s", name, exc)
 
 
 def _provenance(face_base: Path | None) -> str | None:

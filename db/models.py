@@ -37,6 +37,8 @@ class Result(Base):
     # A person's verdict from the review page: happy, sad, or skip (seen, no opinion).
     human_label: Mapped[str | None] = mapped_column(String(8))
     reviewed_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    # Face boxes the model used, [x, y, w, h] as fractions of the image; null if it used none.
+    faces: Mapped[list | None] = mapped_column(JSON)
 
     __table_args__ = (
         Index("ix_results_received_at", "received_at"),

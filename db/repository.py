@@ -37,6 +37,7 @@ def result_row(event_id: str, path: str, received_at: datetime, **fields: Any) -
         "processing_ms": None,
         "human_label": None,
         "reviewed_at": None,
+        "faces": None,
     }
     row.update(fields)
     return row

@@ -24,6 +24,13 @@ class FaceInputs:
     crops: np.ndarray  # (k, 48, 48, 1) uint8, largest face first
     boxes: list[tuple[int, int, int, int]]  # x, y, w, h in the decoded image's pixels
     close_up: bool  # no face found, but the photo is a close-up: the whole photo is the crop
+    size: tuple[int, int] = (0, 0)  # width, height of the image the boxes refer to
+
+    def relative_boxes(self) -> list[list[float]]:
+        """Boxes as fractions of the image's width and height (independent of decode scale)."""
+        w, h = self.size
+        return [[round(x / w, 4), round(y / h, 4), round(bw / w, 4), round(bh / h, 4)]
+                for x, y, bw, bh in self.boxes] if w and h else []
 
 
 def _cascade() -> cv2.CascadeClassifier:
@@ -68,9 +75,10 @@ def crop(gray: np.ndarray, box: tuple[int, int, int, int] | None) -> np.ndarray:
 def face_inputs(rgb: np.ndarray, detect: bool = True) -> FaceInputs:
     """Face crops for a decoded RGB photo: every detected face, or the photo itself if a close-up."""
     gray = cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY)
+    size = (gray.shape[1], gray.shape[0])
     boxes = detect_faces(gray) if detect else []
     if boxes:
-        return FaceInputs(np.stack([crop(gray, b) for b in boxes]), boxes, False)
+        return FaceInputs(np.stack([crop(gray, b) for b in boxes]), boxes, False, size)
     if max(gray.shape) <= CLOSE_UP_SIDE or not detect:
-        return FaceInputs(crop(gray, None)[None], [], True)
-    return FaceInputs(np.zeros((0, FACE_SIZE, FACE_SIZE, 1), np.uint8), [], False)
+        return FaceInputs(crop(gray, None)[None], [], True, size)
+    return FaceInputs(np.zeros((0, FACE_SIZE, FACE_SIZE, 1), np.uint8), [], False, size)

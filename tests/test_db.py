@@ -19,7 +19,7 @@ def _row(i: int, **kw):
 
 def test_migrations_create_schema_and_indexes(db_url):
     upgrade(db_url)
-    assert current_revision(db_url) == "0002"
+    assert current_revision(db_url) == "0003"
     upgrade(db_url)  # idempotent
     engine = make_engine(db_url)
     insp = inspect(engine)

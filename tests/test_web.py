@@ -157,3 +157,15 @@ def test_web_refuses_public_bind_without_token(tmp_path):
 
     result = CliRunner().invoke(main, ["web", "--host", "0.0.0.0"], env={"MOODWATCH_WEB_TOKEN": ""})
     assert result.exit_code != 0 and "MOODWATCH_WEB_TOKEN" in result.output
+
+
+def test_detail_draws_the_face_boxes_the_model_used(site):
+    client, settings, sessions = site
+    path = write_image(settings.processed_dir / "happy" / "group.jpg", face_like("happy", 77, 300))
+    with sessions() as s, s.begin():
+        insert_results(s, [result_row("faces", str(path), datetime.now(UTC), stored_path=str(path),
+                                      status="classified", label="happy", confidence=0.8,
+                                      faces=[[0.1, 0.2, 0.3, 0.25], [0.6, 0.1, 0.1, 0.1]])])
+    rid = client.get("/api/results", params={"limit": 1}).json()[0]["id"]
+    html = client.get(f"/results/{rid}").text
+    assert html.count('class="facebox"') == 2 and "left: 10.0%" in html and "2 face(s)" in html

@@ -23,6 +23,7 @@ class Prediction:
     error: str | None = None  # why this file could not be classified
     rejected: bool = False  # the file itself is bad (as opposed to a failure reading it)
     seconds: float = 0.0
+    faces: list[list[float]] | None = None  # face boxes the model used, as fractions of the image
 
 
 class Classifier:
@@ -77,7 +78,8 @@ class Classifier:
                     continue
                 score = float(by_index[i])
                 label, confidence = label_for(score)
-                yield Prediction(path, label, confidence, score, seconds=elapsed)
+                faces = prep.faces.relative_boxes() if prep.faces is not None else None
+                yield Prediction(path, label, confidence, score, seconds=elapsed, faces=faces)
 
     def close(self) -> None:
         self._pool.shutdown(wait=False, cancel_futures=True)

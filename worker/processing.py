@@ -127,7 +127,7 @@ def process_batch(
         else:
             rows.append(_row(job, status="classified", label=p.label, confidence=p.confidence,
                              score=p.score, model_version=version, classified_at=classified_at,
-                             processing_ms=ms))
+                             processing_ms=ms, faces=p.faces))
 
     with sessions() as session, session.begin():
         insert_results(session, rows)

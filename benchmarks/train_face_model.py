@@ -16,6 +16,7 @@ import tensorflow as tf  # noqa: E402
 
 from trainer.evaluation import metrics_from_scores  # noqa: E402
 from trainer.face_model import load_face_folder, make_face_model  # noqa: E402
+from trainer.training import save_lean  # noqa: E402
 
 
 def main() -> None:
@@ -42,7 +43,7 @@ def main() -> None:
     xv, yv = load_face_folder(root / "validation")
     m = metrics_from_scores(yv, model.predict(xv, batch_size=256, verbose=0).reshape(-1))
     print(f"FER validation (never trained on): accuracy {m['accuracy']:.3f} F1 {m['f1']:.3f} n {m['n']}")
-    model.save(out)
+    save_lean(model, out)
 
 
 if __name__ == "__main__":

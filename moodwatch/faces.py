@@ -76,9 +76,11 @@ def face_inputs(rgb: np.ndarray, detect: bool = True) -> FaceInputs:
     """Face crops for a decoded RGB photo: every detected face, or the photo itself if a close-up."""
     gray = cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY)
     size = (gray.shape[1], gray.shape[0])
-    boxes = detect_faces(gray) if detect else []
+    if not detect or max(gray.shape) <= CLOSE_UP_SIDE:
+        # A thumbnail-sized photo is taken as a face crop itself, as the FER crops the face
+        # model learned from are: detection at that size mostly misses or cuts the face.
+        return FaceInputs(crop(gray, None)[None], [], True, size)
+    boxes = detect_faces(gray)
     if boxes:
         return FaceInputs(np.stack([crop(gray, b) for b in boxes]), boxes, False, size)
-    if max(gray.shape) <= CLOSE_UP_SIDE or not detect:
-        return FaceInputs(crop(gray, None)[None], [], True, size)
     return FaceInputs(np.zeros((0, FACE_SIZE, FACE_SIZE, 1), np.uint8), [], False, size)

@@ -56,7 +56,10 @@ def sigmoid(z: np.ndarray) -> np.ndarray:
 @dataclass
 class Combination:
     face_weight: float = 0.5  # share of the face logit when faces are found
-    temperature: float = 1.0
+    temperature: float = 1.0  # for photos scored by the whole image, or faces mixed with it
+    # Close-ups are scored by the face model alone, as calibrated as it came from its own
+    # (much larger) training set; the curated photos hold too few close-ups to refit it.
+    close_up_temperature: float = 1.0
     regimes: dict[str, int] = field(default_factory=dict)
 
     @classmethod
@@ -65,10 +68,12 @@ class Combination:
         if not path.is_file():
             return None
         d = json.loads(path.read_text())
-        return cls(float(d.get("face_weight", 0.5)), float(d.get("temperature", 1.0)))
+        return cls(float(d.get("face_weight", 0.5)), float(d.get("temperature", 1.0)),
+                   float(d.get("close_up_temperature", 1.0)))
 
     def to_json(self) -> dict[str, Any]:
         return {"face_weight": self.face_weight, "temperature": self.temperature,
+                "close_up_temperature": self.close_up_temperature,
                 "rule": "faces: mix of face and whole logits; close-up: face; none: whole",
                 "regimes_on_validation": self.regimes}
 
@@ -76,18 +81,19 @@ class Combination:
 def combine_logits(whole: np.ndarray, face: list[np.ndarray | None], close_up: list[bool],
                    c: Combination) -> tuple[np.ndarray, list[str]]:
     """Combined logits, and which rule scored each photo."""
-    out = np.array(whole, dtype=np.float64)
+    out = np.array(whole, dtype=np.float64) / c.temperature
     regime = []
     for i, f in enumerate(face):
         if f is None or len(f) == 0:
             regime.append("whole")
         elif close_up[i]:
-            out[i] = f[0]
+            out[i] = f[0] / c.close_up_temperature
             regime.append("close-up")
         else:
-            out[i] = c.face_weight * float(np.mean(f)) + (1 - c.face_weight) * out[i]
+            mixed = c.face_weight * float(np.mean(f)) + (1 - c.face_weight) * whole[i]
+            out[i] = mixed / c.temperature
             regime.append("faces")
-    return out / c.temperature, regime
+    return out, regime
 
 
 def fit_temperature(z: np.ndarray, y: np.ndarray) -> float:

@@ -30,11 +30,11 @@ def test_crop_is_square_and_stays_inside():
 
 
 def test_combination_rules():
-    c = Combination(face_weight=0.5, temperature=2.0)
+    c = Combination(face_weight=0.5, temperature=2.0, close_up_temperature=4.0)
     whole = np.array([1.0, 1.0, 1.0])
     z, regime = combine_logits(whole, [None, np.array([3.0]), np.array([-4.0])], [False, False, True], c)
     assert regime == ["whole", "faces", "close-up"]
-    np.testing.assert_allclose(z, [0.5, 1.0, -2.0])
+    np.testing.assert_allclose(z, [0.5, 1.0, -1.0])
 
 
 def test_temperature_fixes_overconfidence():

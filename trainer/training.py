@@ -146,7 +146,9 @@ def calibrate(pipeline: Pipeline, prepared: list[Prepared], y: np.ndarray) -> Co
     whole, faces, close = pipeline.raw(prepared)
     base = Combination(face_weight=pipeline.combination.face_weight, temperature=1.0)
     z, regimes = combine_logits(whole, faces, close, base)
-    base.temperature = fit_temperature(z, y)
+    fit = np.array([r != "close-up" for r in regimes])
+    if fit.sum() >= 10:
+        base.temperature = fit_temperature(z[fit], y[fit])
     base.regimes = {r: regimes.count(r) for r in set(regimes)}
     return base
 

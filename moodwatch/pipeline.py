@@ -127,7 +127,7 @@ class Pipeline:
         def compiled(model, shape):
             spec = tf.TensorSpec([batch_size, *shape], tf.uint8)
 
-            @tf.function(input_signature=[spec], reduce_retracing=True)
+            @tf.function(input_signature=[spec], reduce_retracing=True, autograph=False)
             def forward(x):
                 return model(x, training=False)
 

@@ -7,7 +7,7 @@ P(sad). TensorFlow is imported only when a Pipeline is built.
 How a photo is scored (versions with a face model):
 - faces found: the mean of the face model's logits over the faces (largest four, weighted by
   area) is averaged with the whole-image model's logit;
-- no face found but the photo is a close-up (a face crop itself, <= 128 px): the face model alone;
+- the photo is a close-up (a face crop itself, <= 64 px, like FER-2013's): the face model alone;
 - no face found: the whole-image model alone.
 Then a temperature, fitted on the validation split, makes the confidence mean what it says.
 """

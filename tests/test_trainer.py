@@ -195,3 +195,12 @@ def test_training_with_a_face_model_ships_it_and_serves_it(tmp_path):
     preds = classifier.classify_paths([str(close_up), str(big)])
     assert all(p.label in ("happy", "sad") and 0.5 <= p.confidence <= 1 for p in preds)
     classifier.close()
+
+
+def test_dangling_current_pointer_does_not_block_training(tmp_path):
+    data = make_curated(tmp_path / "data", per_class=6)
+    settings = Settings(data_dir=tmp_path / "data", model_dir=tmp_path / "models")
+    (tmp_path / "models").mkdir()
+    (tmp_path / "models" / "current").write_text("v-deleted\n")
+    result = train(settings, TrainOptions(data_dir=data, epochs=1, batch_size=8, progress=False))
+    assert result.promoted and Registry(settings.model_dir).current_name() == result.version.name

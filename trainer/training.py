@@ -25,7 +25,7 @@ from moodwatch.pipeline import (
     fit_temperature,
     prepare_path,
 )
-from moodwatch.registry import Registry, Version, write_json
+from moodwatch.registry import Registry, RegistryError, Version, write_json
 from moodwatch.settings import Settings
 from trainer.architectures import make_model
 from trainer.cleaning import CleanReport, clean_folders
@@ -193,8 +193,17 @@ def save_lean(model: keras.Model, path: Path) -> None:
     lean.save(path)
 
 
+def current_or_none(registry: Registry) -> Version | None:
+    """The current version; a pointer to a missing version is reported, not fatal to training."""
+    try:
+        return registry.current()
+    except RegistryError as exc:
+        log.warning("%s: training as if there were no current model", exc)
+        return None
+
+
 def default_face_base(registry: Registry) -> Path | None:
-    current = registry.current()
+    current = current_or_none(registry)
     if current is not None and (current.path / FACE_MODEL_FILE).is_file():
         return current.path / FACE_MODEL_FILE
     return None
@@ -212,7 +221,7 @@ def train(settings: Settings, options: TrainOptions) -> TrainResult:
     split = split_items(items, options.seed)
     registry = Registry(settings.model_dir)
     face_base = None if options.no_faces else (options.face_base or default_face_base(registry))
-    current = registry.current()
+    current = current_or_none(registry)
     # Face crops are prepared when either the new or the current pipeline uses them.
     faces = face_base is not None or (current is not None and (current.path / FACE_MODEL_FILE).is_file())
     train_prep = prepare_items(split.train, settings.max_pixels, faces)

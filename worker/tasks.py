@@ -13,7 +13,8 @@ from sqlalchemy.exc import DBAPIError, OperationalError
 
 from db.engine import make_engine, make_sessionmaker
 from moodwatch.queue import CLASSIFY_TASK, RETRAIN_TASK, make_celery
-from moodwatch.registry import Registry
+from moodwatch.modelio import ModelLoadError
+from moodwatch.registry import Registry, RegistryError
 from moodwatch.settings import get_settings
 from worker.inference import ModelCache
 from worker.processing import process_batch
@@ -40,7 +41,8 @@ def _models() -> ModelCache:
 @app.task(
     name=CLASSIFY_TASK,
     bind=True,
-    autoretry_for=(OperationalError, DBAPIError),
+    # A database outage, or no loadable model yet: retry later; never drop the job.
+    autoretry_for=(OperationalError, DBAPIError, RegistryError, ModelLoadError),
     retry_backoff=1,
     retry_backoff_max=30,
     retry_jitter=True,

@@ -12,8 +12,8 @@ from typing import Any
 from sqlalchemy.exc import DBAPIError, OperationalError
 
 from db.engine import make_engine, make_sessionmaker
-from moodwatch.queue import CLASSIFY_TASK, RETRAIN_TASK, make_celery
 from moodwatch.modelio import ModelLoadError
+from moodwatch.queue import CLASSIFY_TASK, RETRAIN_TASK, make_celery
 from moodwatch.registry import Registry, RegistryError
 from moodwatch.settings import get_settings
 from worker.inference import ModelCache

@@ -18,11 +18,12 @@ def main() -> None:
     k = int(os.environ.get("FOLDS", "5"))
     face = Path(os.environ["FACE_MODEL"]) if os.environ.get("FACE_MODEL") else None
     weight = float(os.environ.get("FACE_WEIGHT", "0.5"))
+    face_epochs = int(os.environ.get("FACE_EPOCHS", "3"))
     for spec in archs:
         # "default+faces" adds the face model (FACE_MODEL) to the default architecture.
         arch, _, extra = spec.partition("+")
         results = cross_validate(data, arch, k=k, face_base=face if extra == "faces" else None,
-                                 face_weight=weight)
+                                 face_weight=weight, face_epochs=face_epochs)
         arch = spec
         for r in results:
             m = r.metrics

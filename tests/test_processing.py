@@ -101,3 +101,27 @@ def test_worker_picks_up_a_newly_promoted_model(tmp_path, tiny_model_dir):
     shutil.copytree(first.path, newer)
     registry.promote(Version("vzz-newer", newer))
     assert cache.get().version.name == "vzz-newer"
+
+
+def test_unreachable_file_is_handed_back_then_fails_with_a_row(sqlite_url, settings):
+    from worker.processing import UNREACHABLE_ATTEMPTS
+
+    upgrade(sqlite_url)
+    sessions = make_sessionmaker(make_engine(sqlite_url))
+    classifier = Classifier(Registry(settings.model_dir).require_current(), batch_size=4)
+    ok = write_image(settings.inbox_dir / "here.jpg", face_like("happy", 1))
+    msgs = [_msg(ok, 1), _msg(settings.inbox_dir / "on-another-mount.jpg", 2)]
+    sink: list = []
+    counts = process_batch(msgs, settings, sessions, classifier, move_files=False, retry_sink=sink)
+    assert counts == {"classified": 1, "retried": 1} and sink[0]["attempts"] == 1
+    # Handed on until the last attempt, which records the failure with its reason.
+    for attempt in range(2, UNREACHABLE_ATTEMPTS + 1):
+        msgs, sink = sink, []
+        counts = process_batch(msgs, settings, sessions, classifier, move_files=False, retry_sink=sink)
+        if attempt < UNREACHABLE_ATTEMPTS:
+            assert sink and sink[0]["attempts"] == attempt
+    assert not sink and counts == {"failed": 1}
+    with sessions() as s:
+        row = s.scalars(select(Result).where(Result.file_name == "on-another-mount.jpg")).one()
+    assert row.status == "failed" and "not found or unreadable on this worker" in row.error
+    classifier.close()

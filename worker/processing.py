@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import os
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Protocol
@@ -27,6 +28,8 @@ from moodwatch.settings import Settings
 from worker.inference import Prediction
 
 log = logging.getLogger("moodwatch.worker")
+# How many workers try to reach a file before it gets its `failed` row.
+UNREACHABLE_ATTEMPTS = 3
 
 
 class ClassifierLike(Protocol):
@@ -44,12 +47,15 @@ class Job:
     sha256: str | None = None
     # Set by the watcher when it rejected the file itself: the row is written, nothing classified.
     rejected: str | None = None
+    attempts: int = 0  # workers that could not reach the file so far
+    message: dict[str, Any] | None = None
 
     @classmethod
     def from_message(cls, d: dict[str, Any]) -> Job:
         received = d.get("received_at")
         when = datetime.fromisoformat(received) if received else datetime.now(UTC)
-        return cls(str(d["event_id"]), str(d["path"]), when, d.get("sha256"), d.get("rejected"))
+        return cls(str(d["event_id"]), str(d["path"]), when, d.get("sha256"), d.get("rejected"),
+                   int(d.get("attempts", 0)), d)
 
 
 def sha256_of(path: str) -> str | None:
@@ -74,6 +80,7 @@ def process_batch(
     classifier: ClassifierLike,
     move_files: bool = True,
     dedupe: bool = True,
+    retry_sink: list[dict[str, Any]] | None = None,
 ) -> dict[str, int]:
     """Classify a batch and record one row per event; returns counts by status.
 
@@ -90,14 +97,21 @@ def process_batch(
     now = datetime.now(UTC)
     rows: list[dict[str, Any]] = []
     to_classify: list[Job] = []
+    retried = 0
     for job in jobs:
+        if retry_sink is not None and not job.rejected and not os.path.lexists(job.path) \
+                and job.attempts + 1 < UNREACHABLE_ATTEMPTS:
+            # Maybe this worker lacks the mount: hand the file to any worker, later.
+            retry_sink.append({**(job.message or {}), "attempts": job.attempts + 1})
+            retried += 1
+            continue
         if job.rejected:
             rows.append(_row(job, status="rejected", error=job.rejected, classified_at=now))
             continue
         job.sha256 = job.sha256 or sha256_of(job.path)
         if job.sha256 is None:
-            rows.append(_row(job, error=f"file not found or unreadable on this worker: {job.path}",
-                             classified_at=now))
+            rows.append(_row(job, error=f"file not found or unreadable on this worker: {job.path} "
+                             f"(tried by {job.attempts + 1} worker runs)", classified_at=now))
             continue
         to_classify.append(job)
 
@@ -163,6 +177,8 @@ def process_batch(
                  f" {row['label']} ({row['confidence']:.0%})" if row["label"] else f" ({row['error']})")
     if move_files:
         move_outcomes(rows, settings, sessions)
+    if retried:
+        counts["retried"] = retried
     return counts
 
 

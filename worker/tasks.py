@@ -52,8 +52,16 @@ def classify_batch(
     self, items: list[dict[str, Any]], move_files: bool = True, dedupe: bool = True
 ) -> dict[str, int]:
     """Classify a batch of files; database outages are retried with backoff."""
-    return process_batch(items, settings, _sessions(), _models().get(), move_files=move_files,
-                         dedupe=dedupe)
+    unreachable: list[dict[str, Any]] = []
+    counts = process_batch(items, settings, _sessions(), _models().get(), move_files=move_files,
+                           dedupe=dedupe, retry_sink=unreachable)
+    if unreachable:
+        # A new job, so that any worker (on any machine) may take it, after a pause.
+        attempt = max(m["attempts"] for m in unreachable)
+        app.send_task(CLASSIFY_TASK, args=[unreachable], kwargs={"move_files": move_files, "dedupe": dedupe},
+                      countdown=5 * 2**attempt)
+        log.warning("%d file(s) not reachable from this worker; handed back to the queue", len(unreachable))
+    return counts
 
 
 @app.task(name=RETRAIN_TASK, acks_late=False)

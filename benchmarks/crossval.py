@@ -23,7 +23,8 @@ def main() -> None:
         # "default+faces" adds the face model (FACE_MODEL) to the default architecture.
         arch, _, extra = spec.partition("+")
         results = cross_validate(data, arch, k=k, face_base=face if extra == "faces" else None,
-                                 face_weight=weight, face_epochs=face_epochs)
+                                 face_weight=weight, face_epochs=face_epochs,
+                                 face_head_only=os.environ.get("FACE_TUNE") == "head")
         arch = spec
         for r in results:
             m = r.metrics

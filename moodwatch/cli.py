@@ -55,8 +55,10 @@ def main(verbose: bool) -> None:
               help="Face model (.keras) to fine-tune (default: the current version's, if it has one).")
 @click.option("--no-faces", is_flag=True, help="Whole-image model only, no face detection.")
 @click.option("--face-epochs", default=3, show_default=True, help="Fine-tuning epochs of the face model.")
+@click.option("--face-tune", type=click.Choice(["all", "head"]), default="all", show_default=True,
+              help="Fine-tune every layer of the face model, or its dense head only.")
 def train(data_dir, architecture, epochs, batch_size, patience, seed, promote, face_model, no_faces,
-          face_epochs) -> None:
+          face_epochs, face_tune) -> None:
     """Clean the curated folders, train a new model version, evaluate it, maybe promote it.
 
     \b
@@ -79,6 +81,7 @@ def train(data_dir, architecture, epochs, batch_size, patience, seed, promote, f
         face_base=face_model,
         no_faces=no_faces,
         face_epochs=face_epochs,
+        face_head_only=face_tune == "head",
     )
     try:
         result = run_training(settings, options)

@@ -50,7 +50,7 @@ def list_items(data_dir: Path, max_pixels: int = 50_000_000) -> list[Item]:
 def cross_validate(
     data_dir: Path, architecture: str, k: int = 5, epochs: int = 40, patience: int = 8,
     batch_size: int = 16, seed: int = 1337, face_base: Path | None = None, face_epochs: int = 3,
-    face_weight: float = 0.5, max_pixels: int = 50_000_000,
+    face_weight: float = 0.5, max_pixels: int = 50_000_000, face_head_only: bool = False,
 ) -> list[FoldResult]:
     """Each fold is the test set once; the rest is split 80/20 into training and validation
     (early stopping and calibration), exactly as `moodwatch train` does with its own split."""
@@ -60,7 +60,7 @@ def cross_validate(
                         prepare_items(items, max_pixels, faces=face_base is not None), strict=True))
     options = TrainOptions(data_dir=data_dir, architecture=architecture, epochs=epochs, patience=patience,
                            batch_size=batch_size, seed=seed, progress=False, face_epochs=face_epochs,
-                           face_weight=face_weight)
+                           face_weight=face_weight, face_head_only=face_head_only)
     results = []
     for i in range(k):
         test = folds[i]

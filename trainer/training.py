@@ -51,6 +51,7 @@ class TrainOptions:
     no_faces: bool = False
     face_epochs: int = 3
     face_weight: float = 0.5
+    face_head_only: bool = False
 
 
 @dataclass
@@ -125,8 +126,15 @@ def labels_of(items: list[Item]) -> np.ndarray:
 
 
 def fine_tune_faces(face_model: keras.Model, prepared: list[Prepared], y: np.ndarray, epochs: int,
-                    seed: int) -> int:
-    """Adapt the face model to the faces in the curated photos; returns how many crops it saw."""
+                    seed: int, head_only: bool = False) -> int:
+    """Adapt the face model to the faces in the curated photos; returns how many crops it saw.
+
+    head_only trains the dense layers alone: the convolutions (and batch statistics) learned from
+    thousands of face crops stay as they are.
+    """
+    if head_only:
+        for layer in face_model.layers:
+            layer.trainable = isinstance(layer, keras.layers.Dense)
     crops, labels = [], []
     for p, label in zip(prepared, y, strict=True):
         if p.faces is not None and len(p.faces.crops):
@@ -179,7 +187,8 @@ def fit_models(
     face_model = None
     if face_base is not None:
         face_model = load_model(face_base)
-        fine_tune_faces(face_model, train_prep, y_train, options.face_epochs, options.seed)
+        fine_tune_faces(face_model, train_prep, y_train, options.face_epochs, options.seed,
+                        head_only=options.face_head_only)
     pipeline = Pipeline(Path("/nonexistent"), batch_size=32, whole_model=model, face_model=face_model,
                         combination=Combination(face_weight=options.face_weight))
     pipeline.combination = calibrate(pipeline, val_prep, y_val)

@@ -183,3 +183,53 @@ def test_submit_outside_inbox_leaves_files_in_place(tmp_path):
     assert bad.exists() and ok.exists()
     with sessions() as s:
         assert [r.file_name for r in s.scalars(select(Result))] == ["bad.png"]
+
+
+def test_polling_observer_sees_files_too(tmp_path):
+    settings, sessions, rec, _ = _setup(tmp_path, rescan_seconds=3600)
+    w = Watcher(settings, rec, sessions, polling=True)
+    w.start()
+    try:
+        write_image(settings.inbox_dir / "late" / "p.png", face_like("sad", 3))  # after start: no rescan
+        _run_until(w, lambda: len(rec.paths) == 1, timeout=15)
+    finally:
+        w.stop()
+    assert rec.paths[0].endswith("late/p.png")
+
+
+def test_inotify_limit_gives_the_fix(tmp_path, monkeypatch):
+    import errno
+
+    import pytest
+
+    from watcher.service import InotifyLimitError
+
+    settings, sessions, rec, w = _setup(tmp_path)
+
+    def refuse(*_a, **_k):
+        raise OSError(errno.ENOSPC, "inotify watch limit reached")
+
+    monkeypatch.setattr("watchdog.observers.Observer.start", refuse)
+    with pytest.raises(InotifyLimitError, match="max_user_watches.*--polling"):
+        w.start()
+
+
+def test_status_reports_backlog_queue_workers_and_model(tmp_path, tiny_model_dir):
+    from moodwatch.broker import embedded_url, start_embedded
+    from moodwatch.queue import CLASSIFY_TASK, make_celery
+    from moodwatch.status import collect
+
+    client = start_embedded(tmp_path / "redis" / "redis.db")
+    try:
+        settings = Settings(data_dir=tmp_path / "data", model_dir=tiny_model_dir,
+                            broker_url=embedded_url(client))
+        for i in range(3):
+            write_image(settings.inbox_dir / f"w{i}.jpg", face_like("happy", i))
+        app = make_celery(settings)
+        app.send_task(CLASSIFY_TASK, args=[[]])
+        app.send_task(CLASSIFY_TASK, args=[[]])
+        s = collect(settings, ping_timeout=0.5)
+        assert s["inbox_backlog"] == 3 and s["queue_length"] == 2 and s["workers_alive"] == 0
+        assert s["current_model"] == (tiny_model_dir / "current").read_text().strip()
+    finally:
+        client.shutdown()

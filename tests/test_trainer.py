@@ -181,6 +181,8 @@ def test_training_with_a_face_model_ships_it_and_serves_it(tmp_path):
                                           face_base=base, face_epochs=1))
     v = result.version.path
     assert (v / "face.keras").is_file() and (v / "pipeline.json").is_file()
+    # The never-fine-tuned face model is kept for close-ups, byte for byte.
+    assert (v / "face-closeup.keras").read_bytes() == base.read_bytes()
     pipeline = json.loads((v / "pipeline.json").read_text())
     assert pipeline["temperature"] > 0 and sum(pipeline["regimes_on_validation"].values()) > 0
     assert json.loads((v / "params.json").read_text())["faces"] is True
@@ -188,8 +190,9 @@ def test_training_with_a_face_model_ships_it_and_serves_it(tmp_path):
     second = train(settings, TrainOptions(data_dir=data, epochs=1, batch_size=8, progress=False,
                                           face_epochs=0, force_promote=True))
     assert json.loads((second.version.path / "params.json").read_text())["face_base"].endswith("face.keras")
+    assert (second.version.path / "face-closeup.keras").read_bytes() == base.read_bytes()
     classifier = Classifier(Registry(settings.model_dir).require_current(), batch_size=4)
-    assert classifier.pipeline.uses_faces
+    assert classifier.pipeline.uses_faces and classifier.pipeline.close_up is not None
     close_up = write_image(tmp_path / "closeup.png", face_like("sad", 9, 48))
     big = write_image(tmp_path / "big.jpg", face_like("happy", 9, 400))
     preds = classifier.classify_paths([str(close_up), str(big)])

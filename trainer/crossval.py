@@ -70,7 +70,8 @@ def cross_validate(
         t0 = time.perf_counter()
         pipeline, history = fit_models(
             options, [prepared[str(it.path)] for it in train_items], labels_of(train_items),
-            [prepared[str(it.path)] for it in inner.validation], labels_of(inner.validation), face_base)
+            [prepared[str(it.path)] for it in inner.validation], labels_of(inner.validation), face_base,
+            close_up_base=face_base)
         n_epochs = len(history["loss"])
         scores = pipeline.scores([prepared[str(it.path)] for it in test])
         metrics = metrics_from_scores(labels_of(test), scores)

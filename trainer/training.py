@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import shutil
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -16,6 +17,7 @@ from tqdm.auto import tqdm
 
 from moodwatch.modelio import load_model
 from moodwatch.pipeline import (
+    CLOSE_UP_MODEL_FILE,
     FACE_MODEL_FILE,
     PIPELINE_FILE,
     Combination,
@@ -161,9 +163,18 @@ def calibrate(pipeline: Pipeline, prepared: list[Prepared], y: np.ndarray) -> Co
     return base
 
 
+def close_up_model_for(face_base: Path | None) -> Path | None:
+    """The never-fine-tuned face model that goes with face_base: carried from version to version."""
+    if face_base is None:
+        return None
+    carried = face_base.parent / CLOSE_UP_MODEL_FILE
+    return carried if carried.is_file() else face_base
+
+
 def fit_models(
     options: TrainOptions, train_prep: list[Prepared], y_train: np.ndarray, val_prep: list[Prepared],
     y_val: np.ndarray, face_base: Path | None, log_dir: Path | None = None,
+    close_up_base: Path | None = None,
 ) -> tuple[Pipeline, dict[str, list[float]]]:
     """Train the whole-image CNN, fine-tune the face model, calibrate: a ready pipeline."""
     keras.utils.set_random_seed(options.seed)
@@ -189,8 +200,9 @@ def fit_models(
         face_model = load_model(face_base)
         fine_tune_faces(face_model, train_prep, y_train, options.face_epochs, options.seed,
                         head_only=options.face_head_only)
+    close_up = load_model(close_up_base) if close_up_base is not None and face_model is not None else None
     pipeline = Pipeline(Path("/nonexistent"), batch_size=32, whole_model=model, face_model=face_model,
-                        combination=Combination(face_weight=options.face_weight))
+                        combination=Combination(face_weight=options.face_weight), close_up_model=close_up)
     pipeline.combination = calibrate(pipeline, val_prep, y_val)
     return pipeline, history.history
 
@@ -241,8 +253,9 @@ def train(settings: Settings, options: TrainOptions) -> TrainResult:
 
     version = registry.new_version_dir(options.architecture + ("-faces" if face_base else ""))
     t1 = time.perf_counter()
+    close_up_base = close_up_model_for(face_base)
     pipeline, history = fit_models(options, train_prep, y_train, val_prep, y_val, face_base,
-                                   log_dir=version.path / "tensorboard")
+                                   log_dir=version.path / "tensorboard", close_up_base=close_up_base)
     epochs_run = len(history.get("loss", []))
     timings["train_s"] = time.perf_counter() - t1
     timings["epoch_s"] = timings["train_s"] / max(1, epochs_run)
@@ -262,6 +275,8 @@ def train(settings: Settings, options: TrainOptions) -> TrainResult:
     save_lean(pipeline.whole, version.model_path)
     if pipeline.face is not None:
         save_lean(pipeline.face, version.path / FACE_MODEL_FILE)
+        if close_up_base is not None:
+            shutil.copyfile(close_up_base, version.path / CLOSE_UP_MODEL_FILE)
     write_json(version.path / PIPELINE_FILE, pipeline.combination.to_json())
     save_history_plots(history, version.path)
     timings["total_s"] = time.perf_counter() - t0

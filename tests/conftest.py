@@ -19,8 +19,9 @@ from moodwatch.settings import Settings  # noqa: E402
 from tests.imagegen import make_curated  # noqa: E402
 
 IN_CI = os.environ.get("CI", "").lower() == "true"
-REDIS_HOST, REDIS_PORT = "127.0.0.1", 6379
-PG_HOST, PG_PORT = "127.0.0.1", 5432
+# The machine's servers; the ports can be pointed elsewhere (the skip policy's own test does).
+REDIS_HOST, REDIS_PORT = "127.0.0.1", int(os.environ.get("MOODWATCH_TEST_REDIS_PORT", "6379"))
+PG_HOST, PG_PORT = "127.0.0.1", int(os.environ.get("MOODWATCH_TEST_PG_PORT", "5432"))
 
 
 def _reachable(host: str, port: int) -> bool:

@@ -1,0 +1,36 @@
+"""Without the real servers the suite skips their tests and says why; under CI=true it fails."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _closed_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]  # nothing listens once the socket closes
+
+
+def _run(ci: str) -> subprocess.CompletedProcess:
+    port = str(_closed_port())
+    env = dict(os.environ, CI=ci, MOODWATCH_TEST_PG_PORT=port, MOODWATCH_TEST_REDIS_PORT=port)
+    return subprocess.run([sys.executable, "-m", "pytest", "-q", "-rs", "-p", "no:cacheprovider",
+                           "tests/test_db.py"], cwd=ROOT, env=env, capture_output=True, text=True)
+
+
+def test_missing_server_is_a_skip_with_its_reason_locally():
+    out = _run("false")
+    assert out.returncode == 0, out.stdout[-2000:]
+    assert "skipped" in out.stdout and "real PostgreSQL not reachable" in out.stdout
+
+
+def test_missing_server_is_a_failure_under_ci():
+    out = _run("true")
+    assert out.returncode != 0
+    assert "a missing server is a failure, not a skip" in out.stdout

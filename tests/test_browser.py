@@ -46,6 +46,9 @@ def browser():
 
 @pytest.fixture
 def web_site(tmp_path, tiny_model_dir):
+    from moodwatch.broker import embedded_url, start_embedded
+
+    broker = start_embedded(tmp_path / "redis" / "redis.db")
     data = tmp_path / "data"
     url = f"sqlite:///{data / 'moodwatch.db'}"
     data.mkdir()
@@ -66,7 +69,7 @@ def web_site(tmp_path, tiny_model_dir):
         insert_results(s, rows)
     port = _free_port()
     env = service_env(data_dir=data, model_dir=tiny_model_dir, database_url=url,
-                      broker_url="redis://127.0.0.1:1/0")
+                      broker_url=embedded_url(broker))
     log = tmp_path / "web.log"
     proc = subprocess.Popen([sys.executable, "-m", "moodwatch.cli", "web", "--port", str(port)],
                             env=env, cwd=ROOT, stdout=open(log, "wb"), stderr=subprocess.STDOUT,  # noqa: SIM115
@@ -82,6 +85,7 @@ def web_site(tmp_path, tiny_model_dir):
     wait_for(up, 60, "moodwatch web", log)
     yield f"http://127.0.0.1:{port}", data
     stop(proc)
+    broker.shutdown()
 
 
 def test_gallery_filter_and_review_in_a_real_browser(browser, web_site):
@@ -90,6 +94,7 @@ def test_gallery_filter_and_review_in_a_real_browser(browser, web_site):
     page = browser.new_page(viewport={"width": 1280, "height": 900})
     page.goto(base + "/")
     assert page.locator(".card").count() == 31
+    assert "queue: 0" in page.locator("#status").inner_text()
     if shots:
         page.screenshot(path=str(Path(shots) / "gallery.png"))
     page.select_option("#f-label", "sad")

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import func, select, update
+from sqlalchemy import func, select, text, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
@@ -67,6 +67,17 @@ def recorded_event_ids(session: Session, event_ids: Iterable[str]) -> set[str]:
     if not ids:
         return set()
     return set(session.scalars(select(Result.event_id).where(Result.event_id.in_(ids))))
+
+
+def lock_hashes(session: Session, hashes: list[str]) -> None:
+    """Serialise writers that handle the same bytes, until the transaction ends."""
+    dialect = session.get_bind().dialect.name
+    if dialect == "postgresql":
+        for h in sorted(set(hashes)):  # one order for everybody: no deadlocks
+            session.execute(text("SELECT pg_advisory_xact_lock(hashtextextended(:h, 0))"), {"h": h})
+    elif dialect == "sqlite":
+        # A write statement takes SQLite's single write lock now, before the reads that follow.
+        session.execute(text("UPDATE results SET id = id WHERE 0"))
 
 
 def first_classified_by_sha(session: Session, hashes: Iterable[str]) -> dict[str, Result]:

@@ -2,6 +2,7 @@
 
 import os
 from datetime import UTC, datetime
+from pathlib import Path
 
 from sqlalchemy import select
 
@@ -125,3 +126,50 @@ def test_unreachable_file_is_handed_back_then_fails_with_a_row(sqlite_url, setti
         row = s.scalars(select(Result).where(Result.file_name == "on-another-mount.jpg")).one()
     assert row.status == "failed" and "not found or unreadable on this worker" in row.error
     classifier.close()
+
+
+class SlowClassifier:
+    """Classifies by file name after a pause, so two workers overlap (the race under test)."""
+
+    def __init__(self, name: str):
+        from moodwatch.registry import Version
+
+        self.version = Version(name, Path("/nonexistent"))
+
+    def classify_paths(self, paths, max_pixels):
+        import time
+
+        from worker.inference import Prediction
+
+        time.sleep(0.5)
+        return [Prediction(p, "happy", 0.8, 0.2) for p in paths]
+
+
+def test_same_bytes_in_two_concurrent_batches_are_classified_once(db_url, settings):
+    import threading
+
+    upgrade(db_url)
+    sessions = make_sessionmaker(make_engine(db_url))
+    original = write_image(settings.inbox_dir / "a.jpg", face_like("happy", 1))
+    twin = settings.inbox_dir / "b.jpg"
+    twin.write_bytes(original.read_bytes())
+    errors = []
+
+    def worker(path, i, name):
+        try:
+            process_batch([_msg(path, i)], settings, sessions, SlowClassifier(name), move_files=False)
+        except Exception as exc:  # SQLite may refuse the loser's write: Celery retries it
+            errors.append(exc)
+            process_batch([_msg(path, i)], settings, sessions, SlowClassifier(name), move_files=False)
+
+    threads = [threading.Thread(target=worker, args=(p, i, f"v{i}")) for i, p in enumerate([original, twin])]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    with sessions() as s:
+        rows = list(s.scalars(select(Result).order_by(Result.id)))
+    assert len(rows) == 2
+    first, second = rows
+    assert first.duplicate_of is None and second.duplicate_of == first.id
+    assert second.model_version == first.model_version  # the first one's verdict, not its own

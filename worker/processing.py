@@ -19,6 +19,7 @@ from db.models import Result
 from db.repository import (
     first_classified_by_sha,
     insert_results,
+    lock_hashes,
     recorded_event_ids,
     result_row,
     set_stored_path,
@@ -144,6 +145,17 @@ def process_batch(
                              processing_ms=ms, faces=p.faces))
 
     with sessions() as session, session.begin():
+        if dedupe and originals:
+            # Another worker may have committed the same bytes while we classified: under a
+            # lock on those hashes, its row wins and ours becomes a duplicate of it.
+            lock_hashes(session, list(originals))
+            landed = first_classified_by_sha(session, list(originals))
+            for sha, first in landed.items():
+                known_fields[sha] = (first.id, first.label, first.confidence, first.score,
+                                     first.model_version)
+                job = originals.pop(sha)
+                duplicates.append(job)
+                rows[:] = [r for r in rows if r["event_id"] != job.event_id]
         insert_results(session, rows)
         if duplicates:
             session.flush()

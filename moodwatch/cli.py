@@ -128,7 +128,7 @@ def models(as_json: bool) -> None:
         rows.append({
             "version": version.name,
             "current": version.name == current,
-            "architecture": params.get("architecture"),
+            "architecture": (params.get("architecture") or "?") + ("+faces" if params.get("faces") else ""),
             "accuracy": metrics.get("accuracy"),
             "precision": metrics.get("precision"),
             "recall": metrics.get("recall"),
@@ -145,7 +145,7 @@ def models(as_json: bool) -> None:
             return "-" if r[key] is None else f"{r[key]:.3f}"
 
         click.echo(
-            f"{'*' if r['current'] else ' '} {r['version']:<44} {r['architecture'] or '?':<8} "
+            f"{'*' if r['current'] else ' '} {r['version']:<44} {r['architecture']:<13} "
             f"acc {fig('accuracy')}  prec {fig('precision')}  rec {fig('recall')}  F1 {fig('f1')}"
         )
     runs = registry.runs()

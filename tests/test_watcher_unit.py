@@ -233,3 +233,15 @@ def test_status_reports_backlog_queue_workers_and_model(tmp_path, tiny_model_dir
         assert s["current_model"] == (tiny_model_dir / "current").read_text().strip()
     finally:
         client.shutdown()
+
+
+def test_handled_ids_are_pruned_once_files_leave_the_inbox(tmp_path):
+    settings, sessions, rec, w = _setup(tmp_path)
+    files = [write_image(settings.inbox_dir / f"p{i}.jpg", face_like("sad", i)) for i in range(3)]
+    w.start()
+    _run_until(w, lambda: len(rec.paths) == 3)
+    assert len(w._handled) == 3
+    files[0].rename(tmp_path / "moved-away.jpg")  # as the worker does after classifying
+    w.rescan()
+    w.stop()
+    assert sorted(w._handled.values()) == sorted(str(p) for p in files[1:])

@@ -66,7 +66,9 @@ class Watcher:
         self.tracker = StabilityTracker(settings.settle_seconds)
         self._lock = threading.Lock()
         self._noticed: list[str] = []
-        self._handled: set[str] = set()  # event ids recorded or sent by this process
+        # Event ids recorded or sent by this process, with their paths: pruned by the rescan once
+        # the file has left the inbox, so a long-running watcher does not grow without bound.
+        self._handled: dict[str, str] = {}
         self._pending: list[dict[str, Any]] = []  # accepted, not yet sent
         self._pending_since = 0.0
         self._rejects: list[Checked] = []  # rejected, row not yet written
@@ -141,6 +143,10 @@ class Watcher:
     def rescan(self) -> None:
         """Walk the inbox for files without a recorded outcome (missed events, restarts)."""
         self._rescan_at = time.monotonic() + self.settings.rescan_seconds
+        pending = {m["event_id"] for m in self._pending} | {c.event_id for c in self._rejects}
+        for eid, path in list(self._handled.items()):
+            if eid not in pending and not os.path.lexists(path):
+                del self._handled[eid]
         if not self.inbox.is_dir():
             return
         for root, dirs, files in os.walk(self.inbox, followlinks=False):
@@ -174,7 +180,7 @@ class Watcher:
             "sha256": checked.sha256,
             "received_at": datetime.now(UTC).isoformat(),
         })
-        self._handled.add(checked.event_id)
+        self._handled[checked.event_id] = checked.path
 
     def _already_recorded(self, ids: list[str]) -> set[str]:
         if self.sessions is None or not ids:
@@ -204,7 +210,7 @@ class Watcher:
             self._rejects.extend(rejects)
             return
         for row in rows:
-            self._handled.add(row["event_id"])
+            self._handled[row["event_id"]] = row["path"]
             log.info("%s: rejected (%s)", row["path"], row["error"])
             dest = move_outcome(row, self.settings)
             if dest is not None:

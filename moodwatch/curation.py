@@ -2,17 +2,12 @@
 
 from __future__ import annotations
 
-import hashlib
 import shutil
 from pathlib import Path
 
-from moodwatch.files import unique_destination
+from moodwatch.files import sha256_file, unique_destination
 from moodwatch.images import load_image
 from moodwatch.settings import LABELS, Settings
-
-
-def _sha(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 def label_file(settings: Settings, src: Path, label: str) -> Path:
@@ -20,14 +15,14 @@ def label_file(settings: Settings, src: Path, label: str) -> Path:
     if label not in LABELS:
         raise ValueError(f"label must be one of {', '.join(LABELS)}")
     load_image(src, settings.max_pixels)  # refuse what the trainer would quarantine
-    digest = _sha(src)
+    digest = sha256_file(src)
     for other in LABELS:
         folder = settings.data_dir / other
         if not folder.is_dir():
             continue
         for existing in folder.iterdir():
             same_size = existing.is_file() and existing.stat().st_size == src.stat().st_size
-            if same_size and _sha(existing) == digest:
+            if same_size and sha256_file(existing) == digest:
                 if other == label:
                     return existing
                 dest = unique_destination(settings.data_dir / label, existing.name)

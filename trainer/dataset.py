@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
+from moodwatch.files import sha256_file
 from moodwatch.images import load_image
 from moodwatch.settings import IMAGE_SIZE, LABELS
 
@@ -38,14 +39,6 @@ class Split:
     train: list[Item]
     validation: list[Item]
     test: list[Item]
-
-
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def make_items(files: list[tuple[Path, str]]) -> list[Item]:

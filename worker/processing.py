@@ -5,7 +5,6 @@ Plain functions with their dependencies passed in, so tests call them without Ce
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 from dataclasses import dataclass
@@ -24,7 +23,7 @@ from db.repository import (
     result_row,
     set_stored_path,
 )
-from moodwatch.files import move_outcome
+from moodwatch.files import move_outcome, sha256_file
 from moodwatch.settings import Settings
 from worker.inference import Prediction
 
@@ -60,14 +59,11 @@ class Job:
 
 
 def sha256_of(path: str) -> str | None:
-    h = hashlib.sha256()
+    """The file's hash, or None when this worker cannot read it."""
     try:
-        with open(path, "rb") as fh:
-            for chunk in iter(lambda: fh.read(1 << 20), b""):
-                h.update(chunk)
+        return sha256_file(path)
     except OSError:
         return None
-    return h.hexdigest()
 
 
 def _row(job: Job, **fields: Any) -> dict[str, Any]:

@@ -43,8 +43,10 @@ def result_row(event_id: str, path: str, received_at: datetime, **fields: Any) -
     return row
 
 
-def set_stored_path(session: Session, event_id: str, stored_path: str) -> None:
-    session.execute(update(Result).where(Result.event_id == event_id).values(stored_path=stored_path))
+def set_stored_paths(session: Session, moved: dict[str, str]) -> None:
+    """Record where files went (event id -> path) after they were moved."""
+    for event_id, stored_path in moved.items():
+        session.execute(update(Result).where(Result.event_id == event_id).values(stored_path=stored_path))
 
 
 def insert_results(session: Session, rows: Sequence[dict[str, Any]]) -> int:

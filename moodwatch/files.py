@@ -64,3 +64,13 @@ def move_outcome(row: dict[str, Any], settings: Settings) -> Path | None:
         return move_no_clobber(src, folder)
     except OSError:
         return None
+
+
+def move_outcomes(rows: list[dict[str, Any]], settings: Settings) -> dict[str, str]:
+    """Move each recorded file to its outcome folder; returns event id -> where it went."""
+    moved = {}
+    for row in rows:
+        dest = move_outcome(row, settings)
+        if dest is not None:
+            moved[row["event_id"]] = str(dest)
+    return moved

@@ -18,8 +18,8 @@ from watchdog.events import FileSystemEvent, FileSystemEventHandler
 from watchdog.observers import Observer
 from watchdog.observers.polling import PollingObserver
 
-from db.repository import insert_results, recorded_event_ids, result_row, set_stored_path
-from moodwatch.files import move_outcome
+from db.repository import insert_results, recorded_event_ids, result_row, set_stored_paths
+from moodwatch.files import move_outcomes
 from moodwatch.settings import Settings
 from watcher.filters import is_ignored
 from watcher.stability import StabilityTracker
@@ -212,13 +212,13 @@ class Watcher:
         for row in rows:
             self._handled[row["event_id"]] = row["path"]
             log.info("%s: rejected (%s)", row["path"], row["error"])
-            dest = move_outcome(row, self.settings)
-            if dest is not None:
-                try:
-                    with self.sessions() as session, session.begin():
-                        set_stored_path(session, row["event_id"], str(dest))
-                except Exception as exc:
-                    log.warning("moved %s to %s but could not record it: %s", row["path"], dest, exc)
+        moved = move_outcomes(rows, self.settings)
+        if moved:
+            try:
+                with self.sessions() as session, session.begin():
+                    set_stored_paths(session, moved)
+            except Exception as exc:
+                log.warning("moved %d rejected file(s) but could not record where: %s", len(moved), exc)
 
     def _flush(self, now: float, force: bool = False) -> None:
         if not self._pending or (now < self._send_retry_at and not force):

@@ -21,9 +21,9 @@ from db.repository import (
     lock_hashes,
     recorded_event_ids,
     result_row,
-    set_stored_path,
+    set_stored_paths,
 )
-from moodwatch.files import move_outcome, sha256_file
+from moodwatch.files import move_outcomes, sha256_file
 from moodwatch.settings import Settings
 from worker.inference import Prediction
 
@@ -184,16 +184,11 @@ def process_batch(
         log.info("%s: %s%s", row["path"], row["status"],
                  f" {row['label']} ({row['confidence']:.0%})" if row["label"] else f" ({row['error']})")
     if move_files:
-        move_outcomes(rows, settings, sessions)
+        # After the commit: a file leaves the inbox only once its row exists.
+        moved = move_outcomes(rows, settings)
+        if moved:
+            with sessions() as session, session.begin():
+                set_stored_paths(session, moved)
     if retried:
         counts["retried"] = retried
     return counts
-
-
-def move_outcomes(rows: list[dict[str, Any]], settings: Settings, sessions: sessionmaker) -> None:
-    """Move files out of the inbox after their rows are committed; never overwrite, never delete."""
-    for row in rows:
-        dest = move_outcome(row, settings)
-        if dest is not None:
-            with sessions() as session, session.begin():
-                set_stored_path(session, row["event_id"], str(dest))

@@ -114,22 +114,15 @@ def fit_temperature(z: np.ndarray, y: np.ndarray) -> float:
 class Pipeline:
     """Loaded models of one version, with compiled forward passes on fixed batch shapes."""
 
-    def __init__(self, folder: Path, batch_size: int = 32, whole_model: Any = None, face_model: Any = None,
-                 combination: Combination | None = None, close_up_model: Any = None):
+    def __init__(self, whole_model: Any, face_model: Any = None, close_up_model: Any = None,
+                 combination: Combination | None = None, batch_size: int = 32):
         import tensorflow as tf
 
-        from moodwatch.modelio import load_model
-
-        folder = Path(folder)
         self.batch_size = batch_size
-        self.whole = whole_model if whole_model is not None else load_model(folder / "model.keras")
-        face_path = folder / FACE_MODEL_FILE
-        self.face = face_model if face_model is not None else (
-            load_model(face_path) if face_path.is_file() else None)
-        close_path = folder / CLOSE_UP_MODEL_FILE
-        self.close_up = close_up_model if close_up_model is not None else (
-            load_model(close_path) if close_path.is_file() else None)
-        self.combination = combination or Combination.load(folder) or Combination()
+        self.whole = whole_model
+        self.face = face_model
+        self.close_up = close_up_model
+        self.combination = combination or Combination()
 
         def compiled(model, shape):
             spec = tf.TensorSpec([batch_size, *shape], tf.uint8)
@@ -144,6 +137,19 @@ class Pipeline:
         self._face_fn = compiled(self.face, (FACE_SIZE, FACE_SIZE, 1)) if self.face is not None else None
         self._close_fn = (compiled(self.close_up, (FACE_SIZE, FACE_SIZE, 1))
                           if self.close_up is not None else self._face_fn)
+
+    @classmethod
+    def load(cls, folder: Path, batch_size: int = 32) -> Pipeline:
+        """A registry version's pipeline; the face models are there only in versions that use faces."""
+        from moodwatch.modelio import load_model
+
+        folder = Path(folder)
+
+        def optional(name: str) -> Any:
+            return load_model(folder / name) if (folder / name).is_file() else None
+
+        return cls(load_model(folder / "model.keras"), optional(FACE_MODEL_FILE),
+                   optional(CLOSE_UP_MODEL_FILE), Combination.load(folder), batch_size)
 
     @property
     def uses_faces(self) -> bool:

@@ -9,7 +9,7 @@ from moodwatch.registry import Registry
 from moodwatch.settings import Settings
 from tests.imagegen import encode, face_like, make_curated, write_image
 from trainer.cleaning import clean_folders
-from trainer.dataset import DatasetError, Item, load_arrays, make_items, split_items
+from trainer.dataset import DatasetError, Item, make_items, split_items
 from trainer.training import TrainOptions, promotion_decision, train
 
 
@@ -104,6 +104,7 @@ def test_promotion_rule():
 
 def test_preprocessing_parity_train_and_serve(tmp_path, tiny_model_dir):
     """The same file reaches the model as the same tensor, and gets the same score, both ways."""
+    from moodwatch.images import load_image
     from moodwatch.pipeline import Pipeline
     from trainer.training import prepare_items
     from worker.inference import Classifier
@@ -114,7 +115,7 @@ def test_preprocessing_parity_train_and_serve(tmp_path, tiny_model_dir):
         write_image(tmp_path / "c.BMP", face_like("sad", 3, 300)),
     ]
     items = [Item(p, "happy", "0" * 64) for p in paths]
-    x_loaded, _ = load_arrays(items)
+    x_loaded = [load_image(p) for p in paths]  # the core function behind both
     trained_on = prepare_items(items, 10_000_000, faces=True)
     version = Registry(tiny_model_dir).require_current()
     classifier = Classifier(version, batch_size=4)
@@ -123,7 +124,7 @@ def test_preprocessing_parity_train_and_serve(tmp_path, tiny_model_dir):
         np.testing.assert_array_equal(a, b.image)
         np.testing.assert_array_equal(b.image, c.image)
         assert b.image.shape == (256, 256, 3) and b.image.dtype == np.uint8
-    train_scores = Pipeline(version.path).scores(trained_on)
+    train_scores = Pipeline.load(version.path).scores(trained_on)
     serve_scores = [p.score for p in classifier.classify_paths([str(p) for p in paths])]
     np.testing.assert_allclose(train_scores, serve_scores, atol=1e-5)
     classifier.close()

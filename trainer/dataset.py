@@ -5,15 +5,11 @@ from __future__ import annotations
 import hashlib
 import random
 from collections import defaultdict
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
-
 from moodwatch.files import sha256_file
-from moodwatch.images import load_image
-from moodwatch.settings import IMAGE_SIZE, LABELS
+from moodwatch.settings import LABELS
 
 MIN_PER_CLASS = 5
 
@@ -95,13 +91,3 @@ def split_items(
             side = split.test if i < n_test else split.validation if i < n_test + n_val else split.train
             side.extend(group)
     return split
-
-
-def load_arrays(items: list[Item], workers: int = 2) -> tuple[np.ndarray, np.ndarray]:
-    """Decode items with the shared preprocessing into (N, 256, 256, 3) uint8 and (N,) labels."""
-    x = np.empty((len(items), IMAGE_SIZE, IMAGE_SIZE, 3), dtype=np.uint8)
-    with ThreadPoolExecutor(max_workers=workers) as pool:
-        for i, arr in enumerate(pool.map(lambda it: load_image(it.path), items)):
-            x[i] = arr
-    y = np.array([it.y for it in items], dtype=np.float32)
-    return x, y

@@ -8,11 +8,6 @@ import keras
 import numpy as np
 
 
-def scores_for(model: keras.Model, x: np.ndarray, batch_size: int = 32) -> np.ndarray:
-    """P(sad) per image, with augmentation off."""
-    return np.asarray(model.predict(x, batch_size=batch_size, verbose=0)).reshape(-1)
-
-
 def metrics_from_scores(y_true: np.ndarray, scores: np.ndarray) -> dict[str, Any]:
     y_true = np.asarray(y_true, dtype=np.float32).reshape(-1)
     scores = np.asarray(scores, dtype=np.float32).reshape(-1)
@@ -37,7 +32,3 @@ def metrics_from_scores(y_true: np.ndarray, scores: np.ndarray) -> dict[str, Any
         "n": int(len(y_true)),
         "positive_class": "sad",
     }
-
-
-def evaluate(model: keras.Model, x: np.ndarray, y: np.ndarray) -> dict[str, Any]:
-    return metrics_from_scores(y, scores_for(model, x))

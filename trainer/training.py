@@ -201,8 +201,7 @@ def fit_models(
         fine_tune_faces(face_model, train_prep, y_train, options.face_epochs, options.seed,
                         head_only=options.face_head_only)
     close_up = load_model(close_up_base) if close_up_base is not None and face_model is not None else None
-    pipeline = Pipeline(Path("/nonexistent"), batch_size=32, whole_model=model, face_model=face_model,
-                        combination=Combination(face_weight=options.face_weight), close_up_model=close_up)
+    pipeline = Pipeline(model, face_model, close_up, Combination(face_weight=options.face_weight))
     pipeline.combination = calibrate(pipeline, val_prep, y_val)
     return pipeline, history.history
 
@@ -265,7 +264,7 @@ def train(settings: Settings, options: TrainOptions) -> TrainResult:
     current_metrics = None
     if current is not None:
         try:
-            current_metrics = metrics_from_scores(y_test, Pipeline(current.path).scores(test_prep))
+            current_metrics = metrics_from_scores(y_test, Pipeline.load(current.path).scores(test_prep))
             current_metrics["version"] = current.name
         except Exception as exc:  # an unreadable current model must not block a good new one
             log.warning("could not evaluate current model %s: %s", current.name, exc)

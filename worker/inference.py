@@ -35,7 +35,7 @@ class Classifier:
         self.version = version
         self.batch_size = batch_size
         try:
-            self.pipeline = Pipeline(version.path, batch_size)
+            self.pipeline = Pipeline.load(version.path, batch_size)
         except ModelLoadError:
             raise
         except Exception as exc:

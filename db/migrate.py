@@ -6,6 +6,7 @@ from pathlib import Path
 
 from alembic import command
 from alembic.config import Config
+from sqlalchemy.orm import sessionmaker
 
 from db.engine import normalise_url
 
@@ -22,6 +23,14 @@ def alembic_config(url: str) -> Config:
 
 def upgrade(url: str, revision: str = "head") -> None:
     command.upgrade(alembic_config(url), revision)
+
+
+def open_database(url: str) -> sessionmaker:
+    """Bring the schema up to date, then hand out sessions: what every entry point needs."""
+    from db.engine import make_engine, make_sessionmaker
+
+    upgrade(url)
+    return make_sessionmaker(make_engine(url))
 
 
 def current_revision(url: str) -> str | None:

@@ -291,13 +291,11 @@ def results(label, status, since, model_version, limit, fmt) -> None:
     Example:
         moodwatch results --label sad --since 2h --format csv
     """
-    from db.engine import make_engine, make_sessionmaker
-    from db.migrate import upgrade
+    from db.migrate import open_database
     from db.repository import RESULT_COLUMNS, ResultFilter, as_dict, query_results
 
     settings = get_settings()
-    upgrade(settings.database)
-    sessions = make_sessionmaker(make_engine(settings.database))
+    sessions = open_database(settings.database)
     f = ResultFilter(label=label, status=status, since=_parse_since(since), model=model_version,
                      limit=limit)
     with sessions() as session:
@@ -329,13 +327,11 @@ def stats(as_json: bool) -> None:
     Example:
         moodwatch stats --json
     """
-    from db.engine import make_engine, make_sessionmaker
-    from db.migrate import upgrade
+    from db.migrate import open_database
     from db.repository import stats as compute
 
     settings = get_settings()
-    upgrade(settings.database)
-    with make_sessionmaker(make_engine(settings.database))() as session:
+    with open_database(settings.database)() as session:
         s = compute(session)
     if as_json:
         click.echo(json.dumps(s, indent=2))
@@ -428,13 +424,11 @@ def watch(polling: bool) -> None:
     Example:
         MOODWATCH_INBOX=/srv/photos moodwatch watch --polling
     """
-    from db.engine import make_engine, make_sessionmaker
-    from db.migrate import upgrade
+    from db.migrate import open_database
     from watcher.service import InotifyLimitError, Watcher, celery_sender
 
     settings = get_settings()
-    upgrade(settings.database)
-    sessions = make_sessionmaker(make_engine(settings.database))
+    sessions = open_database(settings.database)
     watcher = Watcher(settings, celery_sender(settings), sessions, polling=polling)
     try:
         watcher.run(_stop_on_signals())
@@ -453,13 +447,11 @@ def submit(paths) -> None:
     Example:
         moodwatch submit /mnt/share/photos extra.jpg
     """
-    from db.engine import make_engine, make_sessionmaker
-    from db.migrate import upgrade
+    from db.migrate import open_database
     from watcher.service import celery_sender, submit_paths
 
     settings = get_settings()
-    upgrade(settings.database)
-    sessions = make_sessionmaker(make_engine(settings.database))
+    sessions = open_database(settings.database)
     missing = [p for p in paths if not os.path.lexists(p)]
     for p in missing:
         click.echo(f"{p}: error: no such file or folder", err=True)

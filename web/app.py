@@ -16,11 +16,10 @@ from typing import Any
 from fastapi import Depends, FastAPI, Form, HTTPException, Query, Request
 from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, RedirectResponse, Response
 from fastapi.templating import Jinja2Templates
-from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from db.engine import make_engine, make_sessionmaker
-from db.migrate import upgrade
+from db.migrate import open_database
 from db.models import Result
 from db.repository import (
     ResultFilter,
@@ -61,9 +60,8 @@ def _number(value: str | None, kind: type):
 
 
 def create_app(settings: Settings, token: str | None = None, migrate: bool = True) -> FastAPI:
-    if migrate:
-        upgrade(settings.database)
-    sessions = make_sessionmaker(make_engine(settings.database))
+    sessions = (open_database(settings.database) if migrate
+                else make_sessionmaker(make_engine(settings.database)))
     registry = Registry(settings.model_dir)
     app = FastAPI(title="moodwatch", description="Results, review and models of moodwatch.",
                   docs_url="/api/docs", openapi_url="/api/openapi.json", redoc_url=None)
@@ -211,8 +209,10 @@ def create_app(settings: Settings, token: str | None = None, migrate: bool = Tru
         path = owned_file(settings, row.stored_path)
         if path is None or row.status != "classified":
             raise HTTPException(404, "no image for this result")
+        with open(path, "rb") as fh:  # the signature only, not a whole photo per request
+            head = fh.read(2)
         kind = {b"\xff\xd8": "image/jpeg", b"\x89P": "image/png", b"BM": "image/bmp"}.get(
-            path.read_bytes()[:2], "application/octet-stream")
+            head, "application/octet-stream")
         return FileResponse(path, media_type=kind)
 
     @app.get("/plots/{version}/{name}", include_in_schema=False)
@@ -260,6 +260,4 @@ def create_app(settings: Settings, token: str | None = None, migrate: bool = Tru
             return JSONResponse({"detail": exc.detail}, status_code=exc.status_code)
         return Response(str(exc.detail), status_code=exc.status_code, media_type="text/plain")
 
-    app.state.sessions = sessions
-    app.state.select = select
     return app

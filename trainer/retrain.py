@@ -9,9 +9,8 @@ from typing import Any
 
 from moodwatch.registry import Registry
 from moodwatch.settings import Settings
-from trainer.cleaning import clean_folders
-from trainer.dataset import DatasetError, fingerprint, make_items
-from trainer.training import TrainOptions, train
+from trainer.dataset import DatasetError
+from trainer.training import DataUnchanged, TrainOptions, train
 
 log = logging.getLogger("moodwatch.trainer")
 LOCK_NAME = "moodwatch:training-lock"
@@ -54,19 +53,19 @@ def retrain(settings: Settings, broker_url: str, epochs: int = 30, architecture:
             outcome = {"outcome": "skipped", "reason": "another training run holds the lock"}
             registry.record_run(outcome)
             return outcome
+        options = TrainOptions(data_dir=settings.data_dir, architecture=architecture, epochs=epochs,
+                               seed=settings.seed, progress=False,
+                               skip_if_fingerprint=None if force else last_trained_fingerprint(registry))
+        # One pass over the curated files: train() cleans, fingerprints, and stops if unchanged.
         try:
-            clean = clean_folders(settings.data_dir, settings.quarantine_dir, settings.max_pixels)
-            data_fp = fingerprint(make_items(clean.files))
+            result = train(settings, options)
         except DatasetError as exc:
             outcome = {"outcome": "skipped", "reason": f"curated data not usable: {exc}"}
             registry.record_run(outcome)
             return outcome
-        if not force and data_fp == last_trained_fingerprint(registry):
-            outcome = {"outcome": "skipped", "reason": "curated data unchanged since the last version",
-                       "data_fingerprint": data_fp}
+        except DataUnchanged as exc:
+            outcome = {"outcome": "skipped", "reason": str(exc), "data_fingerprint": exc.data_fingerprint}
             registry.record_run(outcome)
             return outcome
-        result = train(settings, TrainOptions(data_dir=settings.data_dir, architecture=architecture,
-                                              epochs=epochs, seed=settings.seed, progress=False))
         return {"outcome": "promoted" if result.promoted else "trained", "reason": result.reason,
                 "version": result.version.name, "accuracy": result.metrics["accuracy"]}

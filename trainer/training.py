@@ -54,6 +54,16 @@ class TrainOptions:
     face_epochs: int = 3
     face_weight: float = 0.5
     face_head_only: bool = False
+    # Stop before training when the cleaned data has this fingerprint (the nightly job's skip).
+    skip_if_fingerprint: str | None = None
+
+
+class DataUnchanged(Exception):
+    """The curated data is the same as last time: nothing to learn."""
+
+    def __init__(self, data_fingerprint: str):
+        super().__init__("curated data unchanged since the last version")
+        self.data_fingerprint = data_fingerprint
 
 
 @dataclass
@@ -238,6 +248,8 @@ def train(settings: Settings, options: TrainOptions) -> TrainResult:
     clean = clean_folders(data_dir, settings.quarantine_dir, settings.max_pixels)
     items = make_items(clean.files)
     data_fingerprint = fingerprint(items)
+    if data_fingerprint == options.skip_if_fingerprint:
+        raise DataUnchanged(data_fingerprint)
     split = split_items(items, options.seed)
     registry = Registry(settings.model_dir)
     face_base = None if options.no_faces else (options.face_base or default_face_base(registry))

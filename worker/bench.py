@@ -19,8 +19,7 @@ from pathlib import Path
 
 from sqlalchemy import func, select
 
-from db.engine import make_engine, make_sessionmaker
-from db.migrate import upgrade
+from db.migrate import open_database
 from db.models import Result
 from moodwatch.images import ImageRejected, extension_allowed, inspect_image
 from moodwatch.queue import CLASSIFY_TASK, make_celery
@@ -94,11 +93,11 @@ def run_bench(settings: Settings, count: int, images: Path | None, workers: int,
     queue = f"bench-{run_id}"
     scratch = Path(tempfile.mkdtemp(prefix="moodwatch-bench-"))
     db_url = database_url or f"sqlite:///{scratch / 'bench.db'}"
-    upgrade(db_url)
+    sessions = open_database(db_url)
     files = prepare_images(images, count, scratch)
     say(f"bench: {count} images ({'cycling ' + str(images) if images else 'generated 640x480'}), "
         f"{workers} worker(s) x {concurrency} processes, batch {batch}, database "
-        f"{make_engine(db_url).url.get_backend_name()}")
+        f"{sessions.kw['bind'].url.get_backend_name()}")
     app = make_celery(settings)
     broker = app.conf.broker_url
     env = dict(os.environ, MOODWATCH_BROKER_URL=broker, MOODWATCH_DATABASE_URL=db_url,
@@ -113,9 +112,6 @@ def run_bench(settings: Settings, count: int, images: Path | None, workers: int,
         )
         for i in range(workers)
     ]
-    engine = make_engine(db_url)
-    sessions = make_sessionmaker(engine)
-
     def rows() -> int:
         with sessions() as s:
             return s.scalar(select(func.count()).select_from(Result)
@@ -147,11 +143,11 @@ def run_bench(settings: Settings, count: int, images: Path | None, workers: int,
                 p.wait(timeout=30)
             except subprocess.TimeoutExpired:
                 os.killpg(p.pid, signal.SIGKILL)
-        engine.dispose()
         app.close()
-    with make_sessionmaker(make_engine(db_url))() as s:
+    with sessions() as s:
         failed = s.scalar(select(func.count()).select_from(Result).where(
             Result.status != "classified", Result.event_id.like(f"{run_id}-%")))
+    sessions.kw["bind"].dispose()
     if failed:
         say(f"warning: {failed} images were not classified")
     naive = naive_rate(settings, files)

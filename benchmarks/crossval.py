@@ -45,6 +45,12 @@ def main() -> None:
             if row["n"]:
                 print(f"    {row['band']}  n {row['n']:>3}  mean conf {row['mean_confidence']:.3f}  "
                       f"accuracy {row['accuracy']:.3f}", flush=True)
+        regimes = np.array([g for r in results for g in r.metrics["regimes"]])
+        for regime in sorted(set(regimes)):
+            sel = regimes == regime
+            right = np.mean((sc[sel] >= 0.5) == (y[sel] == 1))
+            print(f"{arch}: regime {regime}: {sel.sum()} photos ({sel.mean():.0%}), accuracy {right:.3f}, "
+                  f"ECE {expected_calibration_error(y[sel], sc[sel]):.3f}", flush=True)
 
 
 if __name__ == "__main__":

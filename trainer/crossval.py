@@ -11,6 +11,7 @@ from typing import Any
 
 import keras
 
+from moodwatch.pipeline import combine_logits
 from moodwatch.settings import LABELS
 from trainer.cleaning import check_file
 from trainer.dataset import Item, make_items, shuffled_groups, split_items
@@ -73,11 +74,14 @@ def cross_validate(
             [prepared[str(it.path)] for it in inner.validation], labels_of(inner.validation), face_base,
             close_up_base=face_base)
         n_epochs = len(history["loss"])
-        scores = pipeline.scores([prepared[str(it.path)] for it in test])
+        test_prep = [prepared[str(it.path)] for it in test]
+        scores = pipeline.scores(test_prep)
+        _, regimes = combine_logits(*pipeline.raw(test_prep), pipeline.combination)
         metrics = metrics_from_scores(labels_of(test), scores)
         metrics["roc_auc"] = roc_auc(labels_of(test).astype(int), scores)
         metrics["scores"] = [float(s) for s in scores]
         metrics["truth"] = [int(v) for v in labels_of(test)]
+        metrics["regimes"] = regimes
         results.append(FoldResult(i, metrics, n_epochs, (time.perf_counter() - t0) / n_epochs))
         keras.backend.clear_session()
     return results

@@ -13,6 +13,9 @@ COPY watcher ./watcher
 COPY db ./db
 COPY web ./web
 RUN pip install --no-cache-dir .
+# The face detector's model files live beside the code, not in the models volume.
+COPY models/detector /opt/moodwatch/detector
+ENV MOODWATCH_DETECTOR_DIR=/opt/moodwatch/detector
 
 # The shipped model seeds the models volume the first time it is created.
 COPY models /srv/moodwatch/models

@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from moodwatch.faces import FACE_SIZE, FaceInputs, face_inputs
+from moodwatch.faces import FACE_SIZE, FaceInputs, check_detector, detection_settings, face_inputs
 from moodwatch.images import DEFAULT_MAX_PIXELS, IMAGE_SIZE, decode_rgb, resize
 
 PIPELINE_FILE = "pipeline.json"
@@ -79,6 +79,7 @@ class Combination:
         return {"face_weight": self.face_weight, "temperature": self.temperature,
                 "close_up_temperature": self.close_up_temperature,
                 "rule": "faces: mix of face and whole logits; close-up: face; none: whole",
+                "face_detection": detection_settings(),
                 "regimes_on_validation": self.regimes}
 
 
@@ -123,6 +124,8 @@ class Pipeline:
         self.face = face_model
         self.close_up = close_up_model
         self.combination = combination or Combination()
+        if face_model is not None:
+            check_detector()  # a missing or corrupt detector file fails the load, not every photo
 
         def compiled(model, shape):
             spec = tf.TensorSpec([batch_size, *shape], tf.uint8)

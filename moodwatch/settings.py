@@ -48,6 +48,9 @@ class Settings(BaseSettings):
         None, description="Required on every request to the review page; must be set off loopback."
     )
     seed: int = Field(1337, description="Seed for splits and training.")
+    detector_dir: Path | None = Field(
+        None, description="Folder of the BlazeFace .tflite files; default models/detector beside the code."
+    )
 
     @property
     def database(self) -> str:

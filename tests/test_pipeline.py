@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from moodwatch.faces import FACE_SIZE, crop, face_inputs
+from moodwatch.faces import FACE_SIZE, face_inputs
 from moodwatch.pipeline import Combination, combine_logits, fit_temperature, logit, sigmoid
 from tests.imagegen import face_like
 
@@ -20,13 +20,6 @@ def test_large_photo_without_a_face_has_no_crops():
     noise = rng.integers(0, 255, (400, 600, 3), dtype=np.uint8)
     fi = face_inputs(noise)
     assert not fi.close_up and len(fi.crops) == 0
-
-
-def test_crop_is_square_and_stays_inside():
-    gray = np.arange(300 * 200, dtype=np.uint32).reshape(300, 200).astype(np.uint8)
-    for box in [(0, 0, 50, 50), (180, 280, 40, 40), (50, 50, 190, 190), None]:
-        out = crop(gray, box)
-        assert out.shape == (FACE_SIZE, FACE_SIZE, 1) and out.dtype == np.uint8
 
 
 def test_combination_rules():

@@ -9,6 +9,7 @@ from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
+from moodwatch import faces  # noqa: E402
 from trainer.crossval import cross_validate, summarise  # noqa: E402
 
 
@@ -19,6 +20,11 @@ def main() -> None:
     face = Path(os.environ["FACE_MODEL"]) if os.environ.get("FACE_MODEL") else None
     weight = float(os.environ.get("FACE_WEIGHT", "0.5"))
     face_epochs = int(os.environ.get("FACE_EPOCHS", "3"))
+    # Detection variants: FACE_FALLBACK=back adds the 256 px model where the short-range one
+    # finds nothing; FACE_ALIGN=0 keeps crops unrotated.
+    faces.FALLBACK = os.environ.get("FACE_FALLBACK") or None
+    faces.ALIGN = os.environ.get("FACE_ALIGN", "1") != "0"
+    print(f"face detection: {faces.detection_settings()}", flush=True)
     for spec in archs:
         # "default+faces" adds the face model (FACE_MODEL) to the default architecture.
         arch, _, extra = spec.partition("+")

@@ -82,12 +82,12 @@ def centre_crop(gray: np.ndarray) -> np.ndarray:
     return cv2.resize(square, (FACE_SIZE, FACE_SIZE), interpolation=interp)[..., None]
 
 
-def face_crop(gray: np.ndarray, face: Face, align: bool = ALIGN) -> np.ndarray:
-    """A FACE_SIZE square around the face, rotated so the eyes are level when align is set."""
+def face_crop(gray: np.ndarray, face: Face, align: bool | None = None) -> np.ndarray:
+    """A FACE_SIZE square around the face, rotated so the eyes are level (ALIGN by default)."""
     x, y, w, h = face.box
     side = CROP_SCALE * max(w, h)
     cx, cy = x + w / 2, y + h / 2 - CROP_LIFT * h
-    angle = face.eye_angle() if align else 0.0
+    angle = face.eye_angle() if (ALIGN if align is None else align) else 0.0
     # Shrink first with an area filter (a warp alone would alias a large face), then rotate
     # and cut in one affine warp; the border repeats edge pixels for faces at the photo's edge.
     scale = FACE_SIZE / side

@@ -400,6 +400,9 @@ def bench(images, count, workers, concurrency, batch, database_url) -> None:
     r = run_bench(settings, count, images, workers, concurrency, batch or settings.batch_size,
                   database_url, say=click.echo)
     click.echo(f"end-to-end: {r.end_to_end:.1f} images/s ({r.count} images in {r.seconds:.2f}s)")
+    if r.without_faces is not None:
+        click.echo(f"end-to-end, faces off: {r.without_faces:.1f} images/s (the same version's "
+                   f"whole-image CNN alone, {r.without_faces / r.naive:.1f}x naive)")
     click.echo(f"naive: {r.naive:.1f} images/s (one model.predict per image)")
     click.echo(f"ratio: {r.ratio:.1f}x")
 

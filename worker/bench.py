@@ -16,14 +16,16 @@ import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 from sqlalchemy import func, select
 
 from db.migrate import open_database
 from db.models import Result
 from moodwatch.images import ImageRejected, extension_allowed, inspect_image
+from moodwatch.pipeline import FACE_MODEL_FILE, PIPELINE_FILE
 from moodwatch.queue import CLASSIFY_TASK, make_celery
-from moodwatch.registry import Registry
+from moodwatch.registry import Registry, Version
 from moodwatch.settings import Settings
 
 
@@ -35,6 +37,7 @@ class BenchResult:
     seconds: float
     workers: int
     concurrency: int
+    without_faces: float | None = None  # images/s of the same version's whole-image CNN alone
 
     @property
     def ratio(self) -> float:
@@ -86,73 +89,117 @@ def naive_rate(settings: Settings, files: list[Path], sample: int = 60) -> float
     return len(chosen) / (time.perf_counter() - t0)
 
 
+def whole_image_only(registry: Registry, scratch: Path) -> Path | None:
+    """A registry holding the current version without its face models (faces off), or None
+    when the current version reads whole images only."""
+    version = registry.require_current()
+    if not (version.path / FACE_MODEL_FILE).is_file():
+        return None
+    root = scratch / "models-no-faces"
+    copy = root / version.name
+    copy.mkdir(parents=True)
+    for name in ("model.keras", PIPELINE_FILE):
+        if (version.path / name).is_file():
+            shutil.copy2(version.path / name, copy / name)
+    Registry(root).promote(Version(version.name, copy))
+    return root
+
+
 def run_bench(settings: Settings, count: int, images: Path | None, workers: int,
               concurrency: int, batch: int, database_url: str | None,
               say=print) -> BenchResult:
-    run_id = uuid.uuid4().hex[:8]
-    queue = f"bench-{run_id}"
     scratch = Path(tempfile.mkdtemp(prefix="moodwatch-bench-"))
     db_url = database_url or f"sqlite:///{scratch / 'bench.db'}"
     sessions = open_database(db_url)
-    files = prepare_images(images, count, scratch)
-    say(f"bench: {count} images ({'cycling ' + str(images) if images else 'generated 640x480'}), "
-        f"{workers} worker(s) x {concurrency} processes, batch {batch}, database "
-        f"{sessions.kw['bind'].url.get_backend_name()}")
-    app = make_celery(settings)
-    broker = app.conf.broker_url
-    env = dict(os.environ, MOODWATCH_BROKER_URL=broker, MOODWATCH_DATABASE_URL=db_url,
-               MOODWATCH_MODEL_DIR=str(settings.model_dir.resolve()),
-               MOODWATCH_DATA_DIR=str(scratch / "data"), TF_CPP_MIN_LOG_LEVEL="2")
-    procs = [
-        subprocess.Popen(
-            [sys.executable, "-m", "moodwatch.cli", "worker", "-c", str(concurrency), "-Q", queue,
-             "-n", f"bench{i}-{run_id}@%h", "--loglevel", "WARNING"],
-            env=env, stdout=subprocess.DEVNULL, stderr=open(scratch / f"worker{i}.log", "wb"),  # noqa: SIM115
-            start_new_session=True,
-        )
-        for i in range(workers)
-    ]
-    def rows() -> int:
-        with sessions() as s:
-            return s.scalar(select(func.count()).select_from(Result)
-                            .where(Result.event_id.like(f"{run_id}-%"))) or 0
-
-    def send(paths: list[Path], tag: str) -> None:
-        now = datetime.now(UTC).isoformat()
-        msgs = [{"event_id": f"{run_id}-{tag}-{i}", "path": str(p.resolve()), "received_at": now}
-                for i, p in enumerate(paths)]
-        for i in range(0, len(msgs), batch):
-            app.send_task(CLASSIFY_TASK, args=[msgs[i : i + batch]],
-                          kwargs={"move_files": False, "dedupe": False}, queue=queue)
-
     try:
-        # Warm-up: every pool process loads the model before the clock starts.
-        warm = workers * concurrency * 2
-        send(files[:1] * warm, "warm")
-        _wait(lambda: rows() >= warm, 300, procs, scratch)
-        t0 = time.perf_counter()
-        send(files, "run")
-        _wait(lambda: rows() >= warm + count, 1800, procs, scratch, poll=0.05)
-        seconds = time.perf_counter() - t0
+        # The photos are copied into the bench's own inbox: workers read only what the inbox holds.
+        inbox = scratch / "data" / "inbox"
+        inbox.mkdir(parents=True)
+        files = [Path(shutil.copy2(p, inbox / f"{i:05d}{p.suffix.lower()}"))
+                 for i, p in enumerate(prepare_images(images, count, scratch))]
+        say(f"bench: {count} images ({'cycling ' + str(images) if images else 'generated 640x480'}), "
+            f"{workers} worker(s) x {concurrency} processes, batch {batch}, database "
+            f"{sessions.kw['bind'].url.get_backend_name()}")
+        rate = Pass(settings, sessions, db_url, scratch, workers, concurrency, batch)
+        model_dir = settings.model_dir.resolve()
+        end_to_end = rate.images_per_s(files, model_dir, say)
+        no_faces_dir = whole_image_only(Registry(model_dir), scratch)
+        without_faces = rate.images_per_s(files, no_faces_dir, say) if no_faces_dir else None
+        naive = naive_rate(settings, files)
     finally:
-        for p in procs:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(p.pid, signal.SIGTERM)
-        for p in procs:
-            try:
-                p.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                os.killpg(p.pid, signal.SIGKILL)
-        app.close()
-    with sessions() as s:
-        failed = s.scalar(select(func.count()).select_from(Result).where(
-            Result.status != "classified", Result.event_id.like(f"{run_id}-%")))
-    sessions.kw["bind"].dispose()
-    if failed:
-        say(f"warning: {failed} images were not classified")
-    naive = naive_rate(settings, files)
-    shutil.rmtree(scratch, ignore_errors=True)
-    return BenchResult(count, count / seconds, naive, seconds, workers, concurrency)
+        sessions.kw["bind"].dispose()
+        shutil.rmtree(scratch, ignore_errors=True)
+    return BenchResult(count, end_to_end, naive, count / end_to_end, workers, concurrency, without_faces)
+
+
+@dataclass
+class Pass:
+    """One timed pass of the files through fresh worker processes on a private queue."""
+
+    settings: Settings
+    sessions: Any
+    db_url: str
+    scratch: Path
+    workers: int
+    concurrency: int
+    batch: int
+
+    def images_per_s(self, files: list[Path], model_dir: Path, say=print) -> float:
+        run_id = uuid.uuid4().hex[:8]
+        queue = f"bench-{run_id}"
+        app = make_celery(self.settings)
+        env = dict(os.environ, MOODWATCH_BROKER_URL=app.conf.broker_url,
+                   MOODWATCH_DATABASE_URL=self.db_url, MOODWATCH_MODEL_DIR=str(model_dir),
+                   MOODWATCH_DATA_DIR=str(self.scratch / "data"), TF_CPP_MIN_LOG_LEVEL="2")
+        procs = [
+            subprocess.Popen(
+                [sys.executable, "-m", "moodwatch.cli", "worker", "-c", str(self.concurrency), "-Q", queue,
+                 "-n", f"bench{i}-{run_id}@%h", "--loglevel", "WARNING"],
+                env=env, stdout=subprocess.DEVNULL,
+                stderr=open(self.scratch / f"worker{i}.log", "wb"),  # noqa: SIM115
+                start_new_session=True,
+            )
+            for i in range(self.workers)
+        ]
+
+        def rows() -> int:
+            with self.sessions() as s:
+                return s.scalar(select(func.count()).select_from(Result)
+                                .where(Result.event_id.like(f"{run_id}-%"))) or 0
+
+        def send(paths: list[Path], tag: str) -> None:
+            now = datetime.now(UTC).isoformat()
+            msgs = [{"event_id": f"{run_id}-{tag}-{i}", "path": str(p), "received_at": now}
+                    for i, p in enumerate(paths)]
+            for i in range(0, len(msgs), self.batch):
+                app.send_task(CLASSIFY_TASK, args=[msgs[i : i + self.batch]],
+                              kwargs={"move_files": False, "dedupe": False}, queue=queue)
+
+        try:
+            # Warm-up: every pool process loads the model before the clock starts.
+            warm = self.workers * self.concurrency * 2
+            send(files[:1] * warm, "warm")
+            _wait(lambda: rows() >= warm, 300, procs, self.scratch)
+            t0 = time.perf_counter()
+            send(files, "run")
+            _wait(lambda: rows() >= warm + len(files), 1800, procs, self.scratch, poll=0.05)
+            seconds = time.perf_counter() - t0
+        finally:
+            for p in procs:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(p.pid, signal.SIGTERM)
+            for p in procs:
+                try:
+                    p.wait(timeout=30)
+                except subprocess.TimeoutExpired:
+                    os.killpg(p.pid, signal.SIGKILL)
+            app.close()
+        with self.sessions() as s:
+            failed = s.scalar(select(func.count()).select_from(Result).where(
+                Result.status != "classified", Result.event_id.like(f"{run_id}-%")))
+        if failed:
+            say(f"warning: {failed} images were not classified")
+        return len(files) / seconds
 
 
 def _wait(pred, timeout: float, procs, scratch: Path, poll: float = 0.2) -> None:

@@ -1,6 +1,8 @@
 """Cross-validate architectures on a labelled folder and print the figures.
 
     python benchmarks/crossval.py ../shared/datasets/web-happy-sad seed default
+
+DEDUPE=1 keeps near-duplicate photos (perceptual hash within a few bits) in one fold.
 """
 
 import os
@@ -30,7 +32,8 @@ def main() -> None:
         arch, _, extra = spec.partition("+")
         results = cross_validate(data, arch, k=k, face_base=face if extra == "faces" else None,
                                  face_weight=weight, face_epochs=face_epochs,
-                                 face_head_only=os.environ.get("FACE_TUNE") == "head")
+                                 face_head_only=os.environ.get("FACE_TUNE") == "head",
+                                 near_duplicates=os.environ.get("DEDUPE") == "1")
         arch = spec
         for r in results:
             m = r.metrics

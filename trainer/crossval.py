@@ -15,6 +15,7 @@ from moodwatch.pipeline import combine_logits
 from moodwatch.settings import LABELS
 from trainer.cleaning import check_file
 from trainer.dataset import Item, make_items, shuffled_groups, split_items
+from trainer.dedupe import hash_file, near_duplicate_groups
 from trainer.evaluation import metrics_from_scores
 from trainer.report import roc_auc
 from trainer.training import TrainOptions, fit_models, labels_of, prepare_items
@@ -28,12 +29,17 @@ class FoldResult:
     epoch_s: float
 
 
-def folds_of(items: list[Item], k: int, seed: int) -> list[list[Item]]:
-    """Stratified folds; files with the same bytes stay in one fold."""
+def folds_of(items: list[Item], k: int, seed: int, near_duplicates: bool = False) -> list[list[Item]]:
+    """Stratified folds; files with the same bytes (and, with near_duplicates, photos whose
+    perceptual hashes are within a few bits) stay in one fold."""
     rng = random.Random(seed)
+    group_of = None
+    if near_duplicates:
+        groups = near_duplicate_groups({it.sha256: hash_file(it.path) for it in items})
+        group_of = lambda it: groups[it.sha256]  # noqa: E731
     folds: list[list[Item]] = [[] for _ in range(k)]
     for label in LABELS:
-        for i, group in enumerate(shuffled_groups(items, label, rng)):
+        for i, group in enumerate(shuffled_groups(items, label, rng, group_of)):
             folds[i % k].extend(group)
     return folds
 
@@ -52,11 +58,12 @@ def cross_validate(
     data_dir: Path, architecture: str, k: int = 5, epochs: int = 40, patience: int = 8,
     batch_size: int = 16, seed: int = 1337, face_base: Path | None = None, face_epochs: int = 3,
     face_weight: float = 0.5, max_pixels: int = 50_000_000, face_head_only: bool = False,
+    near_duplicates: bool = False,
 ) -> list[FoldResult]:
     """Each fold is the test set once; the rest is split 80/20 into training and validation
     (early stopping and calibration), exactly as `moodwatch train` does with its own split."""
-    items = list_items(data_dir)
-    folds = folds_of(items, k, seed)
+    items = list_items(data_dir, max_pixels)
+    folds = folds_of(items, k, seed, near_duplicates)
     prepared = dict(zip([str(i.path) for i in items],
                         prepare_items(items, max_pixels, faces=face_base is not None), strict=True))
     options = TrainOptions(data_dir=data_dir, architecture=architecture, epochs=epochs, patience=patience,

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import random
 from collections import defaultdict
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -59,12 +60,13 @@ def fingerprint(items: list[Item]) -> str:
     return h.hexdigest()
 
 
-def shuffled_groups(items: list[Item], label: str, rng: random.Random) -> list[list[Item]]:
-    """The label's items grouped by identical bytes, groups in a seeded order."""
+def shuffled_groups(items: list[Item], label: str, rng: random.Random,
+                    group_of: Callable[[Item], str] | None = None) -> list[list[Item]]:
+    """The label's items grouped by identical bytes (or by group_of), groups in a seeded order."""
     groups: dict[str, list[Item]] = defaultdict(list)
     for item in items:
         if item.label == label:
-            groups[item.sha256].append(item)
+            groups[group_of(item) if group_of else item.sha256].append(item)
     keys = sorted(groups)
     rng.shuffle(keys)
     return [sorted(groups[k], key=lambda it: str(it.path)) for k in keys]

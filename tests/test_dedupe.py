@@ -1,0 +1,38 @@
+"""Near-duplicate photos end up in one group, so they never straddle a train/test boundary."""
+
+from __future__ import annotations
+
+import random
+
+import cv2
+import numpy as np
+
+from tests.imagegen import face_like
+from trainer.dataset import Item, shuffled_groups
+from trainer.dedupe import near_duplicate_groups, perceptual_hash
+
+
+def recompressed(rgb: np.ndarray, size: tuple[int, int], quality: int) -> np.ndarray:
+    small = cv2.resize(rgb, size, interpolation=cv2.INTER_AREA)
+    ok, buf = cv2.imencode(".jpg", small, [cv2.IMWRITE_JPEG_QUALITY, quality])
+    assert ok
+    return cv2.imdecode(buf, cv2.IMREAD_COLOR)
+
+
+def test_resized_recompressed_copy_is_a_near_duplicate_and_other_photos_are_not():
+    photos = {f"p{i}": face_like("happy" if i % 2 else "sad", i, 160) for i in range(6)}
+    photos["copy-of-p1"] = recompressed(photos["p1"], (97, 97), 60)
+    hashes = {k: perceptual_hash(v) for k, v in photos.items()}
+    groups = near_duplicate_groups(hashes)
+    assert groups["copy-of-p1"] == groups["p1"]
+    assert len({groups[f"p{i}"] for i in range(6)}) == 6
+
+
+def test_groups_keep_near_duplicates_on_one_side(tmp_path):
+    items = [Item(tmp_path / f"{n}.jpg", "happy", sha) for n, sha in
+             [("a", "1"), ("a-small", "2"), ("b", "3"), ("c", "4")]]
+    groups = {"1": "1", "2": "1", "3": "3", "4": "4"}
+    out = shuffled_groups(items, "happy", random.Random(0), lambda it: groups[it.sha256])
+    assert sorted(len(g) for g in out) == [1, 1, 2]
+    pair = next(g for g in out if len(g) == 2)
+    assert {it.sha256 for it in pair} == {"1", "2"}

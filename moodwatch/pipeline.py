@@ -10,7 +10,8 @@ How a photo is scored (versions with a face model):
 - the photo is a close-up (a face crop itself, <= 64 px, like FER-2013's): the face model alone,
   as it was before fine-tuning on curated photos (CLOSE_UP_MODEL_FILE) when the version has it;
 - no face found: the whole-image model alone.
-Then a temperature, fitted on the validation split, makes the confidence mean what it says.
+Then a temperature per regime (faces found, whole image), fitted on the validation split, makes
+the confidence mean what it says.
 """
 
 from __future__ import annotations
@@ -60,7 +61,10 @@ def sigmoid(z: np.ndarray) -> np.ndarray:
 @dataclass
 class Combination:
     face_weight: float = 0.5  # share of the face logit when faces are found
-    temperature: float = 1.0  # for photos scored by the whole image, or faces mixed with it
+    temperature: float = 1.0  # for photos scored by the whole image alone
+    # Photos with faces are right far more often than photos scored by the whole image alone:
+    # one temperature for both leaves one overconfident and the other timid.
+    face_temperature: float | None = None  # None: the same as temperature (older versions)
     # Close-ups are scored by the face model alone, as calibrated as it came from its own
     # (much larger) training set; the curated photos hold too few close-ups to refit it.
     close_up_temperature: float = 1.0
@@ -72,11 +76,13 @@ class Combination:
         if not path.is_file():
             return None
         d = json.loads(path.read_text())
+        face_t = d.get("face_temperature")
         return cls(float(d.get("face_weight", 0.5)), float(d.get("temperature", 1.0)),
-                   float(d.get("close_up_temperature", 1.0)))
+                   None if face_t is None else float(face_t), float(d.get("close_up_temperature", 1.0)))
 
     def to_json(self) -> dict[str, Any]:
         return {"face_weight": self.face_weight, "temperature": self.temperature,
+                "face_temperature": self.face_temperature,
                 "close_up_temperature": self.close_up_temperature,
                 "rule": "faces: mix of face and whole logits; close-up: face; none: whole",
                 "face_detection": detection_settings(),
@@ -96,7 +102,7 @@ def combine_logits(whole: np.ndarray, face: list[np.ndarray | None], close_up: l
             regime.append("close-up")
         else:
             mixed = c.face_weight * float(np.mean(f)) + (1 - c.face_weight) * whole[i]
-            out[i] = mixed / c.temperature
+            out[i] = mixed / (c.temperature if c.face_temperature is None else c.face_temperature)
             regime.append("faces")
     return out, regime
 

@@ -30,6 +30,13 @@ def test_combination_rules():
     np.testing.assert_allclose(z, [0.5, 1.0, -1.0])
 
 
+def test_each_regime_has_its_own_temperature():
+    c = Combination(face_weight=0.5, temperature=2.0, face_temperature=0.5)
+    z, regime = combine_logits(np.array([1.0, 1.0]), [None, np.array([3.0])], [False, False], c)
+    assert regime == ["whole", "faces"]
+    np.testing.assert_allclose(z, [0.5, 4.0])
+
+
 def test_temperature_fixes_overconfidence():
     rng = np.random.default_rng(1)
     y = rng.integers(0, 2, 4000)
@@ -40,3 +47,26 @@ def test_temperature_fixes_overconfidence():
     t = fit_temperature(over, y)
     assert 3.0 < t < 5.5
     np.testing.assert_allclose(logit(sigmoid(over / t)), over / t, atol=1e-6)
+
+
+def test_calibrate_fits_faces_and_whole_photos_apart():
+    from trainer.training import calibrate
+
+    rng = np.random.default_rng(2)
+    n = 400
+    y = rng.integers(0, 2, n).astype(float)
+    true_z = (y * 2 - 1) * 1.5 + rng.normal(0, 1.0, n)
+    y = (rng.random(n) < sigmoid(true_z)).astype(float)
+    has_face = np.arange(n) % 2 == 0
+    whole = np.where(has_face, 0.0, true_z * 4)  # overconfident whole-image logits
+
+    class Raw:  # what calibrate reads of a pipeline: its raw logits and its face weight
+        combination = Combination(face_weight=1.0)
+
+        def raw(self, prepared):
+            faces = [np.array([z * 0.5]) if f else None for z, f in zip(true_z, has_face, strict=True)]
+            return whole, faces, [False] * n
+
+    c = calibrate(Raw(), [None] * n, y)
+    assert c.regimes == {"faces": n // 2, "whole": n // 2}
+    assert c.face_temperature < 0.8 and c.temperature > 2.5

@@ -161,14 +161,29 @@ def fine_tune_faces(face_model: keras.Model, prepared: list[Prepared], y: np.nda
     return len(labels)
 
 
+MIN_PER_REGIME = 20  # fewer validation photos in a regime: it shares the pooled temperature
+
+
 def calibrate(pipeline: Pipeline, prepared: list[Prepared], y: np.ndarray) -> Combination:
-    """Fit the temperature on the validation split, so confidence means what it says."""
+    """Fit a temperature per regime on the validation split, so confidence means what it says.
+
+    Photos with faces and photos read as a whole differ in how often they are right, so each
+    gets its own temperature when the split holds enough of it; otherwise both share the
+    pooled one. Close-ups keep the face model's own calibration (fitted on its 12,000 crops).
+    """
     whole, faces, close = pipeline.raw(prepared)
     base = Combination(face_weight=pipeline.combination.face_weight, temperature=1.0)
     z, regimes = combine_logits(whole, faces, close, base)
-    fit = np.array([r != "close-up" for r in regimes])
-    if fit.sum() >= 10:
-        base.temperature = fit_temperature(z[fit], y[fit])
+    regime = np.array(regimes)
+    pooled = regime != "close-up"
+    if pooled.sum() >= 10:
+        base.temperature = fit_temperature(z[pooled], y[pooled])
+    by_regime = {r: fit_temperature(z[regime == r], y[regime == r])
+                 for r in ("faces", "whole") if (regime == r).sum() >= MIN_PER_REGIME}
+    if "faces" in by_regime:
+        base.face_temperature = by_regime["faces"]
+    if "whole" in by_regime:
+        base.temperature = by_regime["whole"]
     base.regimes = {r: regimes.count(r) for r in set(regimes)}
     return base
 

@@ -46,9 +46,10 @@ def main(verbose: bool) -> None:
               help="Folder with happy/ and sad/ subfolders (default: MOODWATCH_DATA_DIR).")
 @click.option("--arch", "architecture", default="default", show_default=True,
               help="Model architecture: default or seed.")
-@click.option("--epochs", default=30, show_default=True, help="Most epochs (early stopping may end sooner).")
-@click.option("--batch-size", default=16, show_default=True)
-@click.option("--patience", default=6, show_default=True, help="Early-stopping patience in epochs.")
+@click.option("--epochs", type=int, default=None,
+              help="Most epochs (default: MOODWATCH_RETRAIN_EPOCHS; early stopping may end sooner).")
+@click.option("--batch-size", type=int, default=None, help="Default: the recipe's (16).")
+@click.option("--patience", type=int, default=None, help="Early-stopping patience in epochs (default 12).")
 @click.option("--seed", type=int, default=None, help="Split and training seed (default: MOODWATCH_SEED).")
 @click.option("--promote", is_flag=True, help="Make this version current even if it is worse.")
 @click.option("--face-model", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
@@ -61,28 +62,21 @@ def train(data_dir, architecture, epochs, batch_size, patience, seed, promote, f
           face_epochs, face_tune) -> None:
     """Clean the curated folders, train a new model version, evaluate it, maybe promote it.
 
+    Without flags it runs the nightly retrain's recipe on DIR (trainer.training.recipe).
+
     \b
     Example:
         moodwatch train --data ../shared/datasets/web-happy-sad --epochs 3
     """
     from trainer.dataset import DatasetError
-    from trainer.training import TrainOptions
+    from trainer.training import recipe
     from trainer.training import train as run_training
 
     settings = get_settings()
-    options = TrainOptions(
-        data_dir=data_dir or settings.data_dir,
-        architecture=architecture,
-        epochs=epochs,
-        batch_size=batch_size,
-        patience=patience,
-        seed=settings.seed if seed is None else seed,
-        force_promote=promote,
-        face_base=face_model,
-        no_faces=no_faces,
-        face_epochs=face_epochs,
-        face_head_only=face_tune == "head",
-    )
+    options = recipe(settings, data_dir or settings.data_dir, architecture=architecture, epochs=epochs,
+                     batch_size=batch_size, patience=patience, seed=seed, force_promote=promote,
+                     face_base=face_model, no_faces=no_faces, face_epochs=face_epochs,
+                     face_head_only=face_tune == "head")
     try:
         result = run_training(settings, options)
     except (DatasetError, ValueError) as exc:

@@ -42,7 +42,7 @@ class Settings(BaseSettings):
     )
     worker_concurrency: int = Field(2, description="Worker processes started by `moodwatch worker`.")
     retrain_cron: str = Field("0 2 * * *", description="When the nightly retrain runs (cron, local time).")
-    retrain_epochs: int = Field(30, description="Most epochs of a nightly retrain.")
+    retrain_epochs: int = Field(60, description="Most epochs of a nightly retrain.")
     web_port: int = Field(8088, description="Port of the review page.")
     web_token: str | None = Field(
         None, description="Required on every request to the review page; must be set off loopback."

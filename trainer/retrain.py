@@ -10,7 +10,7 @@ from typing import Any
 from moodwatch.registry import Registry
 from moodwatch.settings import Settings
 from trainer.dataset import DatasetError
-from trainer.training import DataUnchanged, TrainOptions, train
+from trainer.training import DataUnchanged, recipe, train
 
 log = logging.getLogger("moodwatch.trainer")
 LOCK_NAME = "moodwatch:training-lock"
@@ -44,8 +44,8 @@ def last_trained_fingerprint(registry: Registry) -> str | None:
     return versions[-1].params().get("data_fingerprint") if versions else None
 
 
-def retrain(settings: Settings, broker_url: str, epochs: int = 30, architecture: str = "default",
-            force: bool = False) -> dict[str, Any]:
+def retrain(settings: Settings, broker_url: str, epochs: int | None = None, force: bool = False
+            ) -> dict[str, Any]:
     """Train on DATA_DIR/happy and DATA_DIR/sad if they changed; every run is recorded."""
     registry = Registry(settings.model_dir)
     with training_lock(broker_url) as acquired:
@@ -53,9 +53,8 @@ def retrain(settings: Settings, broker_url: str, epochs: int = 30, architecture:
             outcome = {"outcome": "skipped", "reason": "another training run holds the lock"}
             registry.record_run(outcome)
             return outcome
-        options = TrainOptions(data_dir=settings.data_dir, architecture=architecture, epochs=epochs,
-                               seed=settings.seed, progress=False,
-                               skip_if_fingerprint=None if force else last_trained_fingerprint(registry))
+        options = recipe(settings, settings.data_dir, epochs=epochs, progress=False,
+                         skip_if_fingerprint=None if force else last_trained_fingerprint(registry))
         # One pass over the curated files: train() cleans, fingerprints, and stops if unchanged.
         try:
             result = train(settings, options)

@@ -6,7 +6,7 @@ import logging
 import shutil
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -56,6 +56,17 @@ class TrainOptions:
     face_head_only: bool = False
     # Stop before training when the cleaned data has this fingerprint (the nightly job's skip).
     skip_if_fingerprint: str | None = None
+
+
+RECIPE_PATIENCE = 12  # epochs without a better validation loss before training stops
+
+
+def recipe(settings: Settings, data_dir: Path, **changes: Any) -> TrainOptions:
+    """The one training recipe: what the nightly retrain runs on the curated folders, and what the
+    shipped version was trained with (`moodwatch train --data DIR`). Flags change single fields."""
+    options = TrainOptions(data_dir=Path(data_dir), epochs=settings.retrain_epochs,
+                           patience=RECIPE_PATIENCE, seed=settings.seed)
+    return replace(options, **{k: v for k, v in changes.items() if v is not None})
 
 
 class DataUnchanged(Exception):
@@ -248,9 +259,14 @@ def current_or_none(registry: Registry) -> Version | None:
 
 
 def default_face_base(registry: Registry) -> Path | None:
+    """The face model a new version starts from: the current version's as it came from the large
+    face set (never fine-tuned), so nightly runs do not fine-tune a fine-tuned model again."""
     current = current_or_none(registry)
-    if current is not None and (current.path / FACE_MODEL_FILE).is_file():
-        return current.path / FACE_MODEL_FILE
+    if current is None:
+        return None
+    for name in (CLOSE_UP_MODEL_FILE, FACE_MODEL_FILE):
+        if (current.path / name).is_file():
+            return current.path / name
     return None
 
 

@@ -188,3 +188,32 @@ def test_corrupt_or_missing_model_file_is_a_clear_error(tmp_path: Path, content)
 def test_detection_settings_name_what_decides_the_crops():
     s = faces.detection_settings()
     assert s["detector"] == "blazeface" and s["primary"] in SPECS and s["max_faces"] == MAX_FACES
+
+
+def test_trainer_and_worker_see_the_same_face_crops(tmp_path, hopper, tiny_model_dir):
+    """Train/serve parity for faces: the same boxes, crops and score through both paths."""
+    import shutil
+
+    from moodwatch.pipeline import FACE_MODEL_FILE, Pipeline
+    from moodwatch.registry import Registry
+    from tests.imagegen import write_image
+    from trainer.dataset import Item
+    from trainer.face_model import make_face_model
+    from trainer.training import prepare_items
+    from worker.inference import Classifier
+
+    registry = Registry(tmp_path / "models")
+    version = registry.new_version_dir("default-faces")
+    shutil.copy2(Registry(tiny_model_dir).require_current().model_path, version.path / "model.keras")
+    make_face_model().save(version.path / FACE_MODEL_FILE)
+    registry.promote(version)
+    path = write_image(tmp_path / "hopper.jpg", hopper)
+    trained_on = prepare_items([Item(path, "happy", "0" * 64)], 50_000_000, faces=True)[0]
+    assert len(trained_on.faces.crops) == 1
+    classifier = Classifier(registry.require_current(), batch_size=4)
+    try:
+        served = classifier.classify_paths([str(path)])[0]
+    finally:
+        classifier.close()
+    assert served.faces == trained_on.faces.relative_boxes()
+    assert served.score == pytest.approx(float(Pipeline.load(version.path).scores([trained_on])[0]), abs=1e-5)

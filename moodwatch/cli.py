@@ -448,10 +448,13 @@ def submit(paths) -> None:
     from watcher.service import celery_sender, submit_paths
 
     settings = get_settings()
-    sessions = open_database(settings.database)
+    # Absolute before they leave this process: a worker runs in another folder (or machine).
+    # abspath, not resolve: a symbolic link must stay a link, to be refused as one.
+    paths = [Path(os.path.abspath(p)) for p in paths]
     missing = [p for p in paths if not os.path.lexists(p)]
     for p in missing:
         click.echo(f"{p}: error: no such file or folder", err=True)
+    sessions = open_database(settings.database)
     try:
         results = submit_paths([p for p in paths if p not in missing], settings,
                                celery_sender(settings), sessions)

@@ -161,3 +161,43 @@ def test_label_copies_and_relabel_moves_the_copy(tmp_path):
     run(["label", str(photo), "sad"], env)
     assert not (tmp_path / "data" / "happy" / "p.jpg").exists()
     assert (tmp_path / "data" / "sad" / "p.jpg").read_bytes() == photo.read_bytes()
+
+
+def _queued_messages(broker: str) -> list[dict]:
+    """The file messages waiting on the classify queue, decoded from Celery's JSON envelope."""
+    import base64
+
+    import redis
+
+    client = redis.Redis.from_url(broker)
+    try:
+        raw = client.lrange("classify", 0, -1)
+    finally:
+        client.close()
+    out = []
+    for envelope in map(json.loads, raw):
+        args, _kwargs, _embed = json.loads(base64.b64decode(envelope["body"]))
+        out += args[0]
+    return out
+
+
+def test_submit_sends_absolute_paths_from_any_folder(tmp_path, monkeypatch, redis_url):
+    from tests.procs import Rows
+
+    elsewhere = tmp_path / "elsewhere"
+    write_image(elsewhere / "rel.jpg", face_like("happy", 1))
+    (elsewhere / "notes.jpg").write_text("not an image")
+    monkeypatch.chdir(elsewhere)
+    db = f"sqlite:///{tmp_path / 'r.db'}"
+    env = {"MOODWATCH_DATA_DIR": str(tmp_path / "data"), "MOODWATCH_DATABASE_URL": db,
+           "MOODWATCH_BROKER_URL": redis_url}
+    r = run(["submit", "rel.jpg", "notes.jpg"], env)
+    assert r.exit_code == 0, r.output
+    [queued] = _queued_messages(redis_url)
+    assert queued["path"] == str(elsewhere / "rel.jpg")
+    rows = Rows(db)
+    try:
+        [rejected] = rows.all()
+    finally:
+        rows.close()
+    assert rejected.path == str(elsewhere / "notes.jpg") and rejected.status == "rejected"

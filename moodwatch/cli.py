@@ -14,15 +14,18 @@ from pathlib import Path
 
 import click
 
+from moodwatch.clierrors import Cli
+from moodwatch.clierrors import fail as _fail
 from moodwatch.settings import get_settings
 
 
-def _fail(message: str) -> None:
-    click.echo(f"error: {message}", err=True)
-    sys.exit(2)
+def _require_folder(path: Path, variable: str) -> None:
+    """A folder setting that names a file is refused before anything starts."""
+    if path.exists() and not path.is_dir():
+        _fail(f"{path} is not a folder (set by {variable}, or its default)")
 
 
-@click.group()
+@click.group(cls=Cli)
 @click.option("-v", "--verbose", is_flag=True, help="Log debug messages.")
 def main(verbose: bool) -> None:
     """moodwatch: classify photos of people as happy or sad.
@@ -46,7 +49,7 @@ def main(verbose: bool) -> None:
               help="Folder with happy/ and sad/ subfolders (default: MOODWATCH_DATA_DIR).")
 @click.option("--arch", "architecture", default="default", show_default=True,
               help="Model architecture: default or seed.")
-@click.option("--epochs", type=int, default=None,
+@click.option("--epochs", type=click.IntRange(min=1), default=None,
               help="Most epochs (default: MOODWATCH_RETRAIN_EPOCHS; early stopping may end sooner).")
 @click.option("--batch-size", type=int, default=None, help="Default: the recipe's (16).")
 @click.option("--patience", type=int, default=None, help="Early-stopping patience in epochs (default 12).")
@@ -113,7 +116,9 @@ def models(as_json: bool) -> None:
     """
     from moodwatch.registry import Registry
 
-    registry = Registry(get_settings().model_dir)
+    settings = get_settings()
+    _require_folder(settings.model_dir, "MOODWATCH_MODEL_DIR")
+    registry = Registry(settings.model_dir)
     current = registry.current_name()
     rows = []
     for version in registry.versions():
@@ -266,7 +271,8 @@ def _parse_since(value: str | None):
     try:
         when = datetime.fromisoformat(value)
     except ValueError:
-        raise click.BadParameter("use an ISO date/time or a span like 30m, 2h, 7d") from None
+        raise click.BadParameter("use an ISO date/time or a span like 30m, 2h, 7d",
+                                 param_hint="--since") from None
     return when if when.tzinfo else when.astimezone()
 
 
@@ -425,6 +431,7 @@ def watch(polling: bool) -> None:
     from watcher.service import InotifyLimitError, Watcher, celery_sender
 
     settings = get_settings()
+    _require_folder(settings.inbox_dir, "MOODWATCH_INBOX")
     sessions = open_database(settings.database)
     watcher = Watcher(settings, celery_sender(settings), sessions, polling=polling)
     try:
@@ -453,7 +460,9 @@ def submit(paths) -> None:
     paths = [Path(os.path.abspath(p)) for p in paths]
     missing = [p for p in paths if not os.path.lexists(p)]
     for p in missing:
-        click.echo(f"{p}: error: no such file or folder", err=True)
+        click.echo(f"error: no such file or folder: {p}", err=True)
+    if len(missing) == len(paths):
+        sys.exit(1)  # nothing to send: no database, no broker
     sessions = open_database(settings.database)
     try:
         results = submit_paths([p for p in paths if p not in missing], settings,
@@ -527,7 +536,8 @@ def beat(loglevel: str) -> None:
 
 
 @main.command()
-@click.option("--epochs", type=int, default=None, help="Most epochs (default: MOODWATCH_RETRAIN_EPOCHS).")
+@click.option("--epochs", type=click.IntRange(min=1), default=None,
+              help="Most epochs (default: MOODWATCH_RETRAIN_EPOCHS).")
 @click.option("--force", is_flag=True, help="Train even if the curated data is unchanged.")
 @click.option("--enqueue", is_flag=True, help="Send it to the workers' training queue instead.")
 def retrain(epochs: int | None, force: bool, enqueue: bool) -> None:
@@ -563,8 +573,12 @@ def label(file: Path, label: str) -> None:
         moodwatch label data/processed/sad/IMG_0042.jpg happy
     """
     from moodwatch.curation import label_file
+    from moodwatch.images import ImageRejected
 
-    dest = label_file(get_settings(), file, label)
+    try:
+        dest = label_file(get_settings(), file, label)
+    except ImageRejected as exc:
+        _fail(f"{file} cannot be training data: {exc.reason}")
     click.echo(f"copied to {dest}")
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 from functools import lru_cache
 from pathlib import Path
 
-from pydantic import Field
+from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 LABELS = ("happy", "sad")
@@ -51,6 +51,16 @@ class Settings(BaseSettings):
     detector_dir: Path | None = Field(
         None, description="Folder of the BlazeFace .tflite files; default models/detector beside the code."
     )
+
+    @field_validator("retrain_cron")
+    @classmethod
+    def _valid_cron(cls, value: str) -> str:
+        # Refused when read, so `moodwatch run` stops with the reason instead of a beat that
+        # crashes in a loop.
+        from moodwatch.queue import cron
+
+        cron(value)
+        return value
 
     @property
     def database(self) -> str:

@@ -68,13 +68,13 @@ def test_unreadable_model_is_a_clear_error(tmp_path, tiny_model_dir):
     (models / current / "model.keras").write_bytes(b"this is not a keras file")
     img = write_image(tmp_path / "a.jpg", face_like("happy", 1))
     r = CliRunner().invoke(main, ["classify", str(img)], env={"MOODWATCH_MODEL_DIR": str(models)})
-    assert r.exit_code == 2 and "cannot load model" in r.output
+    assert r.exit_code == 1 and "cannot load model" in r.output
 
 
 def test_no_model_is_a_clear_error(tmp_path):
     img = write_image(tmp_path / "a.jpg", face_like("happy", 1))
     r = CliRunner().invoke(main, ["classify", str(img)], env={"MOODWATCH_MODEL_DIR": str(tmp_path / "none")})
-    assert r.exit_code == 2 and "no current model" in r.output
+    assert r.exit_code == 1 and "no current model" in r.output
 
 
 @pytest.mark.parametrize("case, message", [
@@ -96,7 +96,7 @@ def test_train_bad_input_exits_non_zero(tmp_path, case, message):
         make_curated(data, per_class=3)
     env = {"MOODWATCH_MODEL_DIR": str(tmp_path / "models"), "MOODWATCH_DATA_DIR": str(tmp_path / "d")}
     r = CliRunner().invoke(main, ["train", "--data", str(data), "--epochs", "1"], env=env)
-    assert r.exit_code == 2 and message in r.output, r.output
+    assert r.exit_code == 1 and message in r.output, r.output
 
 
 def test_results_formats(tmp_path):
@@ -137,7 +137,7 @@ def test_evaluate_reports_figures_calibration_and_csv(tmp_path, tiny_model_dir):
     assert lines[0].startswith("file,truth,predicted") and len(lines) == 18
     text = run(["evaluate", "--data", str(data), "--csv", str(out_csv)], env).output
     assert "ROC AUC" in text and "calibration" in text
-    assert CliRunner().invoke(main, ["evaluate", "--data", str(tmp_path / "nope")], env=env).exit_code == 2
+    assert CliRunner().invoke(main, ["evaluate", "--data", str(tmp_path / "nope")], env=env).exit_code == 1
 
 
 def test_roc_auc_matches_pairwise_definition():

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import func, select, text, update
+from sqlalchemy import func, or_, select, text, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
@@ -69,6 +69,14 @@ def recorded_event_ids(session: Session, event_ids: Iterable[str]) -> set[str]:
     if not ids:
         return set()
     return set(session.scalars(select(Result.event_id).where(Result.event_id.in_(ids))))
+
+
+def rows_for_arrivals(session: Session, event_ids: Iterable[str], hashes: Iterable[str]) -> list[Result]:
+    """Rows of these arrivals, or of files with these bytes (both columns are indexed)."""
+    ids, shas = list(event_ids), [h for h in hashes if h]
+    if not ids and not shas:
+        return []
+    return list(session.scalars(select(Result).where(or_(Result.event_id.in_(ids), Result.sha256.in_(shas)))))
 
 
 def lock_hashes(session: Session, hashes: list[str]) -> None:

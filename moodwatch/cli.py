@@ -471,7 +471,10 @@ def submit(paths) -> None:
         _fail(str(exc))
         return
     for c in results:
-        click.echo(f"{c.path}: " + (f"rejected ({c.rejected})" if c.rejected else "queued"))
+        if c.recorded_as is not None:
+            click.echo(f"{c.path}: already recorded as #{c.recorded_as}")
+        else:
+            click.echo(f"{c.path}: " + (f"rejected ({c.rejected})" if c.rejected else "queued"))
     if missing:
         sys.exit(1)
 

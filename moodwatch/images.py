@@ -28,6 +28,16 @@ _MAGIC = {
     "bmp": (b"BM",),
 }
 _PIL_FORMATS = {"JPEG": "jpeg", "PNG": "png", "BMP": "bmp"}
+# Formats people often have under a .jpg name, so a refusal can say what the file really is.
+_FOREIGN = (
+    ("a WEBP image", lambda d: d[:4] == b"RIFF" and d[8:12] == b"WEBP"),
+    ("a GIF image", lambda d: d[:6] in (b"GIF87a", b"GIF89a")),
+    ("a TIFF image", lambda d: d[:4] in (b"II*\x00", b"MM\x00*")),
+    ("a HEIC image", lambda d: d[4:8] == b"ftyp" and d[8:12] in (b"heic", b"heix", b"mif1", b"msf1")),
+    ("an AVIF image", lambda d: d[4:8] == b"ftyp" and d[8:12] in (b"avif", b"avis")),
+    ("a PDF document", lambda d: d[:5] == b"%PDF-"),
+)
+ACCEPTED_TYPES = "accepted types are JPEG, PNG, BMP"
 DEFAULT_MAX_PIXELS = 50_000_000
 
 
@@ -69,6 +79,9 @@ def inspect_image(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> ImageInf
         raise ImageRejected("empty file (0 bytes)")
     fmt = sniff_format(data)
     if fmt is None:
+        what = next((name for name, matches in _FOREIGN if matches(data)), None)
+        if what:
+            raise ImageRejected(f"{what}; {ACCEPTED_TYPES}")
         raise ImageRejected("not a JPEG, PNG or BMP image (its bytes have no image signature)")
     try:
         with warnings.catch_warnings():

@@ -201,3 +201,43 @@ def test_submit_sends_absolute_paths_from_any_folder(tmp_path, monkeypatch, redi
     finally:
         rows.close()
     assert rejected.path == str(elsewhere / "notes.jpg") and rejected.status == "rejected"
+
+
+def test_classify_missing_file_says_file_not_found_without_worker_words(tmp_path, tiny_model_dir):
+    env = {"MOODWATCH_MODEL_DIR": str(tiny_model_dir)}
+    r = CliRunner().invoke(main, ["classify", str(tmp_path / "gone.jpg")], env=env)
+    assert r.exit_code == 1
+    assert f"file not found: {tmp_path / 'gone.jpg'}" in r.output and "worker" not in r.output
+
+
+def test_submit_of_a_recorded_file_says_so_and_queues_nothing(tmp_path, monkeypatch, redis_url):
+    from db.engine import make_engine, make_sessionmaker
+    from db.models import Result
+
+    photo = write_image(tmp_path / "share" / "p.jpg", face_like("happy", 3))
+    text = tmp_path / "share" / "t.jpg"
+    text.write_text("text")
+    db = f"sqlite:///{tmp_path / 'r.db'}"
+    env = {"MOODWATCH_DATA_DIR": str(tmp_path / "data"), "MOODWATCH_DATABASE_URL": db,
+           "MOODWATCH_BROKER_URL": redis_url}
+    first = run(["submit", str(photo), str(text)], env)
+    assert first.exit_code == 0 and "p.jpg: queued" in first.output and "t.jpg: rejected" in first.output
+    [message] = _queued_messages(redis_url)
+    # As a worker would: the photo's row.
+    from datetime import UTC, datetime
+
+    from db.repository import insert_results, result_row
+
+    engine = make_engine(db)
+    with make_sessionmaker(engine)() as s, s.begin():
+        insert_results(s, [result_row(message["event_id"], message["path"], datetime.now(UTC),
+                                      sha256=message["sha256"], status="classified", label="happy",
+                                      confidence=0.9)])
+    with make_sessionmaker(engine)() as s:
+        ids = {r.file_name: r.id for r in s.query(Result)}
+    engine.dispose()
+    again = run(["submit", str(photo), str(text)], env)
+    assert again.exit_code == 0, again.output
+    assert f"p.jpg: already recorded as #{ids['p.jpg']}" in again.output
+    assert f"t.jpg: already recorded as #{ids['t.jpg']}" in again.output
+    assert "queued" not in again.output and len(_queued_messages(redis_url)) == 1

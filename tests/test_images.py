@@ -40,7 +40,8 @@ def test_png_named_jpg_is_accepted(tmp_path):
     [
         (b"", "empty"),
         (b"hello, I am a text file\n" * 10, "not a JPEG, PNG or BMP"),
-        (b"GIF89a" + b"\x00" * 100, "not a JPEG, PNG or BMP"),
+        (b"GIF89a" + b"\x00" * 100, "a GIF image; accepted types are JPEG, PNG, BMP"),
+        (b"%PDF-1.4\n" + b"0" * 100, "a PDF document; accepted types are JPEG, PNG, BMP"),
         (b"\x89PNG\r\n\x1a\n" + b"\x00" * 40, "PNG"),
     ],
 )
@@ -81,3 +82,19 @@ def test_large_jpeg_reduced_decode_matches_full_decode_closely(tmp_path):
                         cv2.COLOR_BGR2RGB)
     slow = cv2.resize(full, (256, 256), interpolation=cv2.INTER_AREA).astype(np.float32)
     assert np.abs(fast - slow).mean() < 3.0
+
+
+@pytest.mark.parametrize("fmt", ["WEBP", "TIFF", "GIF"])
+def test_a_known_foreign_format_named_jpg_is_named(tmp_path, fmt):
+    import io
+
+    from PIL import Image
+
+    from watcher.validation import check_file
+
+    buf = io.BytesIO()
+    Image.new("RGB", (32, 32), (200, 10, 10)).save(buf, fmt)
+    path = tmp_path / "photo.jpg"
+    path.write_bytes(buf.getvalue())
+    checked = check_file(str(path), tmp_path, 10**7, 10**7)
+    assert checked.rejected == f"a {fmt} image; accepted types are JPEG, PNG, BMP"

@@ -9,6 +9,7 @@ import os
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -18,7 +19,7 @@ from watchdog.events import FileSystemEvent, FileSystemEventHandler
 from watchdog.observers import Observer
 from watchdog.observers.polling import PollingObserver
 
-from db.repository import insert_results, recorded_event_ids, result_row, set_stored_paths
+from db.repository import insert_results, recorded_event_ids, result_row, rows_for_arrivals, set_stored_paths
 from moodwatch.files import move_outcomes
 from moodwatch.settings import Settings
 from watcher.filters import is_ignored
@@ -260,10 +261,16 @@ def celery_sender(settings: Settings) -> Sender:
     return send
 
 
-def submit_paths(paths: list[Path], settings: Settings, send: Sender,
-                 sessions: sessionmaker | None) -> list[Checked]:
-    """Validate files or folders by hand and give them the same outcomes as dropped files."""
-    w = Watcher(settings, send, sessions)
+@dataclass
+class Submitted:
+    """What `moodwatch submit` did with one file."""
+
+    path: str
+    rejected: str | None = None  # the reason, when the file is refused
+    recorded_as: int | None = None  # the row that already records this file: nothing was sent
+
+
+def _files_under(paths: list[Path]) -> list[str]:
     files: list[str] = []
     for p in paths:
         if p.is_dir() and not p.is_symlink():
@@ -272,14 +279,43 @@ def submit_paths(paths: list[Path], settings: Settings, send: Sender,
                           if not is_ignored(os.path.join(root, n), p)]
         else:
             files.append(str(p))
-    results = []
-    for f in files:
+    return files
+
+
+def _recorded_as(sessions: sessionmaker | None, checked: list[Checked]) -> dict[str, int]:
+    """Event id -> the row that already records that file: the same arrival, or the same
+    bytes at the place a row says they are now (a processed file submitted again)."""
+    if sessions is None or not checked:
+        return {}
+    with sessions() as session:
+        rows = rows_for_arrivals(session, [c.event_id for c in checked], [c.sha256 for c in checked])
+    by_event = {r.event_id: r.id for r in rows}
+    by_place = {(r.sha256, r.stored_path or r.path): r.id for r in rows if r.sha256}
+    found = {}
+    for c in checked:
+        rid = by_event.get(c.event_id) or by_place.get((c.sha256, c.path))
+        if rid is not None:
+            found[c.event_id] = rid
+    return found
+
+
+def submit_paths(paths: list[Path], settings: Settings, send: Sender,
+                 sessions: sessionmaker | None) -> list[Submitted]:
+    """Validate files or folders by hand and give them the same outcomes as dropped files;
+    a file that already has a row is reported as such, and nothing is sent for it."""
+    w = Watcher(settings, send, sessions)
+    checked = []
+    for f in _files_under(paths):
         root = w.inbox if _inside(f, w.inbox) else Path(f).parent
-        checked = check_file(f, root, settings.max_file_bytes, settings.max_pixels)
-        if checked is None:
-            continue
-        results.append(checked)
-        w.take(checked)
+        c = check_file(f, root, settings.max_file_bytes, settings.max_pixels)
+        if c is not None:
+            checked.append(c)
+    recorded = _recorded_as(sessions, checked)
+    results = []
+    for c in checked:
+        results.append(Submitted(c.path, c.rejected, recorded.get(c.event_id)))
+        if c.event_id not in recorded:
+            w.take(c)
     w.drain()
     if w._pending or w._rejects:
         raise RuntimeError(f"{len(w._pending)} file(s) could not be queued and "

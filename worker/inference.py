@@ -29,11 +29,13 @@ class Prediction:
 class Classifier:
     """A loaded model version and its compiled batch functions; one per worker process."""
 
-    def __init__(self, version: Version, batch_size: int = 32, decode_threads: int | None = None):
+    def __init__(self, version: Version, batch_size: int = 32, decode_threads: int | None = None,
+                 missing_note: str = ""):
         from moodwatch.modelio import ModelLoadError
 
         self.version = version
         self.batch_size = batch_size
+        self.missing_note = missing_note  # appended to "file not found: ..." (the worker says where)
         try:
             self.pipeline = Pipeline.load(version.path, batch_size)
         except ModelLoadError:
@@ -49,7 +51,7 @@ class Classifier:
         except ImageRejected as exc:
             return None, exc.reason, True
         except FileNotFoundError:
-            return None, f"file not found: {path} (not reachable from this worker)", False
+            return None, f"file not found: {path}{self.missing_note}", False
         except OSError as exc:
             return None, f"cannot read file: {exc.strerror or exc}", False
 
@@ -101,7 +103,8 @@ class ModelCache:
             self._checked_at = now
             current = self.registry.require_current()
             if self._classifier is None or self._classifier.version != current:
-                old, self._classifier = self._classifier, Classifier(current, self.batch_size)
+                old, self._classifier = self._classifier, Classifier(
+                    current, self.batch_size, missing_note=" (not reachable from this worker)")
                 if old is not None:
                     old.close()
         return self._classifier

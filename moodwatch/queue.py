@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from celery import Celery
 
-from moodwatch.broker import broker_url
+from moodwatch.broker import broker_url, client_name
 from moodwatch.settings import Settings
 
 CLASSIFY_TASK = "moodwatch.classify_batch"
@@ -29,6 +29,8 @@ def make_celery(settings: Settings) -> Celery:
         task_reject_on_worker_lost=True,
         worker_prefetch_multiplier=1,
         broker_transport_options={
+            # Named, so the process that started an embedded Redis can tell who else still uses it.
+            "client_name": client_name(),
             "visibility_timeout": settings.visibility_timeout,
             # Look for jobs of dead workers every few seconds, not every ~100 s (kombu's default).
             "unacked_restore_interval": max(1, min(10, settings.visibility_timeout // 2)),

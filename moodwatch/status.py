@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 from typing import Any
 
+from moodwatch.broker import broker_url
 from moodwatch.queue import CLASSIFY_QUEUE, TRAINING_QUEUE, make_celery
 from moodwatch.registry import Registry
 from moodwatch.settings import Settings
@@ -19,13 +20,20 @@ def inbox_backlog(settings: Settings) -> int:
 
 
 def collect(settings: Settings, ping_timeout: float = 1.0) -> dict[str, Any]:
+    """Read-only: with the embedded Redis not running it says so, and starts none."""
     out: dict[str, Any] = {
         "inbox": str(settings.inbox_dir),
         "inbox_backlog": inbox_backlog(settings),
         "current_model": Registry(settings.model_dir).current_name(),
     }
+    url = broker_url(settings, start=False)
+    if url is None:
+        out["workers_alive"] = 0
+        out["broker"] = (f"not running (no embedded Redis for {settings.data_dir}; "
+                         "`moodwatch run` starts it)")
+        return out
     try:
-        app = make_celery(settings)
+        app = make_celery(settings.model_copy(update={"broker_url": url}))
         with app.connection_for_write() as conn:
             client = conn.channel().client
             out["queue_length"] = client.llen(CLASSIFY_QUEUE)

@@ -17,7 +17,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 
-from moodwatch.broker import broker_url
+from moodwatch.broker import embedded_url, start_embedded, stop_embedded
 from moodwatch.settings import Settings
 
 log = logging.getLogger("moodwatch.run")
@@ -70,7 +70,8 @@ def run_all(settings: Settings, stop: threading.Event, polling: bool = False, we
 
     prepare_folders(settings)
     upgrade(settings.database)
-    url = broker_url(settings)
+    # The service owns the embedded Redis (started here, or joined), and stops it at the end.
+    url = settings.broker_url or embedded_url(start_embedded(settings.embedded_redis_path))
     env = dict(os.environ, MOODWATCH_BROKER_URL=url, MOODWATCH_DATABASE_URL=settings.database,
                MOODWATCH_DATA_DIR=str(settings.data_dir.resolve()),
                MOODWATCH_MODEL_DIR=str(settings.model_dir.resolve()),
@@ -107,5 +108,7 @@ def run_all(settings: Settings, stop: threading.Event, polling: bool = False, we
     for child in order:
         child.terminate()
         child.wait(timeout=120 if child.name == "worker" else 30)
+    if not settings.broker_url:
+        stop_embedded()
     say("stopped.")
     return 0

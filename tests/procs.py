@@ -134,3 +134,24 @@ class OwnRedis:
 
     def url(self, db: int = 0) -> str:
         return f"redis://127.0.0.1:{self.port}/{db}"
+
+
+def redis_servers_in(folder: Path) -> list[int]:
+    """Pids of redis-server processes working in folder (Redis changes into its data folder)."""
+    import psutil
+
+    found = []
+    for proc in psutil.process_iter(["name"]):
+        if proc.info["name"] != "redis-server":
+            continue
+        with contextlib.suppress(psutil.Error):
+            if Path(proc.cwd()) == folder:
+                found.append(proc.pid)
+    return found
+
+
+def kill_pids(pids: list[int]) -> None:
+    """End processes a test caused to start (and only those), by their ids."""
+    for pid in pids:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGTERM)

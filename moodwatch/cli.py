@@ -514,10 +514,11 @@ def run(polling: bool, no_web: bool, no_beat: bool) -> None:
         MOODWATCH_BROKER_URL=redis://redis:6379/0 \\
         MOODWATCH_DATABASE_URL=postgresql://postgres@db/moodwatch moodwatch run
     """
+    from moodwatch.home import load_settings
     from moodwatch.supervisor import run_all
 
-    sys.exit(run_all(get_settings(), _stop_on_signals(), polling=polling, web=not no_web,
-                     beat=not no_beat, say=click.echo))
+    sys.exit(run_all(load_settings(starting_service=True), _stop_on_signals(), polling=polling,
+                     web=not no_web, beat=not no_beat, say=click.echo))
 
 
 @main.command()

@@ -14,7 +14,7 @@ import click
 
 log = logging.getLogger("moodwatch.cli")
 EXIT_ERROR = 1
-_MAX_CHARS = 400
+_MAX_CHARS = 800
 
 
 def one_line(text: str) -> str:

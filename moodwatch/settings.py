@@ -1,7 +1,10 @@
 """Every setting in one place, read from the environment (prefix ``MOODWATCH_``).
 
 Defaults are the embedded ones a new user gets: folders under the working directory, SQLite
-under the data folder, and an embedded Redis when no broker URL is given.
+under the data folder, and an embedded Redis when no broker URL is given. Folders are made
+absolute when read, so they mean the same thing to every process. `get_settings` also reads
+the record `moodwatch run` leaves (moodwatch.home), so a command run from any folder reaches
+the service the user started.
 """
 
 from __future__ import annotations
@@ -20,8 +23,9 @@ ALLOWED_EXTENSIONS = frozenset({".jpg", ".jpeg", ".bmp", ".png"})
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="MOODWATCH_", extra="ignore")
 
-    data_dir: Path = Field(Path("./data"), description="Root of the image folders.")
-    model_dir: Path = Field(Path("./models"), description="Model registry: one folder a version.")
+    data_dir: Path = Field(Path("./data"), description="Root of the image folders.", validate_default=True)
+    model_dir: Path = Field(Path("./models"), description="Model registry: one folder a version.",
+                            validate_default=True)
     database_url: str | None = Field(
         None, description="SQLAlchemy URL; unset means SQLite at DATA_DIR/moodwatch.db."
     )
@@ -51,6 +55,12 @@ class Settings(BaseSettings):
     detector_dir: Path | None = Field(
         None, description="Folder of the BlazeFace .tflite files; default models/detector beside the code."
     )
+
+    @field_validator("data_dir", "model_dir", "inbox")
+    @classmethod
+    def _absolute(cls, value: Path | None) -> Path | None:
+        # Relative to the folder a command runs in, once: jobs and children carry these paths.
+        return None if value is None else value.expanduser().absolute()
 
     @field_validator("retrain_cron")
     @classmethod
@@ -91,4 +101,7 @@ class Settings(BaseSettings):
 
 @lru_cache
 def get_settings() -> Settings:
-    return Settings()
+    """The settings of the service a command talks to: variables, then `moodwatch run`'s record."""
+    from moodwatch.home import load_settings
+
+    return load_settings()

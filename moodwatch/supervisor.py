@@ -67,9 +67,11 @@ def prepare_folders(settings: Settings) -> None:
 def run_all(settings: Settings, stop: threading.Event, polling: bool = False, web: bool = True,
             beat: bool = True, say=print) -> int:
     from db.migrate import upgrade  # the parent migrates once, before any child starts
+    from moodwatch.home import write_record
 
     prepare_folders(settings)
     upgrade(settings.database)
+    record = write_record(settings)  # how commands run from any folder find this service
     # The service owns the embedded Redis (started here, or joined), and stops it at the end.
     url = settings.broker_url or embedded_url(start_embedded(settings.embedded_redis_path))
     env = dict(os.environ, MOODWATCH_BROKER_URL=url, MOODWATCH_DATABASE_URL=settings.database,
@@ -90,6 +92,7 @@ def run_all(settings: Settings, stop: threading.Event, polling: bool = False, we
     say("  results:  moodwatch results    (or SQL on " + settings.database + ")")
     if web:
         say(f"  review:   http://127.0.0.1:{settings.web_port}/")
+    say(f"  commands from any folder reach this service through {record}")
     say("  stop:     Ctrl-C")
     while not stop.is_set():
         for child in children:

@@ -6,15 +6,22 @@ where a missing server fails the test: CI must never pass by skipping the real t
 
 from __future__ import annotations
 
+import atexit
 import itertools
 import os
+import shutil
 import socket
+import tempfile
 import uuid
 from pathlib import Path
 
 import pytest
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+# Commands read `moodwatch run`'s record from MOODWATCH_HOME: the suite's own, empty, so a service
+# the developer runs on this machine is never what a test reaches.
+os.environ["MOODWATCH_HOME"] = tempfile.mkdtemp(prefix="moodwatch-test-home-")
+atexit.register(shutil.rmtree, os.environ["MOODWATCH_HOME"], ignore_errors=True)
 
 from moodwatch.settings import Settings  # noqa: E402
 from tests.imagegen import make_curated  # noqa: E402

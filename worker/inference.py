@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import logging
 import os
+import threading
 import time
 from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -10,8 +12,11 @@ from dataclasses import dataclass
 
 from moodwatch.images import DEFAULT_MAX_PIXELS, ImageRejected
 from moodwatch.modelio import label_for
-from moodwatch.pipeline import Pipeline, Prepared, prepare_path
+from moodwatch.pipeline import Pipeline, Prepared, prepare_bytes, prepare_path
 from moodwatch.registry import Registry, Version
+
+log = logging.getLogger("moodwatch.worker")
+WORKER_MISSING_NOTE = " (not reachable from this worker)"
 
 
 @dataclass
@@ -42,8 +47,8 @@ class Classifier:
             raise
         except Exception as exc:
             raise ModelLoadError(f"cannot load model {version.path}: {exc}") from exc
-        self._pool = ThreadPoolExecutor(
-            max_workers=decode_threads or min(4, os.cpu_count() or 2), thread_name_prefix="decode")
+        self.decode_threads = decode_threads or min(4, os.cpu_count() or 2)
+        self._pool = ThreadPoolExecutor(max_workers=self.decode_threads, thread_name_prefix="decode")
 
     def _decode(self, path: str, max_pixels: int) -> tuple[Prepared | None, str | None, bool]:
         try:
@@ -83,28 +88,84 @@ class Classifier:
                 faces = prep.faces.relative_boxes() if prep.faces is not None else None
                 yield Prediction(path, label, confidence, score, seconds=elapsed, faces=faces)
 
+    def warm_up(self) -> None:
+        """One pass through decoding, face detection and every compiled forward pass, so the
+        first real file does not pay for tracing graphs and loading detectors (seconds)."""
+        import cv2
+        import numpy as np
+
+        def jpeg(side: int) -> bytes:
+            return cv2.imencode(".jpg", np.full((side, side, 3), 128, np.uint8))[1].tobytes()
+
+        faces = self.pipeline.uses_faces
+        # A large photo (whole image, face detection) and a close-up, once on each decode thread.
+        samples = [jpeg(320), jpeg(48)] * self.decode_threads
+        prepared = list(self._pool.map(lambda d: prepare_bytes(d, faces=faces), samples))
+        self.pipeline.scores(prepared[:2])
+        if faces:  # the found-faces model: a blank photo has no face for scores() to use it on
+            self.pipeline.face_scores(np.zeros((1, *self.pipeline.face.input_shape[1:]), np.uint8))
+
     def close(self) -> None:
         self._pool.shutdown(wait=False, cancel_futures=True)
 
 
 class ModelCache:
-    """Holds the current model of a process and reloads it when the registry's pointer moves."""
+    """Holds the current model of a process, loaded and warmed up, and follows the registry's
+    pointer: with watch(), a background thread loads a new version while the old one serves."""
 
     def __init__(self, registry: Registry, batch_size: int = 32, check_every: float = 2.0):
         self.registry = registry
         self.batch_size = batch_size
         self.check_every = check_every
         self._classifier: Classifier | None = None
+        self._retired: list[Classifier] = []  # replaced, closed by the next get() (no job uses them)
+        self._load_lock = threading.Lock()  # one load at a time
         self._checked_at = 0.0
+        self._watching = False
+
+    def _load(self, version: Version) -> Classifier:
+        t0 = time.perf_counter()
+        classifier = Classifier(version, self.batch_size, missing_note=WORKER_MISSING_NOTE)
+        classifier.warm_up()
+        log.info("model %s loaded and warmed up in %.1fs (pid %d)", version.name,
+                 time.perf_counter() - t0, os.getpid())
+        return classifier
+
+    def refresh(self) -> Classifier:
+        """Load and warm up the current version unless it is the one held."""
+        with self._load_lock:
+            current = self.registry.require_current()
+            held = self._classifier
+            if held is not None and held.version == current:
+                return held
+            self._classifier = self._load(current)
+            if held is not None:
+                self._retired.append(held)
+            return self._classifier
 
     def get(self) -> Classifier:
+        """The model for the next job (jobs run one at a time in a worker process)."""
+        while self._retired:
+            self._retired.pop().close()
+        held = self._classifier
         now = time.monotonic()
-        if self._classifier is None or now - self._checked_at >= self.check_every:
+        if held is None or (not self._watching and now - self._checked_at >= self.check_every):
             self._checked_at = now
-            current = self.registry.require_current()
-            if self._classifier is None or self._classifier.version != current:
-                old, self._classifier = self._classifier, Classifier(
-                    current, self.batch_size, missing_note=" (not reachable from this worker)")
-                if old is not None:
-                    old.close()
-        return self._classifier
+            return self.refresh()  # waits for a load the watcher thread has under way
+        return held
+
+    def watch(self) -> threading.Thread:
+        """Load and warm up the current model now, then follow the pointer, in the background."""
+        self._watching = True
+
+        def follow() -> None:
+            while True:
+                try:
+                    self.refresh()
+                except Exception as exc:  # no model yet, or a broken one: jobs retry meanwhile
+                    log.warning("model not loaded: %s", exc)
+                time.sleep(self.check_every)
+
+        thread = threading.Thread(target=follow, name="model-watch", daemon=True)
+        thread.start()
+        return thread

@@ -1,7 +1,7 @@
 """Celery tasks: thin wrappers that hand the job to plain functions.
 
-Per-process state (database engine, loaded model) is created on first use inside the pool
-process, never in the parent: TensorFlow is not fork-safe.
+Per-process state (database engine, loaded model) is created inside the pool process, never
+in the parent: TensorFlow is not fork-safe. The model is loaded when the pool process starts.
 """
 
 from __future__ import annotations
@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+from celery.signals import worker_process_init
 from sqlalchemy.exc import DBAPIError, OperationalError
 
 from db.engine import make_engine, make_sessionmaker
@@ -36,6 +37,14 @@ def _models() -> ModelCache:
     if "models" not in _state:
         _state["models"] = ModelCache(Registry(settings.model_dir), settings.batch_size)
     return _state["models"]
+
+
+@worker_process_init.connect
+def _load_model_at_start(**_: Any) -> None:
+    """A new pool process loads and warms up the model now, not on its first job (which would
+    wait tens of seconds), and follows model changes. In a thread: Celery gives this signal's
+    handlers 4 s before it takes the process for dead."""
+    _models().watch()
 
 
 @app.task(

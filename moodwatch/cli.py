@@ -199,7 +199,7 @@ def classify(files, as_json: bool, model_version: str | None) -> None:
               help="Labelled folder with happy/ and sad/ subfolders.")
 @click.option("--model", "model_version", default=None, help="Version to evaluate (default: current).")
 @click.option("--csv", "csv_path", type=click.Path(path_type=Path), default=None,
-              help="Write per-file predictions here (default: evaluation-<version>.csv).")
+              help="Also write per-file predictions to this CSV file (default: no file).")
 @click.option("--json", "as_json", is_flag=True, help="Print the figures as JSON.")
 def evaluate(data_dir, model_version, csv_path, as_json) -> None:
     """Measure a model on any labelled folder; it never trains on what it evaluates.
@@ -230,14 +230,15 @@ def evaluate(data_dir, model_version, csv_path, as_json) -> None:
     classifier.close()
     results = [Evaluated(p.path, truth, p.score, p.error) for p, (_, truth) in zip(preds, files, strict=True)]
     figures = summarise(results)
-    csv_path = csv_path or Path(f"evaluation-{version.name}.csv")
-    write_csv(results, csv_path)
+    if csv_path:
+        write_csv(results, csv_path)
     if as_json:
         click.echo(json.dumps({"version": version.name, "data": str(data_dir), "images_per_s": rate,
                                **figures}, indent=2))
     else:
         click.echo(format_report(f"{version.name} on {data_dir}", figures, rate))
-        click.echo(f"per-file predictions: {csv_path}")
+        if csv_path:
+            click.echo(f"per-file predictions: {csv_path}")
 
 
 @main.group()

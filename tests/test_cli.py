@@ -241,3 +241,13 @@ def test_submit_of_a_recorded_file_says_so_and_queues_nothing(tmp_path, monkeypa
     assert f"p.jpg: already recorded as #{ids['p.jpg']}" in again.output
     assert f"t.jpg: already recorded as #{ids['t.jpg']}" in again.output
     assert "queued" not in again.output and len(_queued_messages(redis_url)) == 1
+
+
+def test_evaluate_writes_a_csv_only_where_csv_says(tmp_path, monkeypatch, tiny_model_dir):
+    data = make_curated(tmp_path / "labelled", per_class=3, start=200)
+    cwd = tmp_path / "cwd"
+    cwd.mkdir()
+    monkeypatch.chdir(cwd)
+    r = run(["evaluate", "--data", str(data)], {"MOODWATCH_MODEL_DIR": str(tiny_model_dir)})
+    assert r.exit_code == 0, r.output
+    assert list(cwd.iterdir()) == [] and "per-file predictions" not in r.output

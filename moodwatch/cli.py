@@ -310,13 +310,25 @@ def results(label, status, since, model_version, limit, fmt) -> None:
         writer.writeheader()
         writer.writerows(rows)
     else:
-        cols = ["id", "status", "label", "confidence", "model_version", "received_at", "file_name", "error"]
-        click.echo("  ".join(f"{c:<10}" for c in cols))
-        for r in rows:
-            conf = "" if r["confidence"] is None else f"{r['confidence']:.3f}"
-            vals = [r["id"], r["status"], r["label"] or "", conf, r["model_version"] or "",
-                    (r["received_at"] or "")[:19], r["file_name"], r["error"] or ""]
-            click.echo("  ".join(f"{str(v):<10}" for v in vals))
+        click.echo(_results_table(rows))
+
+
+def _results_table(rows: list[dict]) -> str:
+    """Plain text, each column as wide as its widest cell (rich measures; no wrapping)."""
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(box=None, pad_edge=False, show_edge=False, header_style=None)
+    for col in ("id", "status", "label", "confidence", "model_version", "received_at", "file_name", "error"):
+        table.add_column(col, no_wrap=True, overflow="ignore")
+    for r in rows:
+        conf = "" if r["confidence"] is None else f"{r['confidence']:.3f}"
+        table.add_row(str(r["id"]), r["status"], r["label"] or "", conf, r["model_version"] or "",
+                      (r["received_at"] or "")[:19], r["file_name"], r["error"] or "")
+    console = Console(width=100_000, no_color=True, highlight=False, emoji=False, markup=False)
+    with console.capture() as out:
+        console.print(table)
+    return "\n".join(line.rstrip() for line in out.get().splitlines())
 
 
 @main.command()

@@ -251,3 +251,36 @@ def test_evaluate_writes_a_csv_only_where_csv_says(tmp_path, monkeypatch, tiny_m
     r = run(["evaluate", "--data", str(data)], {"MOODWATCH_MODEL_DIR": str(tiny_model_dir)})
     assert r.exit_code == 0, r.output
     assert list(cwd.iterdir()) == [] and "per-file predictions" not in r.output
+
+
+def test_results_table_columns_fit_their_content(tmp_path):
+    from datetime import UTC, datetime
+
+    from db.engine import make_engine, make_sessionmaker
+    from db.migrate import upgrade
+    from db.repository import insert_results, result_row
+
+    url = f"sqlite:///{tmp_path / 'r.db'}"
+    upgrade(url)
+    long_version = "v20261129T021727645155-default-faces"  # 36 characters
+    when = datetime(2026, 11, 29, 10, 0, tzinfo=UTC)
+    engine = make_engine(url)
+    with make_sessionmaker(engine)() as s, s.begin():
+        insert_results(s, [
+            result_row("e1", "/in/a.jpg", when, status="classified", label="happy", confidence=0.9,
+                       model_version=long_version),
+            result_row("e2", "/in/a_much_longer_file_name.png", when, status="rejected",
+                       error="not a JPEG, PNG or BMP image"),
+        ])
+    engine.dispose()
+    lines = run(["results"], {"MOODWATCH_DATABASE_URL": url}).output.splitlines()
+    header, rows = lines[0], lines[1:]
+    assert len(rows) == 2 and long_version in rows[1]
+    # Every column starts at the same place on every line: the dates line up under their header.
+    for col, value in (("received_at", "2026-11-29"), ("file_name", "a"), ("error", None)):
+        start = header.index(col)
+        for row in rows:
+            if value is not None:
+                assert row[start:].startswith(value), (col, row)
+    assert rows[0][header.index("error"):].startswith("not a JPEG")
+    assert all(line == line.rstrip() for line in lines)

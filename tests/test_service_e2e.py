@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from tests.imagegen import encode, face_like, huge_png_header, write_image
-from tests.procs import ROOT, OwnRedis, Rows, service_env, stop, wait_for
+from tests.procs import ROOT, OwnRedis, Rows, redis_servers_in, service_env, stop, wait_for
 
 pytestmark = pytest.mark.slow
 
@@ -167,6 +167,11 @@ def test_files_dropped_while_stopped_are_processed_on_start(stack, tmp_path):
     finally:
         stop(proc)
         rows.close()
+    # Each stop shut the embedded Redis down the way it expects, and left none running.
+    text = log.read_text(errors="replace")
+    assert text.count("embedded Redis stopped") == 2, text[-3000:]
+    assert "shutdown failed" not in text and "sending sigterm" not in text.lower()
+    assert redis_servers_in(data / ".redis") == []
 
 
 def test_broker_outage_during_drops_loses_nothing(stack, tmp_path, redis_binary):

@@ -123,11 +123,10 @@ def models(as_json: bool) -> None:
     rows = []
     for version in registry.versions():
         metrics = version.metrics().get("test", {})
-        params = version.params()
         rows.append({
             "version": version.name,
             "current": version.name == current,
-            "architecture": (params.get("architecture") or "?") + ("+faces" if params.get("faces") else ""),
+            "architecture": version.architecture,
             "accuracy": metrics.get("accuracy"),
             "precision": metrics.get("precision"),
             "recall": metrics.get("recall"),

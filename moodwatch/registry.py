@@ -41,6 +41,12 @@ class Version:
     def params(self) -> dict[str, Any]:
         return read_json(self.path / PARAMS_FILE)
 
+    @property
+    def architecture(self) -> str:
+        """One name everywhere (CLI, review page, API): e.g. "default+faces" when it uses faces."""
+        params = self.params()
+        return (params.get("architecture") or "?") + ("+faces" if params.get("faces") else "")
+
 
 def read_json(path: Path) -> dict[str, Any]:
     try:

@@ -169,3 +169,31 @@ def test_detail_draws_the_face_boxes_the_model_used(site):
     rid = client.get("/api/results", params={"limit": 1}).json()[0]["id"]
     html = client.get(f"/results/{rid}").text
     assert html.count('class="facebox"') == 2 and "left: 10.0%" in html and "2 face(s)" in html
+
+
+def test_models_page_api_and_cli_name_the_architecture_the_same_way(tmp_path, sqlite_url):
+    import json
+
+    from click.testing import CliRunner
+
+    from moodwatch import settings as settings_module
+    from moodwatch.cli import main
+
+    models = tmp_path / "models"
+    for name, params in (("v1-faces", {"architecture": "default", "faces": True}),
+                         ("v2-whole", {"architecture": "seed"})):
+        (models / name).mkdir(parents=True)
+        (models / name / "model.keras").write_bytes(b"")
+        (models / name / "params.json").write_text(json.dumps(params))
+    settings = Settings(data_dir=tmp_path / "data", model_dir=models, database_url=sqlite_url,
+                        broker_url="redis://127.0.0.1:1/0")
+    upgrade(sqlite_url)
+    with TestClient(create_app(settings)) as client:
+        page = client.get("/models").text
+        api = {v["version"]: v["architecture"] for v in client.get("/api/models").json()["versions"]}
+    settings_module.get_settings.cache_clear()
+    cli = CliRunner().invoke(main, ["models", "--json"], env={"MOODWATCH_MODEL_DIR": str(models)}).output
+    settings_module.get_settings.cache_clear()
+    cli_names = {v["version"]: v["architecture"] for v in json.loads(cli)["versions"]}
+    assert api == cli_names == {"v1-faces": "default+faces", "v2-whole": "seed"}
+    assert "<td>default+faces</td>" in page and "<td>seed</td>" in page

@@ -249,7 +249,7 @@ def create_app(settings: Settings, token: str | None = None, migrate: bool = Tru
         return {
             "current": registry.current_name(),
             "versions": [{"version": v.name, "metrics": v.metrics().get("test"),
-                          "architecture": v.params().get("architecture"),
+                          "architecture": v.architecture,
                           "agreement": agreement.get(v.name)} for v in registry.versions()],
             "runs": registry.runs(),
         }

@@ -197,3 +197,54 @@ def test_models_page_api_and_cli_name_the_architecture_the_same_way(tmp_path, sq
     cli_names = {v["version"]: v["architecture"] for v in json.loads(cli)["versions"]}
     assert api == cli_names == {"v1-faces": "default+faces", "v2-whole": "seed"}
     assert "<td>default+faces</td>" in page and "<td>seed</td>" in page
+
+
+def _newest_id(sessions) -> int:
+    from sqlalchemy import func, select
+
+    from db.models import Result
+
+    with sessions() as s:
+        return s.scalar(select(func.max(Result.id)))
+
+
+def test_gallery_has_no_broken_thumbnails_and_every_card_links_somewhere(site, tmp_path):
+    client, settings, sessions = site
+    outside = write_image(tmp_path / "elsewhere" / "submitted.jpg", face_like("sad", 5))
+    now = datetime.now(UTC) + timedelta(minutes=1)  # newest: on the first page
+    with sessions() as s, s.begin():
+        insert_results(s, [
+            result_row("out", str(outside), now, status="classified", label="sad", confidence=0.7),
+            result_row("fail", "/mnt/gone/lost.jpg", now, error="file not found: /mnt/gone/lost.jpg"),
+        ])
+    html = client.get("/").text
+    for rid in re.findall(r'src="/thumb/(\d+)"', html):
+        assert client.get(f"/thumb/{rid}").status_code == 200, f"broken thumbnail for #{rid}"
+    assert "submitted.jpg" in html and "lost.jpg" in html
+    assert not re.search(r'<a href="/results/\d+">\s*</a>', html), "a card whose link shows nothing"
+
+
+def test_failed_rows_are_listed_with_the_rejected(site):
+    client, _settings, sessions = site
+    with sessions() as s, s.begin():
+        insert_results(s, [result_row("fail2", "/mnt/gone/failed.jpg", datetime.now(UTC),
+                                      error="cannot read file: Input/output error")])
+    html = client.get("/rejected").text
+    assert "failed.jpg" in html and "Input/output error" in html and "bad.jpg" in html
+    assert f'href="/results/{_newest_id(sessions)}"' in html
+
+
+def test_a_duplicate_shows_the_face_boxes_of_its_original(site):
+    client, settings, sessions = site
+    path = write_image(settings.processed_dir / "happy" / "orig.jpg", face_like("happy", 78, 300))
+    twin = write_image(settings.processed_dir / "happy" / "twin.jpg", face_like("happy", 78, 300))
+    now = datetime.now(UTC)
+    with sessions() as s, s.begin():
+        insert_results(s, [result_row("orig", str(path), now, status="classified", label="happy",
+                                      confidence=0.8, faces=[[0.1, 0.2, 0.3, 0.25]])])
+    first = _newest_id(sessions)
+    with sessions() as s, s.begin():
+        insert_results(s, [result_row("twin", str(twin), now, status="classified", label="happy",
+                                      confidence=0.8, duplicate_of=first)])
+    html = client.get(f"/results/{_newest_id(sessions)}").text
+    assert html.count('class="facebox"') == 1 and "reads the whole image only" not in html

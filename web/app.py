@@ -148,9 +148,12 @@ def create_app(settings: Settings, token: str | None = None, migrate: bool = Tru
         rows = rows[:PAGE]
         args = {k: v for k, v in dict(label=label, status=status, min_conf=min_conf, max_conf=max_conf,
                                       since=since, until=until, model=model).items() if v not in (None, "")}
+        # Thumbnails only where the service can show the photo: a file submitted from outside
+        # its folders stays there, unserved, and its card says so instead of a broken image.
+        shown = {r.id for r in rows if r.status == "classified" and owned_file(settings, r.stored_path)}
         return render(request, "gallery.html", {
             "rows": rows, "args": args, "next_before": rows[-1].id if more and rows else None,
-            "models": [v.name for v in registry.versions()]})
+            "models": [v.name for v in registry.versions()], "shown": shown})
 
     @app.get("/review", response_class=HTMLResponse, include_in_schema=False)
     def review(request: Request, session: Session = Depends(db)):
@@ -176,7 +179,10 @@ def create_app(settings: Settings, token: str | None = None, migrate: bool = Tru
 
     @app.get("/rejected", response_class=HTMLResponse, include_in_schema=False)
     def rejected(request: Request, before: int | None = None, session: Session = Depends(db)):
-        rows = query_results(session, ResultFilter(status="rejected", before_id=before, limit=PAGE + 1))
+        """Every file without a label: rejected (not a usable image) and failed (not readable)."""
+        rows = sorted((r for status in ("rejected", "failed") for r in query_results(
+            session, ResultFilter(status=status, before_id=before, limit=PAGE + 1))),
+            key=lambda r: r.id, reverse=True)[: PAGE + 1]
         more = len(rows) > PAGE
         return render(request, "rejected.html", {"rows": rows[:PAGE],
                                                  "next_before": rows[PAGE - 1].id if more else None})
@@ -186,7 +192,10 @@ def create_app(settings: Settings, token: str | None = None, migrate: bool = Tru
         row = get_row(session, result_id)
         original = session.get(Result, row.duplicate_of) if row.duplicate_of else None
         has_image = owned_file(settings, row.stored_path) is not None
-        return render(request, "detail.html", {"row": row, "original": original, "has_image": has_image})
+        # A duplicate was never read by the model itself: its original's faces are the ones used.
+        faces = row.faces if row.faces is not None or original is None else original.faces
+        return render(request, "detail.html", {"row": row, "original": original, "has_image": has_image,
+                                               "faces": faces})
 
     @app.get("/models", response_class=HTMLResponse, include_in_schema=False)
     def models_page(request: Request, session: Session = Depends(db)):

@@ -3,20 +3,28 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: run test install lint bench
+.PHONY: run test install install-dev lint bench
 
+# The runtime only: what `moodwatch run` needs.
 $(BIN)/moodwatch: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e .
+	touch $@
+
+# The test and lint tools on top (pytest, ruff, Playwright...): only for `make test`.
+$(VENV)/.dev-installed: $(BIN)/moodwatch
 	$(BIN)/pip install --quiet -e '.[dev]'
 	touch $@
 
 install: $(BIN)/moodwatch
 
+install-dev: $(VENV)/.dev-installed
+
 run: install
 	$(BIN)/moodwatch run
 
-test: install
+test: install-dev
 	$(BIN)/ruff check .
 	$(BIN)/pytest
 

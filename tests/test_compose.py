@@ -58,3 +58,26 @@ def test_every_command_is_a_real_cli_command(service):
     # --help after the real arguments: click parses the command path and its options.
     result = CliRunner().invoke(main, [*command[1:], "--help"])
     assert result.exit_code == 0, result.output
+
+
+def _make_dry_run(target: str) -> str:
+    if shutil.which("make") is None:
+        pytest.skip("make is not installed")
+    # -B: as if nothing were installed yet; -n: print the commands, run none.
+    out = subprocess.run(["make", "-n", "-B", target], cwd=ROOT, capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    return out.stdout
+
+
+def test_make_run_installs_the_runtime_only_and_make_test_the_dev_tools():
+    run = _make_dry_run("run")
+    assert "pip install --quiet -e ." in run and "[dev]" not in run
+    assert "[dev]" in _make_dry_run("test")
+
+
+def test_docker_build_context_leaves_out_the_virtualenv_and_runtime_state():
+    ignored = {line.strip() for line in (ROOT / ".dockerignore").read_text().splitlines()}
+    assert {".venv", ".git", "data"} <= ignored
+    copied = [line.split()[1] for line in (ROOT / "Dockerfile").read_text().splitlines()
+              if line.startswith("COPY ")]
+    assert not any(src.rstrip("/") in ignored for src in copied), "the Dockerfile copies an ignored path"

@@ -104,3 +104,42 @@ def test_lock_is_exclusive_across_threads(broker):
     for t in threads:
         t.join()
     assert sorted(results) == [False, False, False, True]
+
+
+def test_the_nightly_schedule_end_to_end(tmp_path, tiny_model_dir):
+    """`moodwatch run` with the schedule at every minute: beat sends the task, the worker takes
+    it from the training queue and trains, and the new version is promoted or refused by the rule."""
+    import shutil
+
+    from tests.procs import stop, wait_for
+    from tests.test_service_e2e import start_service
+
+    models = tmp_path / "models"
+    shutil.copytree(tiny_model_dir, models)
+    before = Registry(models).current_name()
+    runs_before = len(Registry(models).runs())  # the tiny model's own training run
+    data = tmp_path / "data"
+    make_curated(data, per_class=8, start=300)  # a tiny curated set the current model never saw
+    env = service_env(data_dir=data, model_dir=models, retrain_cron="* * * * *", retrain_epochs="1",
+                      worker_concurrency="1")
+    env.pop("MOODWATCH_BROKER_URL", None)
+    env.pop("MOODWATCH_DATABASE_URL", None)
+    log = tmp_path / "run.log"
+    proc = start_service(env, log, beat=True)
+    try:
+        wait_for(lambda: len(Registry(models).runs()) > runs_before, 300, "a retrain sent by beat", log)
+    finally:
+        stop(proc)
+    text = log.read_text(errors="replace")
+    assert "Sending due task nightly-retrain (moodwatch.retrain)" in text, text[-3000:]
+    run = Registry(models).runs()[runs_before]
+    assert run["outcome"] in ("promoted", "trained"), run
+    new = Registry(models).get(run["version"])
+    assert new.params()["data_fingerprint"]
+    # The rule: promoted only if at least as good as the current model on the same test files.
+    metrics = new.metrics()
+    if run["outcome"] == "promoted":
+        assert Registry(models).current_name() == new.name
+    else:
+        assert Registry(models).current_name() == before and "not promoted" in run["reason"]
+    assert "test" in metrics

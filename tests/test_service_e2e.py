@@ -22,9 +22,10 @@ from tests.procs import ROOT, OwnRedis, Rows, redis_servers_in, service_env, sto
 pytestmark = pytest.mark.slow
 
 
-def start_service(env: dict[str, str], log: Path) -> subprocess.Popen:
+def start_service(env: dict[str, str], log: Path, beat: bool = False) -> subprocess.Popen:
     fh = open(log, "ab")  # noqa: SIM115 - the child keeps it
-    return subprocess.Popen([sys.executable, "-m", "moodwatch.cli", "run", "--no-web", "--no-beat"],
+    argv = ["run", "--no-web", *([] if beat else ["--no-beat"])]
+    return subprocess.Popen([sys.executable, "-m", "moodwatch.cli", *argv],
                             env=env, stdout=fh, stderr=subprocess.STDOUT, cwd=ROOT,
                             start_new_session=True)
 

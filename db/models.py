@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from sqlalchemy import JSON, DateTime, Float, ForeignKey, Index, Integer, String, Text
+from sqlalchemy import JSON, DateTime, Float, ForeignKey, Index, Integer, LargeBinary, String, Text
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 STATUSES = ("classified", "rejected", "failed")
@@ -21,6 +21,8 @@ class Result(Base):
     # One per file event: a redelivered job with the same event id finds its row and adds none.
     event_id: Mapped[str] = mapped_column(String(64), unique=True)
     path: Mapped[str] = mapped_column(Text, doc="file path as received")
+    # The path's exact bytes when it is not UTF-8 text (then `path` shows those bytes as \xNN).
+    path_bytes: Mapped[bytes | None] = mapped_column(LargeBinary)
     file_name: Mapped[str] = mapped_column(Text)
     sha256: Mapped[str | None] = mapped_column(String(64))
     status: Mapped[str] = mapped_column(String(16))

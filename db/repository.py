@@ -13,6 +13,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
 from db.models import Result
+from moodwatch.files import printable, raw_bytes
 
 RESULT_COLUMNS = [c.name for c in Result.__table__.columns]
 
@@ -22,6 +23,7 @@ def result_row(event_id: str, path: str, received_at: datetime, **fields: Any) -
     row: dict[str, Any] = {
         "event_id": event_id,
         "path": path,
+        "path_bytes": None,
         "file_name": os.path.basename(path),
         "sha256": None,
         "received_at": received_at,
@@ -43,10 +45,20 @@ def result_row(event_id: str, path: str, received_at: datetime, **fields: Any) -
     return row
 
 
+def storable(row: dict[str, Any]) -> dict[str, Any]:
+    """A row as the database can hold it: any name the filesystem allows (bytes that are not
+    UTF-8, control characters) becomes printable text, and the raw path is kept in path_bytes."""
+    out = {k: printable(v) if isinstance(v, str) else v for k, v in row.items()}
+    if out["path"] != row["path"]:
+        out["path_bytes"] = raw_bytes(row["path"])
+    return out
+
+
 def set_stored_paths(session: Session, moved: dict[str, str]) -> None:
-    """Record where files went (event id -> path) after they were moved."""
+    """Record where files are (event id -> path)."""
     for event_id, stored_path in moved.items():
-        session.execute(update(Result).where(Result.event_id == event_id).values(stored_path=stored_path))
+        session.execute(update(Result).where(Result.event_id == event_id)
+                        .values(stored_path=printable(stored_path)))
 
 
 def insert_results(session: Session, rows: Sequence[dict[str, Any]]) -> int:
@@ -57,7 +69,7 @@ def insert_results(session: Session, rows: Sequence[dict[str, Any]]) -> int:
     insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
     stmt = (
         insert(Result)
-        .values(list(rows))
+        .values([storable(r) for r in rows])
         .on_conflict_do_nothing(index_elements=["event_id"])
         .returning(Result.event_id)
     )
@@ -165,7 +177,11 @@ def as_dict(row: Result) -> dict[str, Any]:
     out = {}
     for name in RESULT_COLUMNS:
         value = getattr(row, name)
-        out[name] = value.isoformat() if isinstance(value, datetime) else value
+        if isinstance(value, datetime):
+            value = value.isoformat()
+        elif isinstance(value, bytes):
+            value = value.hex()  # path_bytes, for JSON and CSV
+        out[name] = value
     return out
 
 

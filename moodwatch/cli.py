@@ -445,13 +445,14 @@ def submit(paths) -> None:
         moodwatch submit /mnt/share/photos extra.jpg
     """
     from db.migrate import open_database
+    from moodwatch.files import printable
     from watcher.service import celery_sender, submit_paths
 
     settings = get_settings()
     sessions = open_database(settings.database)
     missing = [p for p in paths if not os.path.lexists(p)]
     for p in missing:
-        click.echo(f"{p}: error: no such file or folder", err=True)
+        click.echo(f"{printable(str(p))}: error: no such file or folder", err=True)
     try:
         results = submit_paths([p for p in paths if p not in missing], settings,
                                celery_sender(settings), sessions)
@@ -459,7 +460,7 @@ def submit(paths) -> None:
         _fail(str(exc))
         return
     for c in results:
-        click.echo(f"{c.path}: " + (f"rejected ({c.rejected})" if c.rejected else "queued"))
+        click.echo(f"{printable(c.path)}: " + (f"rejected ({c.rejected})" if c.rejected else "queued"))
     if missing:
         sys.exit(1)
 

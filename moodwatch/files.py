@@ -4,11 +4,49 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 import shutil
 from pathlib import Path
 from typing import Any
 
 from moodwatch.settings import Settings
+
+# Characters that must not reach a database column or a log line as they are: control
+# characters (NUL, newline: log forging) and lone surrogates, which is how Python carries the
+# bytes of a file name that are not UTF-8 (os.fsdecode's "surrogateescape").
+_UNSAFE = re.compile(r"[\x00-\x1f\x7f\ud800-\udfff]")
+
+
+def _escape(match: re.Match[str]) -> str:
+    code = ord(match.group())
+    if 0xDC80 <= code <= 0xDCFF:  # an escaped raw byte: show the byte
+        return f"\\x{code - 0xDC00:02x}"
+    return f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}"
+
+
+def printable(text: str) -> str:
+    """Text that is safe to store and to show: raw bytes of a name that is not UTF-8, and control
+    characters, become ``\\xNN``. An ordinary name comes back unchanged."""
+    return text if text.isprintable() else _UNSAFE.sub(_escape, text)
+
+
+def raw_bytes(path: str) -> bytes:
+    """The bytes a path stands for on disk (the inverse of os.fsdecode)."""
+    try:
+        return os.fsencode(path)
+    except UnicodeEncodeError:  # a lone surrogate that no file name decodes to
+        return path.encode("utf-8", "surrogatepass")
+
+
+def event_id_for(path: str, st: os.stat_result) -> str:
+    """Identifies one arrival of one file: the same file seen again (rescan, restart) gets the
+    same id, so it is never recorded twice; a new file at the same path gets a new id.
+
+    Built from the path's bytes, so any name the filesystem allows has one (a UTF-8 name gives
+    the same id as ever)."""
+    key = raw_bytes(os.path.abspath(path)) + \
+        f"|{st.st_dev}|{st.st_ino}|{st.st_size}|{st.st_mtime_ns}".encode()
+    return hashlib.sha256(key).hexdigest()[:40]
 
 
 def sha256_file(path: str | Path) -> str:
@@ -21,8 +59,12 @@ def sha256_file(path: str | Path) -> str:
 
 
 def unique_destination(folder: Path, name: str) -> Path:
-    """A path in folder named `name`, with a numeric suffix if that name is taken."""
+    """A path in folder named `name`, with a numeric suffix if that name is taken.
+
+    The name is made printable first: a file whose name is not UTF-8 gets a name that a row can
+    hold exactly (its raw name stays recoverable from the row's ``path_bytes``)."""
     folder.mkdir(parents=True, exist_ok=True)
+    name = printable(name)
     candidate = folder / name
     stem, suffix = Path(name).stem, Path(name).suffix
     n = 1

@@ -8,6 +8,7 @@ import socket
 import threading
 from collections import Counter
 from datetime import UTC, datetime
+from pathlib import Path
 
 import pytest
 
@@ -191,3 +192,41 @@ def test_database_outage_during_batches_is_retried(tmp_path, tiny_model_dir, red
         stop(worker)
         proxy.close()
         rows.close()
+
+
+def test_name_that_is_not_utf8_gets_its_row_and_its_batch_mates_too(tmp_path, tiny_model_dir, redis_url,
+                                                                     pg_url):
+    import os
+
+    from watcher.validation import check_file
+
+    upgrade(pg_url)
+    data = tmp_path / "data"
+    settings = Settings(data_dir=data, model_dir=tiny_model_dir)
+    inbox = settings.inbox_dir
+    odd = write_image(Path(os.fsdecode(os.fsencode(inbox) + b"/sm\xefle \xff.jpg")), face_like("happy", 7))
+    odd_bytes = odd.read_bytes()
+    files = [*_images(inbox, 2), odd, *_images(inbox, 2, start=2)]
+    checked = [check_file(str(p), inbox, settings.max_file_bytes, settings.max_pixels) for p in files]
+    now = datetime.now(UTC).isoformat()
+    msgs = [{"event_id": c.event_id, "path": c.path, "sha256": c.sha256, "received_at": now}
+            for c in checked]
+    env = service_env(broker_url=redis_url, database_url=pg_url, model_dir=tiny_model_dir, data_dir=data)
+    log = tmp_path / "worker.log"
+    worker = start_worker(env, log)
+    rows = Rows(pg_url)
+    try:
+        app = make_celery(Settings(broker_url=redis_url))
+        app.send_task(CLASSIFY_TASK, args=[msgs])
+        app.close()
+        wait_for(lambda: rows.count() >= len(files), 120, "a row for every file", log)
+        found = {r.event_id: r for r in rows.all()}
+    finally:
+        stop(worker)
+        rows.close()
+    assert len(found) == len(files) and all(r.status == "classified" for r in found.values())
+    row = found[checked[2].event_id]
+    assert row.path_bytes == os.fsencode(odd) and row.file_name == "sm\\xefle \\xff.jpg"
+    assert Path(row.stored_path).parent == settings.processed_dir / row.label
+    assert Path(row.stored_path).read_bytes() == odd_bytes
+    assert not any(p.exists() for p in files)  # every file left the inbox, none lost

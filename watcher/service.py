@@ -19,7 +19,7 @@ from watchdog.observers import Observer
 from watchdog.observers.polling import PollingObserver
 
 from db.repository import insert_results, recorded_event_ids, result_row, set_stored_paths
-from moodwatch.files import move_outcomes
+from moodwatch.files import event_id_for, move_outcomes, printable
 from moodwatch.settings import Settings
 from watcher.filters import is_ignored
 from watcher.stability import StabilityTracker
@@ -161,7 +161,11 @@ class Watcher:
                     self.tracker.touch(os.path.join(root, d))
 
     def _handle(self, path: str) -> None:
-        checked = check_file(path, self.inbox, self.settings.max_file_bytes, self.settings.max_pixels)
+        try:
+            checked = check_file(path, self.inbox, self.settings.max_file_bytes, self.settings.max_pixels)
+        except Exception as exc:  # one odd file must never stop the watcher (and every other file)
+            log.exception("%s: could not be checked", printable(path))
+            checked = _unchecked(path, exc)
         if checked is not None:
             self.take(checked)
 
@@ -211,7 +215,7 @@ class Watcher:
             return
         for row in rows:
             self._handled[row["event_id"]] = row["path"]
-            log.info("%s: rejected (%s)", row["path"], row["error"])
+            log.info("%s: rejected (%s)", printable(row["path"]), printable(row["error"]))
         moved = move_outcomes(rows, self.settings)
         if moved:
             try:
@@ -239,12 +243,21 @@ class Watcher:
             self._send_backoff = 1.0
             del self._pending[: len(batch)]
             for m in to_send:
-                log.info("%s: queued", m["path"])
+                log.info("%s: queued", printable(m["path"]))
         self._pending_since = now
 
     @property
     def backlog(self) -> int:
         return len(self.tracker) + len(self._pending) + len(self._rejects)
+
+
+def _unchecked(path: str, exc: Exception) -> Checked | None:
+    """A rejection for a file the checks failed on unexpectedly; None if it is gone."""
+    try:
+        st = os.lstat(path)
+    except OSError:
+        return None
+    return Checked(path, event_id_for(path, st), rejected=f"could not be checked: {exc.__class__.__name__}")
 
 
 def celery_sender(settings: Settings) -> Sender:

@@ -23,7 +23,7 @@ from db.repository import (
     result_row,
     set_stored_paths,
 )
-from moodwatch.files import move_outcomes, sha256_file
+from moodwatch.files import move_outcomes, printable, sha256_file
 from moodwatch.settings import Settings
 from worker.inference import Prediction
 
@@ -181,8 +181,8 @@ def process_batch(
     counts: dict[str, int] = {}
     for row in rows:
         counts[row["status"]] = counts.get(row["status"], 0) + 1
-        log.info("%s: %s%s", row["path"], row["status"],
-                 f" {row['label']} ({row['confidence']:.0%})" if row["label"] else f" ({row['error']})")
+        outcome = f"{row['label']} ({row['confidence']:.0%})" if row["label"] else f"({row['error']})"
+        log.info("%s: %s %s", printable(row["path"]), row["status"], printable(outcome))
     if move_files:
         # After the commit: a file leaves the inbox only once its row exists.
         moved = move_outcomes(rows, settings)

@@ -1,11 +1,15 @@
-"""Moving files without ever overwriting or deleting one."""
+"""Files the service did not write: read safely, named safely, moved without ever overwriting or
+deleting one."""
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import os
 import re
 import shutil
+import stat
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -47,6 +51,65 @@ def event_id_for(path: str, st: os.stat_result) -> str:
     key = raw_bytes(os.path.abspath(path)) + \
         f"|{st.st_dev}|{st.st_ino}|{st.st_size}|{st.st_mtime_ns}".encode()
     return hashlib.sha256(key).hexdigest()[:40]
+
+
+class FileRefused(Exception):
+    """The path holds something that is not read: a link, a FIFO or device, a file too large."""
+
+    def __init__(self, reason: str):
+        super().__init__(reason)
+        self.reason = reason
+
+
+@dataclass(frozen=True)
+class FileBytes:
+    """The bytes of one regular file, read once: what is hashed is what is classified."""
+
+    data: bytes
+    sha256: str
+    stat: os.stat_result  # of the file that was opened, not of whatever the path names now
+    real_path: str  # where that file really lies (linked folders resolved)
+
+
+def _opened_path(fd: int, path: str) -> str:
+    try:  # Linux: the kernel's own name for the open file, immune to later swaps
+        return os.readlink(f"/proc/self/fd/{fd}")
+    except OSError:
+        return os.path.realpath(path)
+
+
+def read_regular_file(path: str, max_bytes: int) -> FileBytes:
+    """Read a file that arrived from outside, trusting nothing about what the path names now.
+
+    O_NOFOLLOW: a symbolic link swapped in after a check is refused, never followed. O_NONBLOCK:
+    a FIFO swapped in does not hang the reader. fstat on the open file: only a regular file is
+    read. At most max_bytes + 1 bytes are read whatever the size said (a growing or sparse file
+    cannot make the reader hold more). Raises FileRefused, or OSError if it cannot be read.
+    """
+    flags = os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0) | \
+        getattr(os, "O_CLOEXEC", 0)
+    try:
+        fd = os.open(path, flags)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise FileRefused("symbolic link: links are not followed (drop the file itself)") from None
+        raise
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise FileRefused("not a regular file")
+        if st.st_size > max_bytes:
+            raise FileRefused(f"file too large: {st.st_size:,} bytes (limit {max_bytes:,})")
+        chunks, total = [], 0
+        while total <= max_bytes and (chunk := os.read(fd, min(1 << 20, max_bytes + 1 - total))):
+            chunks.append(chunk)
+            total += len(chunk)
+        if total > max_bytes:
+            raise FileRefused(f"file too large: more than {max_bytes:,} bytes (limit {max_bytes:,})")
+        data = b"".join(chunks)
+        return FileBytes(data, hashlib.sha256(data).hexdigest(), st, _opened_path(fd, path))
+    finally:
+        os.close(fd)
 
 
 def sha256_file(path: str | Path) -> str:

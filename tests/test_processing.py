@@ -136,13 +136,13 @@ class SlowClassifier:
 
         self.version = Version(name, Path("/nonexistent"))
 
-    def classify_paths(self, paths, max_pixels):
+    def classify_bytes(self, names, blobs, max_pixels):
         import time
 
         from worker.inference import Prediction
 
         time.sleep(0.5)
-        return [Prediction(p, "happy", 0.8, 0.2) for p in paths]
+        return [Prediction(p, "happy", 0.8, 0.2) for p in names]
 
 
 def test_same_bytes_in_two_concurrent_batches_are_classified_once(db_url, settings):

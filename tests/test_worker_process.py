@@ -6,6 +6,7 @@ import contextlib
 import signal
 import socket
 import threading
+import time
 from collections import Counter
 from datetime import UTC, datetime
 from pathlib import Path
@@ -13,9 +14,10 @@ from pathlib import Path
 import pytest
 
 from db.migrate import upgrade
+from moodwatch.files import event_id_for
 from moodwatch.queue import CLASSIFY_TASK, make_celery
 from moodwatch.settings import Settings
-from tests.imagegen import face_like, write_image
+from tests.imagegen import encode, face_like, write_image
 from tests.procs import Rows, service_env, start_worker, stop, wait_for
 
 pytestmark = pytest.mark.slow
@@ -165,8 +167,6 @@ class CuttableProxy:
 
 
 def test_database_outage_during_batches_is_retried(tmp_path, tiny_model_dir, redis_url, pg_url):
-    import time
-
     upgrade(pg_url)
     proxy = CuttableProxy(5432)
     proxied = pg_url.replace(":5432/", f":{proxy.port}/")
@@ -230,3 +230,76 @@ def test_name_that_is_not_utf8_gets_its_row_and_its_batch_mates_too(tmp_path, ti
     assert Path(row.stored_path).parent == settings.processed_dir / row.label
     assert Path(row.stored_path).read_bytes() == odd_bytes
     assert not any(p.exists() for p in files)  # every file left the inbox, none lost
+
+
+def _checked_messages(files, settings: Settings) -> list[dict]:
+    """The messages the watcher sends for these files, checked as they are now."""
+    from watcher.validation import check_file
+
+    now = datetime.now(UTC).isoformat()
+    out = []
+    for p in files:
+        c = check_file(str(p), settings.inbox_dir, settings.max_file_bytes, settings.max_pixels)
+        out.append({"event_id": c.event_id, "path": c.path, "sha256": c.sha256, "received_at": now})
+    return out
+
+
+def _send(broker: str, msgs: list[dict]) -> None:
+    app = make_celery(Settings(broker_url=broker))
+    app.send_task(CLASSIFY_TASK, args=[msgs])
+    app.close()
+
+
+def test_worker_reads_only_the_regular_file_it_was_sent(tmp_path, tiny_model_dir, redis_url, pg_url):
+    import hashlib
+    import os
+
+    upgrade(pg_url)
+    data = tmp_path / "data"
+    settings = Settings(data_dir=data, model_dir=tiny_model_dir)
+    inbox = settings.inbox_dir
+    good, linked, piped, swapped = _images(inbox, 4)
+    msgs = _checked_messages([good, linked, piped, swapped], settings)
+    # After the watcher's checks: a link to a file outside the inbox, a FIFO, other bytes.
+    outside = write_image(tmp_path / "outside" / "secret.jpg", face_like("sad", 99))
+    outside_sha = hashlib.sha256(outside.read_bytes()).hexdigest()
+    linked.unlink()
+    linked.symlink_to(outside)
+    piped.unlink()
+    os.mkfifo(piped)
+    other = write_image(tmp_path / "other.jpg", face_like("happy", 98))
+    os.replace(other, swapped)
+    # A sparse file far over the size limit, sent with its own (true) event id.
+    big = inbox / "big.jpg"
+    with open(big, "wb") as fh:
+        fh.write(encode(face_like("happy", 5), ".jpg"))
+        fh.truncate(1_500_000_000)
+    big_msg = {"event_id": event_id_for(str(big), os.lstat(big)), "path": str(big),
+               "received_at": datetime.now(UTC).isoformat()}
+    later = _images(inbox, 2, start=10)
+    env = service_env(broker_url=redis_url, database_url=pg_url, model_dir=tiny_model_dir, data_dir=data)
+    log = tmp_path / "worker.log"
+    worker = start_worker(env, log)
+    rows = Rows(pg_url)
+    try:
+        _send(redis_url, [*msgs, big_msg])
+        later_msgs = _checked_messages(later, settings)
+        _send(redis_url, later_msgs)  # not stalled behind the FIFO
+        wait_for(lambda: rows.count() >= 7, 120, "a row for every event", log)
+        time.sleep(1)
+        found = {r.event_id: r for r in rows.all()}
+    finally:
+        stop(worker)
+        rows.close()
+    assert len(found) == 7
+    assert found[msgs[0]["event_id"]].status == "classified"
+    for m in msgs[1:3]:
+        assert found[m["event_id"]].status != "classified", found[m["event_id"]].error
+    assert all(r.sha256 != outside_sha for r in found.values())
+    assert outside.is_file() and not any(p.is_symlink() for p in (data / "processed").rglob("*"))
+    # Whatever was recorded, the hash is that of the bytes the worker read (and kept).
+    for r in found.values():
+        if r.sha256 is not None:
+            assert hashlib.sha256(Path(r.stored_path).read_bytes()).hexdigest() == r.sha256, r.file_name
+    assert found[big_msg["event_id"]].status == "rejected" and "too large" in found[big_msg["event_id"]].error
+    assert all(found[m["event_id"]].status == "classified" for m in later_msgs)

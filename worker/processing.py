@@ -23,7 +23,7 @@ from db.repository import (
     result_row,
     set_stored_paths,
 )
-from moodwatch.files import move_outcomes, printable, sha256_file
+from moodwatch.files import FileRefused, move_outcomes, printable, read_regular_file
 from moodwatch.settings import Settings
 from worker.inference import Prediction
 
@@ -36,7 +36,7 @@ class ClassifierLike(Protocol):
     @property
     def version(self) -> Any: ...
 
-    def classify_paths(self, paths: list[str], max_pixels: int) -> list[Prediction]: ...
+    def classify_bytes(self, names: list[str], blobs: list[bytes], max_pixels: int) -> list[Prediction]: ...
 
 
 @dataclass
@@ -44,30 +44,35 @@ class Job:
     event_id: str
     path: str
     received_at: datetime
-    sha256: str | None = None
-    # Set by the watcher when it rejected the file itself: the row is written, nothing classified.
-    rejected: str | None = None
     attempts: int = 0  # workers that could not reach the file so far
     message: dict[str, Any] | None = None
+    sha256: str | None = None  # of the bytes this worker read, never the message's word for it
+    data: bytes | None = None  # those bytes, until they are classified
 
     @classmethod
     def from_message(cls, d: dict[str, Any]) -> Job:
         received = d.get("received_at")
         when = datetime.fromisoformat(received) if received else datetime.now(UTC)
-        return cls(str(d["event_id"]), str(d["path"]), when, d.get("sha256"), d.get("rejected"),
-                   int(d.get("attempts", 0)), d)
-
-
-def sha256_of(path: str) -> str | None:
-    """The file's hash, or None when this worker cannot read it."""
-    try:
-        return sha256_file(path)
-    except OSError:
-        return None
+        return cls(str(d["event_id"]), str(d["path"]), when, int(d.get("attempts", 0)), d)
 
 
 def _row(job: Job, **fields: Any) -> dict[str, Any]:
     return result_row(job.event_id, job.path, job.received_at, sha256=job.sha256, **fields)
+
+
+def _read(job: Job, settings: Settings, now: datetime) -> dict[str, Any] | None:
+    """Read the job's file once, safely; its row when it cannot be classified, else None."""
+    try:
+        got = read_regular_file(job.path, settings.max_file_bytes)
+    except FileRefused as exc:
+        return _row(job, status="rejected", error=exc.reason, classified_at=now)
+    except FileNotFoundError:
+        return _row(job, error=f"file not found or unreadable on this worker: {job.path} "
+                    f"(tried by {job.attempts + 1} worker runs)", classified_at=now)
+    except OSError as exc:
+        return _row(job, error=f"cannot read file: {exc.strerror or exc}", classified_at=now)
+    job.sha256, job.data = got.sha256, got.data
+    return None
 
 
 def process_batch(
@@ -96,21 +101,18 @@ def process_batch(
     to_classify: list[Job] = []
     retried = 0
     for job in jobs:
-        if retry_sink is not None and not job.rejected and not os.path.lexists(job.path) \
+        if retry_sink is not None and not os.path.lexists(job.path) \
                 and job.attempts + 1 < UNREACHABLE_ATTEMPTS:
             # Maybe this worker lacks the mount: hand the file to any worker, later.
             retry_sink.append({**(job.message or {}), "attempts": job.attempts + 1})
             retried += 1
             continue
-        if job.rejected:
-            rows.append(_row(job, status="rejected", error=job.rejected, classified_at=now))
-            continue
-        job.sha256 = job.sha256 or sha256_of(job.path)
-        if job.sha256 is None:
-            rows.append(_row(job, error=f"file not found or unreadable on this worker: {job.path} "
-                             f"(tried by {job.attempts + 1} worker runs)", classified_at=now))
-            continue
-        to_classify.append(job)
+        # The bytes held for a batch are bounded: batch size x MOODWATCH_MAX_FILE_BYTES.
+        row = _read(job, settings, now)
+        if row is not None:
+            rows.append(row)
+        else:
+            to_classify.append(job)
 
     with sessions() as session:
         known = first_classified_by_sha(session, (j.sha256 for j in to_classify)) if dedupe else {}
@@ -126,7 +128,10 @@ def process_batch(
         else:
             originals[job.sha256 if dedupe else job.event_id] = job
 
-    predictions = classifier.classify_paths([j.path for j in originals.values()], settings.max_pixels)
+    predictions = classifier.classify_bytes([j.path for j in originals.values()],
+                                            [j.data for j in originals.values()], settings.max_pixels)
+    for job in to_classify:
+        job.data = None  # classified, or a duplicate: the bytes are no longer needed
     version = classifier.version.name
     classified_at = datetime.now(UTC)
     for job, p in zip(originals.values(), predictions, strict=True):

@@ -53,6 +53,16 @@ class Result(Base):
     )
 
 
+class Submission(Base):
+    """A file `moodwatch submit` sent from outside the inbox: the only such files a worker reads."""
+
+    __tablename__ = "submissions"
+
+    event_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    path: Mapped[str] = mapped_column(Text)
+    submitted_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
 class ModelVersion(Base):
     __tablename__ = "model_versions"
 

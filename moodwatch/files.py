@@ -112,6 +112,17 @@ def read_regular_file(path: str, max_bytes: int) -> FileBytes:
         os.close(fd)
 
 
+def located(path: str) -> str:
+    """Where a path lies once linked folders are resolved; the last part is kept as it is, so a
+    link is judged by where the link itself sits (and then refused as a link, not followed)."""
+    absolute = os.path.abspath(path)
+    return os.path.join(os.path.realpath(os.path.dirname(absolute)), os.path.basename(absolute))
+
+
+def inside(path: str, folder: Path) -> bool:
+    return Path(located(path)).is_relative_to(folder.resolve())
+
+
 def sha256_file(path: str | Path) -> str:
     """Hex sha256 of a file's bytes, read in chunks (photos can be large)."""
     h = hashlib.sha256()

@@ -40,6 +40,9 @@ class Settings(BaseSettings):
     visibility_timeout: int = Field(
         600, description="Seconds before a job taken by a worker that died is handed to another."
     )
+    job_retries: int = Field(
+        50, description="Retries of a job while the database is unreachable (backoff up to 30 s)."
+    )
     worker_concurrency: int = Field(2, description="Worker processes started by `moodwatch worker`.")
     retrain_cron: str = Field("0 2 * * *", description="When the nightly retrain runs (cron, local time).")
     retrain_epochs: int = Field(60, description="Most epochs of a nightly retrain.")

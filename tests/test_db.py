@@ -52,3 +52,15 @@ def test_insert_is_idempotent_and_queries_filter(db_url):
         assert st["total"] == 6 and st["by_label"] == {"happy": 3, "sad": 3}
         assert st["last_hour"] == 6
     engine.dispose()
+
+
+def test_a_large_insert_is_chunked_under_the_parameter_limits(db_url):
+    upgrade(db_url)
+    engine = make_engine(db_url)
+    sessions = make_sessionmaker(engine)
+    rows = [_row(i, event_id=f"big{i}") for i in range(8000)]  # ~150,000 parameters in one statement
+    with sessions() as s, s.begin():
+        assert insert_results(s, rows) == 8000
+    with sessions() as s:
+        assert s.scalar(select(func.count()).select_from(Result)) == 8000
+    engine.dispose()

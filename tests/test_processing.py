@@ -1,5 +1,6 @@
 """process_batch against real databases, without Celery."""
 
+import hashlib
 import os
 from datetime import UTC, datetime
 from pathlib import Path
@@ -16,7 +17,8 @@ from worker.processing import process_batch
 
 
 def _msg(path, i):
-    return {"event_id": f"ev-{i}", "path": str(path), "received_at": datetime.now(UTC).isoformat()}
+    event_id = hashlib.sha256(f"ev-{i}".encode()).hexdigest()[:40]  # ids are checked: 40 hex digits
+    return {"event_id": event_id, "path": str(path), "received_at": datetime.now(UTC).isoformat()}
 
 
 def test_batch_with_bad_files_and_duplicates(db_url, settings, tmp_path):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import signal
 import socket
 import threading
@@ -31,7 +32,8 @@ def _images(folder, n, start=0):
 def _enqueue(broker: str, files, batch: int, tag: str = "t") -> None:
     app = make_celery(Settings(broker_url=broker))
     now = datetime.now(UTC).isoformat()
-    msgs = [{"event_id": f"{tag}-{i}", "path": str(p), "received_at": now} for i, p in enumerate(files)]
+    msgs = [{"event_id": hashlib.sha256(f"{tag}-{i}".encode()).hexdigest()[:40], "path": str(p),
+             "received_at": now} for i, p in enumerate(files)]
     for i in range(0, len(msgs), batch):
         app.send_task(CLASSIFY_TASK, args=[msgs[i : i + batch]], kwargs={"move_files": False})
     app.close()
@@ -63,7 +65,7 @@ def test_worker_process_classifies_enqueued_jobs(stack, request, tmp_path, tiny_
     upgrade(db)
     files = _images(tmp_path / "in", 40)
     env = service_env(broker_url=broker, database_url=db, model_dir=tiny_model_dir,
-                      data_dir=tmp_path / "data")
+                      data_dir=tmp_path / "data", inbox=tmp_path / "in")
     log = tmp_path / "worker.log"
     worker = start_worker(env, log, concurrency=2)
     rows = Rows(db)
@@ -80,7 +82,7 @@ def test_sigkill_mid_batch_every_file_gets_one_row(tmp_path, tiny_model_dir, red
     upgrade(pg_url)
     files = _images(tmp_path / "in", 24)
     env = service_env(broker_url=redis_url, database_url=pg_url, model_dir=tiny_model_dir,
-                      data_dir=tmp_path / "data", visibility_timeout=4)
+                      data_dir=tmp_path / "data", inbox=tmp_path / "in", visibility_timeout=4)
     log = tmp_path / "worker.log"
     rows = Rows(pg_url)
     first = start_worker(env, log, concurrency=1, name="doomed")
@@ -172,7 +174,7 @@ def test_database_outage_during_batches_is_retried(tmp_path, tiny_model_dir, red
     proxied = pg_url.replace(":5432/", f":{proxy.port}/")
     files = _images(tmp_path / "in", 48)
     env = service_env(broker_url=redis_url, database_url=proxied, model_dir=tiny_model_dir,
-                      data_dir=tmp_path / "data")
+                      data_dir=tmp_path / "data", inbox=tmp_path / "in")
     log = tmp_path / "worker.log"
     rows = Rows(pg_url)  # the test reads around the proxy
     worker = start_worker(env, log, concurrency=1)
@@ -303,3 +305,67 @@ def test_worker_reads_only_the_regular_file_it_was_sent(tmp_path, tiny_model_dir
             assert hashlib.sha256(Path(r.stored_path).read_bytes()).hexdigest() == r.sha256, r.file_name
     assert found[big_msg["event_id"]].status == "rejected" and "too large" in found[big_msg["event_id"]].error
     assert all(found[m["event_id"]].status == "classified" for m in later_msgs)
+
+
+def test_worker_checks_every_field_and_a_bad_item_fails_alone(tmp_path, tiny_model_dir, redis_url, pg_url):
+    import hashlib
+    import os
+
+    from db.engine import make_engine, make_sessionmaker
+    from watcher.service import submit_paths
+
+    upgrade(pg_url)
+    data = tmp_path / "data"
+    settings = Settings(data_dir=data, model_dir=tiny_model_dir, batch_size=16, database_url=pg_url)
+    inbox = settings.inbox_dir
+    photo, photo2 = _images(inbox, 2)
+    text = inbox / "text.jpg"
+    text.write_text("not a photo")
+    partial = inbox / "download.jpg.part"
+    partial.write_bytes(encode(face_like("sad", 3), ".jpg"))
+    curated = write_image(data / "happy" / "curated.jpg", face_like("happy", 4))
+    elsewhere = write_image(tmp_path / "share" / "by-hand.jpg", face_like("sad", 5))
+    sent: list[list[dict]] = []
+    submit_paths([elsewhere], settings, sent.append, make_sessionmaker(make_engine(pg_url)))
+    photo_sha = hashlib.sha256(photo.read_bytes()).hexdigest()
+    now = datetime.now(UTC).isoformat()
+
+    def item(name: str, path, **kw) -> dict:
+        return {"event_id": hashlib.sha256(name.encode()).hexdigest()[:40], "path": str(path),
+                "received_at": now, **kw}
+
+    good = [item("photo", photo, sha256="0" * 64), item("text", text, sha256=photo_sha),
+            item("photo2", photo2, rejected="forged"), item("part", partial), item("curated", curated),
+            item("gone", inbox / "gone.jpg", attempts=-300), *sent[0]]
+    malformed = [{"path": str(photo)}, item("date", photo, received_at="yesterday-ish"),
+                 item("nul", str(photo) + "\x00.jpg"), {"event_id": 7, "path": ["a"]}]
+    oversized = [item(f"many{i}", photo) for i in range(17)]
+    env = service_env(broker_url=redis_url, database_url=pg_url, model_dir=tiny_model_dir, data_dir=data,
+                      batch_size=16)
+    log = tmp_path / "worker.log"
+    worker = start_worker(env, log)
+    rows = Rows(pg_url)
+    try:
+        _send(redis_url, oversized)
+        _send(redis_url, [*good[:3], *malformed[:2], *good[3:], *malformed[2:]])
+        wait_for(lambda: rows.count() >= len(good) + len(malformed), 120, "a row per item", log)
+        time.sleep(2)
+        found = rows.all()
+    finally:
+        stop(worker)
+        rows.close()
+    by_id = {r.event_id: r for r in found}
+    assert len(found) == len(good) + len(malformed)  # nothing from the oversized job
+    status = {name: by_id[item(name, "x")["event_id"]] for name in ("photo", "text", "photo2", "part",
+                                                                      "curated", "gone")}
+    assert status["photo"].status == "classified" and status["photo"].sha256 == photo_sha
+    assert status["text"].status == "rejected" and status["text"].duplicate_of is None
+    assert status["photo2"].status == "classified" and not (data / "rejected" / photo2.name).exists()
+    assert status["part"].status == "failed" and partial.exists()
+    assert status["curated"].status == "failed" and curated.exists()
+    assert status["gone"].status == "failed" and "tried by 3" in status["gone"].error
+    assert log.read_text(errors="replace").count("handed back to the queue") <= 2
+    assert by_id[sent[0][0]["event_id"]].status == "classified" and elsewhere.exists()
+    bad = [r for r in found if "malformed" in (r.error or "")]
+    assert len(bad) == len(malformed) and all(r.status == "failed" for r in bad)
+    assert "refused" in log.read_text(errors="replace") and os.path.exists(photo) is False

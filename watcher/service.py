@@ -18,8 +18,14 @@ from watchdog.events import FileSystemEvent, FileSystemEventHandler
 from watchdog.observers import Observer
 from watchdog.observers.polling import PollingObserver
 
-from db.repository import insert_results, recorded_event_ids, result_row, set_stored_paths
-from moodwatch.files import event_id_for, move_outcomes, printable
+from db.repository import (
+    insert_results,
+    recorded_event_ids,
+    register_submissions,
+    result_row,
+    set_stored_paths,
+)
+from moodwatch.files import event_id_for, inside, move_outcomes, printable
 from moodwatch.settings import Settings
 from watcher.filters import is_ignored
 from watcher.stability import StabilityTracker
@@ -286,13 +292,25 @@ def submit_paths(paths: list[Path], settings: Settings, send: Sender,
         else:
             files.append(str(p))
     results = []
+    outside: dict[str, str] = {}
     for f in files:
-        root = w.inbox if _inside(f, w.inbox) else Path(f).parent
+        in_inbox = inside(f, w.inbox)
+        root = w.inbox if in_inbox else Path(f).parent
         checked = check_file(f, root, settings.max_file_bytes, settings.max_pixels)
         if checked is None:
             continue
         results.append(checked)
+        if not in_inbox and not checked.rejected:
+            outside[checked.event_id] = checked.path
         w.take(checked)
+    if outside and sessions is not None:
+        # Workers read a file outside the inbox only if it was registered here first.
+        try:
+            with sessions() as session, session.begin():
+                register_submissions(session, outside)
+        except Exception as exc:
+            raise RuntimeError(f"could not register {len(outside)} file(s) from outside the inbox: "
+                               f"is the database up? ({exc.__class__.__name__})") from exc
     w.drain()
     if w._pending or w._rejects:
         raise RuntimeError(f"{len(w._pending)} file(s) could not be queued and "
@@ -300,5 +318,3 @@ def submit_paths(paths: list[Path], settings: Settings, send: Sender,
     return results
 
 
-def _inside(path: str, folder: Path) -> bool:
-    return Path(path).resolve().is_relative_to(folder.resolve())

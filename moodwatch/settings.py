@@ -35,6 +35,9 @@ class Settings(BaseSettings):
     batch_wait: float = Field(0.5, description="Seconds the watcher waits to fill a batch.")
     settle_seconds: float = Field(1.0, description="A file must be unchanged this long to be read.")
     rescan_seconds: float = Field(180.0, description="Period of the inbox rescan that catches missed events.")
+    resend_seconds: float = Field(
+        600.0, description="A file sent this long ago with still no row is sent again by the rescan."
+    )
     move_processed: bool = Field(True, description="Move classified files to DATA_DIR/processed/<label>.")
     move_rejected: bool = Field(True, description="Move rejected files to DATA_DIR/rejected.")
     visibility_timeout: int = Field(

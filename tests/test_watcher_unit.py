@@ -244,7 +244,7 @@ def test_handled_ids_are_pruned_once_files_leave_the_inbox(tmp_path):
     files[0].rename(tmp_path / "moved-away.jpg")  # as the worker does after classifying
     w.rescan()
     w.stop()
-    assert sorted(w._handled.values()) == sorted(str(p) for p in files[1:])
+    assert sorted(h.path for h in w._handled.values()) == sorted(str(p) for p in files[1:])
 
 
 def test_names_that_are_not_utf8_get_one_row_each_and_the_watcher_survives(tmp_path):

@@ -369,3 +369,40 @@ def test_worker_checks_every_field_and_a_bad_item_fails_alone(tmp_path, tiny_mod
     bad = [r for r in found if "malformed" in (r.error or "")]
     assert len(bad) == len(malformed) and all(r.status == "failed" for r in bad)
     assert "refused" in log.read_text(errors="replace") and os.path.exists(photo) is False
+
+
+def test_running_watcher_resends_files_whose_job_was_lost(tmp_path, tiny_model_dir, redis_url, pg_url):
+    import redis
+
+    from db.engine import make_engine, make_sessionmaker
+    from watcher.service import Watcher, celery_sender
+
+    upgrade(pg_url)
+    data = tmp_path / "data"
+    settings = Settings(data_dir=data, model_dir=tiny_model_dir, broker_url=redis_url, database_url=pg_url,
+                        settle_seconds=0.2, batch_wait=0.1, rescan_seconds=1, resend_seconds=3)
+    files = _images(settings.inbox_dir, 6)
+    watcher = Watcher(settings, celery_sender(settings), make_sessionmaker(make_engine(pg_url)))
+    stop_watching = threading.Event()
+    thread = threading.Thread(target=watcher.run, args=(stop_watching,))
+    thread.start()
+    env = service_env(broker_url=redis_url, database_url=pg_url, model_dir=tiny_model_dir, data_dir=data)
+    log = tmp_path / "worker.log"
+    rows = Rows(pg_url)
+    worker = None
+    try:
+        client = redis.Redis.from_url(redis_url)
+        wait_for(lambda: client.llen("classify") > 0 and not watcher._pending, 30, "jobs queued")
+        time.sleep(0.5)
+        client.flushdb()  # the jobs are lost, as a broker restart without persistence loses them
+        client.close()
+        worker = start_worker(env, log)
+        wait_for(lambda: rows.count() >= len(files), 120, "rows for the files of the lost jobs", log)
+        time.sleep(2)
+        _assert_one_row_each(rows, files)
+    finally:
+        stop_watching.set()
+        thread.join(timeout=30)
+        if worker is not None:
+            stop(worker)
+        rows.close()

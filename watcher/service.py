@@ -9,6 +9,7 @@ import os
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -46,6 +47,15 @@ class InotifyLimitError(RuntimeError):
     pass
 
 
+@dataclass
+class Handled:
+    """A file this process recorded or sent, and when (monotonic seconds)."""
+
+    path: str
+    since: float  # when it was sent (or recorded)
+    recorded: bool = False  # known to have its row: never sent again
+
+
 class _Handler(FileSystemEventHandler):
     def __init__(self, watcher: Watcher):
         self.watcher = watcher
@@ -72,9 +82,10 @@ class Watcher:
         self.tracker = StabilityTracker(settings.settle_seconds)
         self._lock = threading.Lock()
         self._noticed: list[str] = []
-        # Event ids recorded or sent by this process, with their paths: pruned by the rescan once
-        # the file has left the inbox, so a long-running watcher does not grow without bound.
-        self._handled: dict[str, str] = {}
+        # Event ids recorded or sent by this process: pruned by the rescan once the file has left
+        # the inbox (so a long-running watcher does not grow without bound), or once it has been
+        # in flight longer than MOODWATCH_RESEND_SECONDS with no row (so it is sent again).
+        self._handled: dict[str, Handled] = {}
         self._pending: list[dict[str, Any]] = []  # accepted, not yet sent
         self._pending_since = 0.0
         self._rejects: list[Checked] = []  # rejected, row not yet written
@@ -147,24 +158,58 @@ class Watcher:
         self._flush(time.monotonic(), force=True)
 
     def rescan(self) -> None:
-        """Walk the inbox for files without a recorded outcome (missed events, restarts)."""
+        """Walk the inbox for files without a recorded outcome (missed events, restarts), and
+        reconcile with the database: a job can be lost (its retries used up during a long
+        database outage, a broker restarted without persistence), and its files would then wait
+        in the inbox with no row until a restart."""
         self._rescan_at = time.monotonic() + self.settings.rescan_seconds
         pending = {m["event_id"] for m in self._pending} | {c.event_id for c in self._rejects}
-        for eid, path in list(self._handled.items()):
-            if eid not in pending and not os.path.lexists(path):
+        for eid, handled in list(self._handled.items()):
+            if eid not in pending and not os.path.lexists(handled.path):
                 del self._handled[eid]
+        self._resend_lost(pending)
         if not self.inbox.is_dir():
             return
         for root, dirs, files in os.walk(self.inbox, followlinks=False):
             dirs[:] = [d for d in dirs if not is_ignored(os.path.join(root, d), self.inbox)]
             for name in files:
                 path = os.path.join(root, name)
-                if not is_ignored(path, self.inbox) and path not in self.tracker:
+                if not is_ignored(path, self.inbox) and path not in self.tracker \
+                        and not self._is_handled(path):
                     self.tracker.touch(path)
             # Links to folders are not followed, but each one gets its own rejected outcome.
             for d in list(dirs):
                 if os.path.islink(os.path.join(root, d)):
                     self.tracker.touch(os.path.join(root, d))
+
+    def _is_handled(self, path: str) -> bool:
+        """Sent or recorded by us already: an lstat says so, without reading the file again."""
+        try:
+            return event_id_for(path, os.lstat(path)) in self._handled
+        except OSError:
+            return False
+
+    def _resend_lost(self, pending: set[str]) -> None:
+        """Forget files sent long ago that still have no row, so the walk sends them again
+        (a resend is safe: a job whose event is recorded adds nothing)."""
+        cutoff = time.monotonic() - self.settings.resend_seconds
+        stale = [eid for eid, h in self._handled.items()
+                 if h.since <= cutoff and not h.recorded and eid not in pending]
+        if not stale or self.sessions is None:
+            return
+        try:
+            with self.sessions() as session:
+                recorded = recorded_event_ids(session, stale)
+        except Exception as exc:  # the database is away: nothing can be told; try next time
+            log.debug("cannot reconcile with the database: %s", exc)
+            return
+        for eid in recorded:
+            self._handled[eid].recorded = True
+        lost = [eid for eid in stale if eid not in recorded]
+        for eid in lost:
+            log.info("%s: no row %.0fs after it was sent; sending it again",
+                     printable(self._handled[eid].path), self.settings.resend_seconds)
+            del self._handled[eid]
 
     def _handle(self, path: str) -> None:
         try:
@@ -190,7 +235,7 @@ class Watcher:
             "sha256": checked.sha256,
             "received_at": datetime.now(UTC).isoformat(),
         })
-        self._handled[checked.event_id] = checked.path
+        self._handled[checked.event_id] = Handled(checked.path, time.monotonic())
 
     def _already_recorded(self, ids: list[str]) -> set[str]:
         if self.sessions is None or not ids:
@@ -220,7 +265,7 @@ class Watcher:
             self._rejects.extend(rejects)
             return
         for row in rows:
-            self._handled[row["event_id"]] = row["path"]
+            self._handled[row["event_id"]] = Handled(row["path"], time.monotonic(), recorded=True)
             log.info("%s: rejected (%s)", printable(row["path"]), printable(row["error"]))
         moved = move_outcomes(rows, self.settings)
         if moved:
@@ -250,6 +295,8 @@ class Watcher:
             del self._pending[: len(batch)]
             for m in to_send:
                 log.info("%s: queued", printable(m["path"]))
+                if m["event_id"] in self._handled:  # the resend clock starts when it is sent
+                    self._handled[m["event_id"]].since = time.monotonic()
         self._pending_since = now
 
     @property

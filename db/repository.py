@@ -116,6 +116,17 @@ def submitted_paths(session: Session, event_ids: Iterable[str]) -> dict[str, str
     return found
 
 
+def unmoved_rows(session: Session, event_ids: list[str], before: datetime) -> list[dict[str, Any]]:
+    """Rows of these events with an outcome that moves a file, recorded before `before`."""
+    out = []
+    for chunk in _chunks(event_ids):
+        stmt = (select(Result.event_id, Result.status, Result.label, Result.stored_path)
+                .where(Result.event_id.in_(chunk), Result.status.in_(["classified", "rejected"]),
+                       (Result.classified_at.is_(None)) | (Result.classified_at <= before)))
+        out += [dict(r._mapping) for r in session.execute(stmt)]
+    return out
+
+
 def lock_hashes(session: Session, hashes: list[str]) -> None:
     """Serialise writers that handle the same bytes, until the transaction ends."""
     dialect = session.get_bind().dialect.name

@@ -5,15 +5,19 @@ from __future__ import annotations
 
 import errno
 import hashlib
+import logging
 import os
 import re
 import shutil
 import stat
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from moodwatch.settings import Settings
+
+log = logging.getLogger("moodwatch.files")
 
 # Characters that must not reach a database column or a log line as they are: control
 # characters (NUL, newline: log forging) and lone surrogates, which is how Python carries the
@@ -148,10 +152,28 @@ def unique_destination(folder: Path, name: str) -> Path:
     return candidate
 
 
-def move_no_clobber(src: Path, folder: Path) -> Path:
-    """Move src into folder under a free name; a symlink is moved itself, its target untouched."""
-    dest = unique_destination(folder, src.name)
-    shutil.move(os.fspath(src), os.fspath(dest))
+def move_no_clobber(src: Path, dest: Path) -> Path:
+    """Move src to dest, or to a free name beside it if dest was taken meanwhile; returns where
+    it went. Never overwrites: a hard link claims the new name atomically (it fails if the name
+    exists), then the old name is removed; the file itself is never deleted. A symbolic link is
+    moved as a link, its target untouched."""
+    while True:
+        try:
+            os.link(src, dest, follow_symlinks=False)
+            break
+        except FileExistsError:
+            if os.path.samestat(os.lstat(src), os.lstat(dest)):
+                break  # a move cut short between the two steps: the new name is already there
+            dest = unique_destination(dest.parent, dest.name)
+        except OSError as exc:
+            if exc.errno not in (errno.EXDEV, errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EMLINK):
+                raise
+            # No hard links here (another filesystem, or one that has none): a plain move.
+            if os.path.lexists(dest):
+                dest = unique_destination(dest.parent, dest.name)
+            shutil.move(os.fspath(src), os.fspath(dest))
+            return dest
+    os.unlink(src)  # the old name only: the file lives on under dest
     return dest
 
 
@@ -163,30 +185,65 @@ def outcome_folder(row: dict[str, Any], settings: Settings) -> Path | None:
     return None
 
 
-def move_outcome(row: dict[str, Any], settings: Settings) -> Path | None:
-    """Move a recorded file from the inbox to its outcome folder; returns where it went.
-
-    Only files inside the inbox are moved (``submit`` of a file elsewhere leaves it be). A
-    symbolic link is moved as a link: its target is never read nor moved.
-    """
-    folder = outcome_folder(row, settings)
-    src = Path(row["path"])
-    if folder is None or not os.path.lexists(src):
-        return None
-    inbox = settings.inbox_dir.resolve()
-    if not src.parent.resolve().is_relative_to(inbox):
-        return None
-    try:
-        return move_no_clobber(src, folder)
-    except OSError:
-        return None
+@dataclass(frozen=True)
+class Move:
+    event_id: str
+    src: Path
+    dest: Path
 
 
-def move_outcomes(rows: list[dict[str, Any]], settings: Settings) -> dict[str, str]:
-    """Move each recorded file to its outcome folder; returns event id -> where it went."""
-    moved = {}
+Recorder = Callable[[dict[str, str]], None]  # writes event id -> where the file is, in the rows
+
+
+def _destination(row: dict[str, Any], folder: Path) -> Path:
+    """Where the row says the file goes, if a move was cut short; else a free name."""
+    stored = row.get("stored_path")
+    cut_short = stored and stored != row["path"] and Path(stored).parent == folder
+    if cut_short and (not os.path.lexists(stored)
+                      or os.path.samestat(os.lstat(row["path"]), os.lstat(stored))):
+        return Path(stored)
+    return unique_destination(folder, os.path.basename(row["path"]))
+
+
+def plan_moves(rows: list[dict[str, Any]], settings: Settings) -> list[Move]:
+    """The recorded files to move out of the inbox: only files inside it are moved (`submit` of a
+    file elsewhere leaves it be), and only to a folder of their outcome."""
+    moves = []
     for row in rows:
-        dest = move_outcome(row, settings)
-        if dest is not None:
-            moved[row["event_id"]] = str(dest)
+        folder = outcome_folder(row, settings)
+        src = row["path"]
+        if folder is None or not os.path.lexists(src) or not inside(src, settings.inbox_dir):
+            continue
+        moves.append(Move(row["event_id"], Path(src), _destination(row, folder)))
+    return moves
+
+
+def move_outcomes(rows: list[dict[str, Any]], settings: Settings, record: Recorder) -> dict[str, str]:
+    """Move recorded files to their outcome folders; returns event id -> where each went.
+
+    Where a file goes is recorded before it moves, so a crash at any point leaves each row
+    pointing at its file, or its file in the inbox with the row naming its destination, which
+    the watcher's rescan then finishes. If recording fails, nothing moves. A move that fails is
+    logged with its cause, and its row points back at the inbox, where the file still is.
+    """
+    moves = plan_moves(rows, settings)
+    if not moves:
+        return {}
+    record({m.event_id: str(m.dest) for m in moves})
+    moved: dict[str, str] = {}
+    fixes: dict[str, str] = {}
+    for m in moves:
+        try:
+            final = move_no_clobber(m.src, m.dest)
+        except OSError as exc:
+            log.warning("could not move %s to %s: %s", printable(str(m.src)), printable(str(m.dest)),
+                        exc.strerror or exc)
+            if os.path.lexists(m.src):
+                fixes[m.event_id] = str(m.src)
+            continue
+        moved[m.event_id] = str(final)
+        if final != m.dest:  # the planned name was taken meanwhile
+            fixes[m.event_id] = str(final)
+    if fixes:
+        record(fixes)
     return moved

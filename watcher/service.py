@@ -10,7 +10,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +25,7 @@ from db.repository import (
     register_submissions,
     result_row,
     set_stored_paths,
+    unmoved_rows,
 )
 from moodwatch.files import event_id_for, inside, move_outcomes, printable
 from moodwatch.settings import Settings
@@ -170,24 +171,20 @@ class Watcher:
         self._resend_lost(pending)
         if not self.inbox.is_dir():
             return
+        found: dict[str, str] = {}  # event id -> path of every file in the inbox
         for root, dirs, files in os.walk(self.inbox, followlinks=False):
             dirs[:] = [d for d in dirs if not is_ignored(os.path.join(root, d), self.inbox)]
-            for name in files:
-                path = os.path.join(root, name)
-                if not is_ignored(path, self.inbox) and path not in self.tracker \
-                        and not self._is_handled(path):
+            # Links to folders are not followed, but each one gets its own outcome.
+            for path in [os.path.join(root, n) for n in files] + \
+                    [os.path.join(root, d) for d in dirs if os.path.islink(os.path.join(root, d))]:
+                if is_ignored(path, self.inbox):
+                    continue
+                eid = _event_id(path)
+                if eid is not None:
+                    found[eid] = path
+                if path not in self.tracker and eid not in self._handled:
                     self.tracker.touch(path)
-            # Links to folders are not followed, but each one gets its own rejected outcome.
-            for d in list(dirs):
-                if os.path.islink(os.path.join(root, d)):
-                    self.tracker.touch(os.path.join(root, d))
-
-    def _is_handled(self, path: str) -> bool:
-        """Sent or recorded by us already: an lstat says so, without reading the file again."""
-        try:
-            return event_id_for(path, os.lstat(path)) in self._handled
-        except OSError:
-            return False
+        self._finish_moves(found)
 
     def _resend_lost(self, pending: set[str]) -> None:
         """Forget files sent long ago that still have no row, so the walk sends them again
@@ -267,13 +264,34 @@ class Watcher:
         for row in rows:
             self._handled[row["event_id"]] = Handled(row["path"], time.monotonic(), recorded=True)
             log.info("%s: rejected (%s)", printable(row["path"]), printable(row["error"]))
-        moved = move_outcomes(rows, self.settings)
-        if moved:
-            try:
-                with self.sessions() as session, session.begin():
-                    set_stored_paths(session, moved)
-            except Exception as exc:
-                log.warning("moved %d rejected file(s) but could not record where: %s", len(moved), exc)
+        self._move(rows)
+
+    def _record_where(self, where: dict[str, str]) -> None:
+        with self.sessions() as session, session.begin():
+            set_stored_paths(session, where)
+
+    def _move(self, rows: list[dict[str, Any]]) -> None:
+        try:
+            move_outcomes(rows, self.settings, self._record_where)
+        except Exception as exc:  # recorded first, moved after: the next rescan finishes it
+            log.warning("%d recorded file(s) not moved yet: %s", len(rows), exc)
+
+    def _finish_moves(self, found: dict[str, str]) -> None:
+        """Recorded files still in the inbox whose move a crash or an error cut short (older
+        than MOODWATCH_RESEND_SECONDS, so a worker moving one right now is left alone): move
+        them where their rows say, or to their outcome folder."""
+        if not found or self.sessions is None:
+            return
+        before = datetime.now(UTC) - timedelta(seconds=self.settings.resend_seconds)
+        try:
+            with self.sessions() as session:
+                rows = unmoved_rows(session, list(found), before)
+        except Exception as exc:
+            log.debug("cannot look for unfinished moves: %s", exc)
+            return
+        todo = [{**r, "path": found[r["event_id"]]} for r in rows]  # the path as it is on disk
+        if todo:
+            self._move(todo)
 
     def _flush(self, now: float, force: bool = False) -> None:
         if not self._pending or (now < self._send_retry_at and not force):
@@ -302,6 +320,14 @@ class Watcher:
     @property
     def backlog(self) -> int:
         return len(self.tracker) + len(self._pending) + len(self._rejects)
+
+
+def _event_id(path: str) -> str | None:
+    """A file's event id from an lstat alone (a file sent already is not read again)."""
+    try:
+        return event_id_for(path, os.lstat(path))
+    except OSError:
+        return None
 
 
 def _unchecked(path: str, exc: Exception) -> Checked | None:

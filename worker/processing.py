@@ -223,13 +223,22 @@ def process_batch(
     if move_files:
         # After the commit: a file leaves the inbox only once its row exists, and only the
         # rows this run added move files (a redelivered twin running at once moves nothing).
-        moved = move_outcomes([r for r in rows if r["event_id"] in added], settings)
-        if moved:
-            with sessions() as session, session.begin():
-                set_stored_paths(session, moved)
+        _move([r for r in rows if r["event_id"] in added], settings, sessions)
     if checked.retried:
         counts["retried"] = checked.retried
     return counts
+
+
+def _move(rows: list[dict[str, Any]], settings: Settings, sessions: sessionmaker) -> None:
+    def record(where: dict[str, str]) -> None:
+        with sessions() as session, session.begin():
+            set_stored_paths(session, where)
+
+    try:
+        move_outcomes(rows, settings, record)
+    except Exception as exc:  # the rows are written: the watcher's rescan moves the files later
+        log.warning("%d row(s) recorded but their files not moved yet (%s: %s); the watcher's "
+                    "rescan will move them", len(rows), exc.__class__.__name__, exc)
 
 
 Known = dict[str, tuple[int, str, float, float, str]]  # sha256 -> first row's id and verdict

@@ -37,6 +37,9 @@ def main(verbose: bool) -> None:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
     logging.getLogger("alembic").setLevel(logging.WARNING)
+    from moodwatch.redact import install
+
+    install()  # no password of a database or broker URL in any log line
     # TensorFlow's C++ start-up chatter is noise on a CLI.
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 

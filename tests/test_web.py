@@ -62,11 +62,11 @@ def test_gallery_filters_and_paging(site):
     assert ids1 and ids2 and not ids1 & ids2
     sad = client.get("/", params={"label": "sad"}).text
     assert 'data-label="happy"' not in sad and 'data-label="sad"' in sad
-    api = client.get("/api/results", params={"label": "happy", "min_conf": 0.9, "limit": 0}).json()
+    api = client.get("/api/results", params={"label": "happy", "min_conf": 0.9, "limit": 1000}).json()
     assert api and all(x["label"] == "happy" and x["confidence"] >= 0.9 for x in api)
     assert client.get("/api/results", params={"status": "rejected"}).json()[0]["error"]
     since = (datetime.now(UTC) - timedelta(days=1, hours=1)).date().isoformat()
-    recent = client.get("/api/results", params={"since": since, "limit": 0}).json()
+    recent = client.get("/api/results", params={"since": since, "limit": 1000}).json()
     assert 0 < len(recent) < 131
     assert client.get("/api/results", params={"label": "angry"}).status_code == 422
     stats = client.get("/api/stats").json()
@@ -78,7 +78,7 @@ def test_review_flow_label_relabel_copy_not_move(site):
     client, settings, sessions = site
     page = client.get("/review").text
     first_id = re.search(r'id="r(\d+)"', page).group(1)
-    row = client.get("/api/results", params={"limit": 0}).json()
+    row = client.get("/api/results", params={"limit": 1000}).json()
     stored = next(x for x in row if str(x["id"]) == first_id)["stored_path"]
     assert next(x for x in row if str(x["id"]) == first_id)["confidence"] == 0.5  # least confident first
     token = _csrf(client)
@@ -87,7 +87,7 @@ def test_review_flow_label_relabel_copy_not_move(site):
     copies = list((settings.data_dir / "happy").iterdir())
     assert len(copies) == 1 and copies[0].read_bytes() == Path(stored).read_bytes()
     assert Path(stored).is_file()  # copied, not moved
-    detail = client.get("/api/results", params={"limit": 0}).json()
+    detail = client.get("/api/results", params={"limit": 1000}).json()
     assert next(x for x in detail if str(x["id"]) == first_id)["human_label"] == "happy"
     assert f'id="r{first_id}"' not in client.get("/review").text  # reviewed: off the queue
     # Choosing again moves the copy to the other label; nothing is deleted.
@@ -169,3 +169,31 @@ def test_detail_draws_the_face_boxes_the_model_used(site):
     rid = client.get("/api/results", params={"limit": 1}).json()[0]["id"]
     html = client.get(f"/results/{rid}").text
     assert html.count('class="facebox"') == 2 and "left: 10.0%" in html and "2 face(s)" in html
+
+
+def test_api_pages_are_capped_and_the_export_streams(site):
+    import csv
+    import io
+
+    client, settings, sessions = site
+    now = datetime.now(UTC)
+    with sessions() as s, s.begin():
+        insert_results(s, [result_row(f"bulk{i}", f"/in/b{i}.jpg", now, status="classified", label="sad",
+                                      confidence=0.7) for i in range(2500)])
+    assert client.get("/api/results", params={"limit": 0}).status_code == 422  # no "everything"
+    assert client.get("/api/results", params={"limit": 5000}).status_code == 422
+    assert len(client.get("/api/results").json()) == 50
+    seen: list[int] = []
+    params: dict = {"limit": 1000}
+    while True:
+        r = client.get("/api/results", params=params)
+        assert r.status_code == 200 and len(r.json()) <= 1000
+        seen += [x["id"] for x in r.json()]
+        if "x-next-before" not in r.headers:
+            break
+        params["before"] = r.headers["x-next-before"]
+    assert len(seen) == len(set(seen)) == 2631 and seen == sorted(seen, reverse=True)
+    export = client.get("/api/results.csv", params={"label": "sad"})
+    assert export.status_code == 200 and export.headers["content-type"].startswith("text/csv")
+    lines = list(csv.DictReader(io.StringIO(export.text)))
+    assert len(lines) == 2565 and {x["label"] for x in lines} == {"sad"}

@@ -6,15 +6,26 @@ POST carrying a CSRF token (double-submit cookie); off loopback a token guards e
 
 from __future__ import annotations
 
+import csv
 import hmac
+import io
 import secrets
 import time
+from collections.abc import Iterator
+from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 from fastapi import Depends, FastAPI, Form, HTTPException, Query, Request
-from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, RedirectResponse, Response
+from fastapi.responses import (
+    FileResponse,
+    HTMLResponse,
+    JSONResponse,
+    RedirectResponse,
+    Response,
+    StreamingResponse,
+)
 from fastapi.templating import Jinja2Templates
 from sqlalchemy.orm import Session
 
@@ -22,6 +33,7 @@ from db.engine import make_engine, make_sessionmaker
 from db.migrate import open_database
 from db.models import Result
 from db.repository import (
+    RESULT_COLUMNS,
     ResultFilter,
     agreement_by_model,
     as_dict,
@@ -34,6 +46,7 @@ from moodwatch.registry import Registry, RegistryError
 from moodwatch.settings import Settings
 from web.thumbs import owned_file, thumbnail
 
+API_PAGE = 1000  # most rows an API page holds: a request never loads the whole table
 TEMPLATES = Jinja2Templates(directory=str(Path(__file__).parent / "templates"))
 CSRF_COOKIE = "mw_csrf"
 TOKEN_COOKIE = "mw_token"
@@ -57,6 +70,23 @@ def _number(value: str | None, kind: type):
         return kind(value)
     except ValueError:
         raise HTTPException(422, f"not a number: {value!r}") from None
+
+
+def _csv_pages(sessions, f: ResultFilter) -> Iterator[str]:
+    """CSV text, one keyset page at a time, each page in its own short session."""
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=RESULT_COLUMNS)
+    writer.writeheader()
+    while True:
+        with sessions() as session:
+            page = [as_dict(r) for r in query_results(session, f)]
+        writer.writerows(page)
+        yield buffer.getvalue()
+        buffer.seek(0)
+        buffer.truncate()
+        if len(page) < f.limit:
+            return
+        f = replace(f, before_id=page[-1]["id"])
 
 
 def create_app(settings: Settings, token: str | None = None, migrate: bool = True) -> FastAPI:
@@ -230,14 +260,31 @@ def create_app(settings: Settings, token: str | None = None, migrate: bool = Tru
 
     # API --------------------------------------------------------------------------------------
     @app.get("/api/results", tags=["api"])
-    def api_results(label: str | None = None, status: str | None = None,
+    def api_results(response: Response, label: str | None = None, status: str | None = None,
                     min_conf: float | None = None, max_conf: float | None = None,
                     since: str | None = Query(None, description="ISO date or time"),
-                    until: str | None = None, model: str | None = None, before: int | None = None,
-                    limit: int = Query(50, ge=0, le=10_000, description="0 = all"),
+                    until: str | None = None, model: str | None = None,
+                    before: int | None = Query(None, description="rows older than this id: the "
+                                               "X-Next-Before header of the previous page"),
+                    limit: int = Query(50, ge=1, le=API_PAGE, description=f"rows, at most {API_PAGE}"),
                     session: Session = Depends(db)) -> list[dict[str, Any]]:
-        f = filters(label, status, min_conf, max_conf, since, until, model, before, limit)
-        return [as_dict(r) for r in query_results(session, f)]
+        """One page of results, newest first. Page on with the X-Next-Before header; all of
+        them at once: /api/results.csv."""
+        f = filters(label, status, min_conf, max_conf, since, until, model, before, limit + 1)
+        rows = query_results(session, f)
+        if len(rows) > limit:
+            rows = rows[:limit]
+            response.headers["X-Next-Before"] = str(rows[-1].id)
+        return [as_dict(r) for r in rows]
+
+    @app.get("/api/results.csv", tags=["api"], response_class=StreamingResponse)
+    def api_results_csv(label: str | None = None, status: str | None = None,
+                        min_conf: float | None = None, max_conf: float | None = None,
+                        since: str | None = None, until: str | None = None, model: str | None = None):
+        """Every matching row as CSV, streamed a page at a time (memory stays flat)."""
+        f = filters(label, status, min_conf, max_conf, since, until, model, None, API_PAGE)
+        return StreamingResponse(_csv_pages(sessions, f), media_type="text/csv",
+                                 headers={"Content-Disposition": 'attachment; filename="results.csv"'})
 
     @app.get("/api/stats", tags=["api"])
     def api_stats(session: Session = Depends(db)) -> dict[str, Any]:

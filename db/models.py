@@ -50,6 +50,8 @@ class Result(Base):
         Index("ix_results_sha256", "sha256"),
         Index("ix_results_model_version", "model_version"),
         Index("ix_results_review", "status", "reviewed_at", "confidence"),
+        # Deleting a row checks that no duplicate refers to it: without this, a scan per row.
+        Index("ix_results_duplicate_of", "duplicate_of"),
     )
 
 

@@ -16,6 +16,8 @@ import click
 
 from moodwatch.settings import get_settings
 
+MIN_WEB_TOKEN = 16  # characters of MOODWATCH_WEB_TOKEN needed to bind off loopback
+
 
 def _fail(message: str) -> None:
     click.echo(f"error: {message}", err=True)
@@ -579,7 +581,7 @@ def web(host: str, port: int | None) -> None:
     \b
     Example:
         moodwatch web                       # http://127.0.0.1:8088/
-        MOODWATCH_WEB_TOKEN=s3cret moodwatch web --host 0.0.0.0
+        MOODWATCH_WEB_TOKEN=$(openssl rand -hex 16) moodwatch web --host 0.0.0.0
     """
     import uvicorn
 
@@ -587,8 +589,9 @@ def web(host: str, port: int | None) -> None:
 
     settings = get_settings()
     loopback = host in ("127.0.0.1", "localhost", "::1")
-    if not loopback and not settings.web_token:
-        _fail(f"binding to {host} exposes the review page: set MOODWATCH_WEB_TOKEN first")
+    if not loopback and len(settings.web_token or "") < MIN_WEB_TOKEN:
+        _fail(f"binding to {host} exposes the review page: set MOODWATCH_WEB_TOKEN to a random value "
+              f"of at least {MIN_WEB_TOKEN} characters first (e.g. `openssl rand -hex 16`)")
     app = create_app(settings, token=settings.web_token)
     uvicorn.run(app, host=host, port=port or settings.web_port, log_level="warning")
 

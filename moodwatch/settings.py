@@ -40,8 +40,11 @@ class Settings(BaseSettings):
     )
     move_processed: bool = Field(True, description="Move classified files to DATA_DIR/processed/<label>.")
     move_rejected: bool = Field(True, description="Move rejected files to DATA_DIR/rejected.")
+    # A batch takes seconds; what a worker may legitimately hold a job for longer is a retry's
+    # or a hand-back's countdown (at most 30 s and 20 s). Two minutes clears those with room, and
+    # a killed worker's batch goes to another within two minutes, not ten.
     visibility_timeout: int = Field(
-        600, description="Seconds before a job taken by a worker that died is handed to another."
+        120, description="Seconds before a job taken by a worker that died is handed to another."
     )
     job_retries: int = Field(
         50, description="Retries of a job while the database is unreachable (backoff up to 30 s)."

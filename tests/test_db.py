@@ -64,3 +64,22 @@ def test_a_large_insert_is_chunked_under_the_parameter_limits(db_url):
     with sessions() as s:
         assert s.scalar(select(func.count()).select_from(Result)) == 8000
     engine.dispose()
+
+
+def test_duplicate_of_is_indexed(db_url):
+    upgrade(db_url)
+    engine = make_engine(db_url)
+    indexed = {tuple(ix["column_names"]) for ix in inspect(engine).get_indexes("results")}
+    engine.dispose()
+    assert ("duplicate_of",) in indexed  # deleting rows checks the foreign key: no full scan each
+
+
+def test_visibility_timeout_fits_a_batch_not_ten_minutes():
+    from moodwatch.queue import make_celery
+    from moodwatch.settings import Settings
+    from worker.processing import UNREACHABLE_ATTEMPTS
+
+    s = Settings(broker_url="redis://127.0.0.1:1/0")
+    longest_countdown = max(30, 5 * 2 ** (UNREACHABLE_ATTEMPTS - 1))  # retry backoff max, hand-back
+    assert longest_countdown < s.visibility_timeout <= 180
+    assert make_celery(s).conf.broker_transport_options["visibility_timeout"] == s.visibility_timeout

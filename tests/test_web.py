@@ -197,3 +197,65 @@ def test_api_pages_are_capped_and_the_export_streams(site):
     assert export.status_code == 200 and export.headers["content-type"].startswith("text/csv")
     lines = list(csv.DictReader(io.StringIO(export.text)))
     assert len(lines) == 2565 and {x["label"] for x in lines} == {"sad"}
+
+
+def test_out_of_range_ids_are_a_clear_400_or_404(site):
+    client, _, _ = site
+    huge = "9223372036854775808"
+    for url in [f"/api/results?before={huge}", f"/?before={huge}", f"/rejected?before={huge}",
+                "/api/results?before=-1"]:
+        assert client.get(url).status_code == 400, url
+    for url in [f"/results/{huge}", f"/thumb/{huge}", f"/image/{huge}"]:
+        assert client.get(url).status_code == 404, url
+
+
+def test_reviewing_a_row_that_is_not_a_usable_photo_is_a_clear_4xx(site):
+    client, settings, sessions = site
+    text = settings.processed_dir / "happy" / "text.jpg"
+    text.write_text("not an image")
+    now = datetime.now(UTC)
+    with sessions() as s, s.begin():
+        insert_results(s, [result_row("txt", str(text), now, stored_path=str(text), status="classified",
+                                      label="happy", confidence=0.6)])
+    rid = client.get("/api/results", params={"limit": 1}).json()[0]["id"]
+    rejected = client.get("/api/results", params={"status": "rejected"}).json()[0]["id"]
+    token = _csrf(client)
+    r = client.post(f"/review/{rid}", data={"choice": "sad", "csrf": token})
+    assert r.status_code == 422 and "image" in r.text
+    r = client.post(f"/review/{rejected}", data={"choice": "sad", "csrf": token})
+    assert r.status_code == 409 and "classified" in r.text
+    assert not list((settings.data_dir / "sad").glob("*"))
+
+
+def test_a_csrf_token_the_client_chose_is_refused(site):
+    client, _, _ = site
+    client.cookies.set("mw_csrf", "chosen-by-the-client")
+    r = client.post("/review/1", data={"choice": "skip", "csrf": "chosen-by-the-client"})
+    assert r.status_code == 403
+    client.cookies.clear()
+    assert client.post("/review/1", data={"choice": "skip", "csrf": _csrf(client)},
+                       follow_redirects=False).status_code == 303
+
+
+def test_api_docs_load_nothing_from_elsewhere(site):
+    client, _, _ = site
+    r = client.get("/api/docs")
+    assert r.status_code == 200
+    assert "<script" not in r.text and "cdn" not in r.text.lower() and "http" not in r.text.replace(
+        "http://testserver", "")
+    assert "/api/results" in r.text and "/api/openapi.json" in r.text
+
+
+def test_web_refuses_a_weak_token_off_loopback(monkeypatch):
+    import uvicorn
+    from click.testing import CliRunner
+
+    from moodwatch import settings as settings_module
+    from moodwatch.cli import main
+
+    served = []
+    monkeypatch.setattr(uvicorn, "run", lambda *a, **k: served.append(k))
+    settings_module.get_settings.cache_clear()
+    weak = CliRunner().invoke(main, ["web", "--host", "0.0.0.0"], env={"MOODWATCH_WEB_TOKEN": "s3cret"})
+    settings_module.get_settings.cache_clear()
+    assert weak.exit_code != 0 and "16" in weak.output and not served

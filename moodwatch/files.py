@@ -152,7 +152,12 @@ def unique_destination(folder: Path, name: str) -> Path:
     return candidate
 
 
-def move_no_clobber(src: Path, dest: Path) -> Path:
+def move_no_clobber(src: Path, folder: Path) -> Path:
+    """Move src into folder under a free name; a symlink is moved itself, its target untouched."""
+    return move_to(src, unique_destination(folder, src.name))
+
+
+def move_to(src: Path, dest: Path) -> Path:
     """Move src to dest, or to a free name beside it if dest was taken meanwhile; returns where
     it went. Never overwrites: a hard link claims the new name atomically (it fails if the name
     exists), then the old name is removed; the file itself is never deleted. A symbolic link is
@@ -234,7 +239,7 @@ def move_outcomes(rows: list[dict[str, Any]], settings: Settings, record: Record
     fixes: dict[str, str] = {}
     for m in moves:
         try:
-            final = move_no_clobber(m.src, m.dest)
+            final = move_to(m.src, m.dest)
         except OSError as exc:
             log.warning("could not move %s to %s: %s", printable(str(m.src)), printable(str(m.dest)),
                         exc.strerror or exc)

@@ -200,13 +200,13 @@ def test_a_crash_right_after_the_move_leaves_the_row_pointing_at_the_file(sqlite
     import moodwatch.files
 
     sessions, photo, msgs = _one_photo_batch(settings, sqlite_url)
-    real_move = moodwatch.files.move_no_clobber
+    real_move = moodwatch.files.move_to
 
     def move_then_die(*args, **kwargs):
         real_move(*args, **kwargs)
         raise Crash
 
-    monkeypatch.setattr(moodwatch.files, "move_no_clobber", move_then_die)
+    monkeypatch.setattr(moodwatch.files, "move_to", move_then_die)
     classifier = SlowClassifier("v1")
     with pytest.raises(Crash):
         process_batch(msgs, settings, sessions, classifier)
@@ -227,7 +227,7 @@ def test_a_crash_before_the_move_is_finished_by_the_rescan(sqlite_url, settings,
         raise Crash
 
     with monkeypatch.context() as m:
-        m.setattr(moodwatch.files, "move_no_clobber", die)
+        m.setattr(moodwatch.files, "move_to", die)
         with pytest.raises(Crash):
             process_batch(msgs, settings, sessions, SlowClassifier("v1"))
     assert photo.exists()  # recorded, not yet moved
@@ -249,7 +249,7 @@ def test_a_move_that_fails_is_logged_with_its_cause(sqlite_url, settings, monkey
     def refuse(*args, **kwargs):
         raise PermissionError(errno.EPERM, "Operation not permitted")
 
-    monkeypatch.setattr(moodwatch.files, "move_no_clobber", refuse)
+    monkeypatch.setattr(moodwatch.files, "move_to", refuse)
     with caplog.at_level(logging.WARNING):
         process_batch(msgs, settings, sessions, SlowClassifier("v1"))
     assert photo.exists() and _the_row(sessions).stored_path == str(photo)

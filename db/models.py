@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from sqlalchemy import JSON, DateTime, Float, ForeignKey, Index, Integer, String, Text
+from sqlalchemy import JSON, DateTime, Float, ForeignKey, Index, Integer, LargeBinary, String, Text
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 STATUSES = ("classified", "rejected", "failed")
@@ -21,6 +21,8 @@ class Result(Base):
     # One per file event: a redelivered job with the same event id finds its row and adds none.
     event_id: Mapped[str] = mapped_column(String(64), unique=True)
     path: Mapped[str] = mapped_column(Text, doc="file path as received")
+    # The path's exact bytes when it is not UTF-8 text (then `path` shows those bytes as \xNN).
+    path_bytes: Mapped[bytes | None] = mapped_column(LargeBinary)
     file_name: Mapped[str] = mapped_column(Text)
     sha256: Mapped[str | None] = mapped_column(String(64))
     status: Mapped[str] = mapped_column(String(16))
@@ -48,7 +50,19 @@ class Result(Base):
         Index("ix_results_sha256", "sha256"),
         Index("ix_results_model_version", "model_version"),
         Index("ix_results_review", "status", "reviewed_at", "confidence"),
+        # Deleting a row checks that no duplicate refers to it: without this, a scan per row.
+        Index("ix_results_duplicate_of", "duplicate_of"),
     )
+
+
+class Submission(Base):
+    """A file `moodwatch submit` sent from outside the inbox: the only such files a worker reads."""
+
+    __tablename__ = "submissions"
+
+    event_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    path: Mapped[str] = mapped_column(Text)
+    submitted_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
 
 
 class ModelVersion(Base):

@@ -12,9 +12,18 @@ from sqlalchemy import func, or_, select, text, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
-from db.models import Result
+from db.models import Result, Submission
+from moodwatch.files import printable, raw_bytes
 
 RESULT_COLUMNS = [c.name for c in Result.__table__.columns]
+# Rows per INSERT and ids per IN (...): far below PostgreSQL's 65,535 parameters a statement and
+# SQLite's 32,766, whatever a caller hands in.
+CHUNK = 500
+
+
+def _chunks(items: Sequence[Any], size: int = CHUNK) -> Iterable[Sequence[Any]]:
+    for start in range(0, len(items), size):
+        yield items[start : start + size]
 
 
 def result_row(event_id: str, path: str, received_at: datetime, **fields: Any) -> dict[str, Any]:
@@ -22,6 +31,7 @@ def result_row(event_id: str, path: str, received_at: datetime, **fields: Any) -
     row: dict[str, Any] = {
         "event_id": event_id,
         "path": path,
+        "path_bytes": None,
         "file_name": os.path.basename(path),
         "sha256": None,
         "received_at": received_at,
@@ -43,32 +53,78 @@ def result_row(event_id: str, path: str, received_at: datetime, **fields: Any) -
     return row
 
 
+def storable(row: dict[str, Any]) -> dict[str, Any]:
+    """A row as the database can hold it: any name the filesystem allows (bytes that are not
+    UTF-8, control characters) becomes printable text, and the raw path is kept in path_bytes."""
+    out = {k: printable(v) if isinstance(v, str) else v for k, v in row.items()}
+    if out["path"] != row["path"]:
+        out["path_bytes"] = raw_bytes(row["path"])
+    return out
+
+
 def set_stored_paths(session: Session, moved: dict[str, str]) -> None:
-    """Record where files went (event id -> path) after they were moved."""
+    """Record where files are (event id -> path)."""
     for event_id, stored_path in moved.items():
-        session.execute(update(Result).where(Result.event_id == event_id).values(stored_path=stored_path))
+        session.execute(update(Result).where(Result.event_id == event_id)
+                        .values(stored_path=printable(stored_path)))
+
+
+def insert_new_results(session: Session, rows: Sequence[dict[str, Any]]) -> set[str]:
+    """Insert rows, ignoring any whose event_id is already recorded; returns the ids added."""
+    dialect = session.get_bind().dialect.name
+    insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
+    added: set[str] = set()
+    for chunk in _chunks(list(rows)):
+        stmt = (
+            insert(Result)
+            .values([storable(r) for r in chunk])
+            .on_conflict_do_nothing(index_elements=["event_id"])
+            .returning(Result.event_id)
+        )
+        added.update(session.scalars(stmt))
+    return added
 
 
 def insert_results(session: Session, rows: Sequence[dict[str, Any]]) -> int:
     """Insert rows, ignoring any whose event_id is already recorded; returns rows added."""
-    if not rows:
-        return 0
-    dialect = session.get_bind().dialect.name
-    insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
-    stmt = (
-        insert(Result)
-        .values(list(rows))
-        .on_conflict_do_nothing(index_elements=["event_id"])
-        .returning(Result.event_id)
-    )
-    return len(session.execute(stmt).all())
+    return len(insert_new_results(session, rows))
 
 
 def recorded_event_ids(session: Session, event_ids: Iterable[str]) -> set[str]:
-    ids = list(event_ids)
-    if not ids:
-        return set()
-    return set(session.scalars(select(Result.event_id).where(Result.event_id.in_(ids))))
+    found: set[str] = set()
+    for chunk in _chunks(list(event_ids)):
+        found.update(session.scalars(select(Result.event_id).where(Result.event_id.in_(chunk))))
+    return found
+
+
+def register_submissions(session: Session, paths: dict[str, str]) -> None:
+    """Record files submitted by hand from outside the inbox (event id -> path)."""
+    dialect = session.get_bind().dialect.name
+    insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
+    now = datetime.now(UTC)
+    values = [{"event_id": e, "path": printable(p), "submitted_at": now} for e, p in paths.items()]
+    for chunk in _chunks(values):
+        session.execute(insert(Submission).values(list(chunk)).on_conflict_do_nothing())
+
+
+def submitted_paths(session: Session, event_ids: Iterable[str]) -> dict[str, str]:
+    """Event id -> path, for the given events that `submit` registered."""
+    found: dict[str, str] = {}
+    for chunk in _chunks(list(event_ids)):
+        stmt = select(Submission.event_id, Submission.path).where(Submission.event_id.in_(chunk))
+        found.update((event_id, path) for event_id, path in session.execute(stmt))
+    return found
+
+
+def unmoved_rows(session: Session, event_ids: list[str], before: datetime) -> list[dict[str, Any]]:
+    """Rows of these events with an outcome that moves a file, recorded before `before`."""
+    out = []
+    for chunk in _chunks(event_ids):
+        stmt = (select(Result.event_id, Result.status, Result.label, Result.stored_path)
+                .where(Result.event_id.in_(chunk), Result.status.in_(["classified", "rejected"]),
+                       (Result.classified_at.is_(None)) | (Result.classified_at <= before)))
+        out += [dict(r._mapping) for r in session.execute(stmt)]
+    return out
 
 
 def rows_for_arrivals(session: Session, event_ids: Iterable[str], hashes: Iterable[str]) -> list[Result]:
@@ -173,7 +229,11 @@ def as_dict(row: Result) -> dict[str, Any]:
     out = {}
     for name in RESULT_COLUMNS:
         value = getattr(row, name)
-        out[name] = value.isoformat() if isinstance(value, datetime) else value
+        if isinstance(value, datetime):
+            value = value.isoformat()
+        elif isinstance(value, bytes):
+            value = value.hex()  # path_bytes, for JSON and CSV
+        out[name] = value
     return out
 
 

@@ -18,6 +18,8 @@ from moodwatch.clierrors import Cli
 from moodwatch.clierrors import fail as _fail
 from moodwatch.settings import get_settings
 
+MIN_WEB_TOKEN = 16  # characters of MOODWATCH_WEB_TOKEN needed to bind off loopback
+
 
 def _require_folder(path: Path, variable: str) -> None:
     """A folder setting that names a file is refused before anything starts."""
@@ -40,6 +42,9 @@ def main(verbose: bool) -> None:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
     logging.getLogger("alembic").setLevel(logging.WARNING)
+    from moodwatch.redact import install
+
+    install()  # no password of a database or broker URL in any log line
     # TensorFlow's C++ start-up chatter is noise on a CLI.
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
@@ -464,6 +469,7 @@ def submit(paths) -> None:
         moodwatch submit /mnt/share/photos extra.jpg
     """
     from db.migrate import open_database
+    from moodwatch.files import printable
     from watcher.service import celery_sender, submit_paths
 
     settings = get_settings()
@@ -472,7 +478,7 @@ def submit(paths) -> None:
     paths = [Path(os.path.abspath(p)) for p in paths]
     missing = [p for p in paths if not os.path.lexists(p)]
     for p in missing:
-        click.echo(f"error: no such file or folder: {p}", err=True)
+        click.echo(f"error: no such file or folder: {printable(str(p))}", err=True)
     if len(missing) == len(paths):
         sys.exit(1)  # nothing to send: no database, no broker
     sessions = open_database(settings.database)
@@ -484,9 +490,9 @@ def submit(paths) -> None:
         return
     for c in results:
         if c.recorded_as is not None:
-            click.echo(f"{c.path}: already recorded as #{c.recorded_as}")
+            click.echo(f"{printable(c.path)}: already recorded as #{c.recorded_as}")
         else:
-            click.echo(f"{c.path}: " + (f"rejected ({c.rejected})" if c.rejected else "queued"))
+            click.echo(f"{printable(c.path)}: " + (f"rejected ({c.rejected})" if c.rejected else "queued"))
     if missing:
         sys.exit(1)
 
@@ -608,7 +614,7 @@ def web(host: str, port: int | None) -> None:
     \b
     Example:
         moodwatch web                       # http://127.0.0.1:8088/
-        MOODWATCH_WEB_TOKEN=s3cret moodwatch web --host 0.0.0.0
+        MOODWATCH_WEB_TOKEN=$(openssl rand -hex 16) moodwatch web --host 0.0.0.0
     """
     import uvicorn
 
@@ -616,8 +622,9 @@ def web(host: str, port: int | None) -> None:
 
     settings = get_settings()
     loopback = host in ("127.0.0.1", "localhost", "::1")
-    if not loopback and not settings.web_token:
-        _fail(f"binding to {host} exposes the review page: set MOODWATCH_WEB_TOKEN first")
+    if not loopback and len(settings.web_token or "") < MIN_WEB_TOKEN:
+        _fail(f"binding to {host} exposes the review page: set MOODWATCH_WEB_TOKEN to a random value "
+              f"of at least {MIN_WEB_TOKEN} characters first (e.g. `openssl rand -hex 16`)")
     app = create_app(settings, token=settings.web_token)
     uvicorn.run(app, host=host, port=port or settings.web_port, log_level="warning")
 

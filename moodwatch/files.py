@@ -1,14 +1,130 @@
-"""Moving files without ever overwriting or deleting one."""
+"""Files the service did not write: read safely, named safely, moved without ever overwriting or
+deleting one."""
 
 from __future__ import annotations
 
+import errno
 import hashlib
+import logging
 import os
+import re
 import shutil
+import stat
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from moodwatch.settings import Settings
+
+log = logging.getLogger("moodwatch.files")
+
+# Characters that must not reach a database column or a log line as they are: control
+# characters (NUL, newline: log forging) and lone surrogates, which is how Python carries the
+# bytes of a file name that are not UTF-8 (os.fsdecode's "surrogateescape").
+_UNSAFE = re.compile(r"[\x00-\x1f\x7f\ud800-\udfff]")
+
+
+def _escape(match: re.Match[str]) -> str:
+    code = ord(match.group())
+    if 0xDC80 <= code <= 0xDCFF:  # an escaped raw byte: show the byte
+        return f"\\x{code - 0xDC00:02x}"
+    return f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}"
+
+
+def printable(text: str) -> str:
+    """Text that is safe to store and to show: raw bytes of a name that is not UTF-8, and control
+    characters, become ``\\xNN``. An ordinary name comes back unchanged."""
+    return text if text.isprintable() else _UNSAFE.sub(_escape, text)
+
+
+def raw_bytes(path: str) -> bytes:
+    """The bytes a path stands for on disk (the inverse of os.fsdecode)."""
+    try:
+        return os.fsencode(path)
+    except UnicodeEncodeError:  # a lone surrogate that no file name decodes to
+        return path.encode("utf-8", "surrogatepass")
+
+
+def event_id_for(path: str, st: os.stat_result) -> str:
+    """Identifies one arrival of one file: the same file seen again (rescan, restart) gets the
+    same id, so it is never recorded twice; a new file at the same path gets a new id.
+
+    Built from the path's bytes, so any name the filesystem allows has one (a UTF-8 name gives
+    the same id as ever)."""
+    key = raw_bytes(os.path.abspath(path)) + \
+        f"|{st.st_dev}|{st.st_ino}|{st.st_size}|{st.st_mtime_ns}".encode()
+    return hashlib.sha256(key).hexdigest()[:40]
+
+
+class FileRefused(Exception):
+    """The path holds something that is not read: a link, a FIFO or device, a file too large."""
+
+    def __init__(self, reason: str):
+        super().__init__(reason)
+        self.reason = reason
+
+
+@dataclass(frozen=True)
+class FileBytes:
+    """The bytes of one regular file, read once: what is hashed is what is classified."""
+
+    data: bytes
+    sha256: str
+    stat: os.stat_result  # of the file that was opened, not of whatever the path names now
+    real_path: str  # where that file really lies (linked folders resolved)
+
+
+def _opened_path(fd: int, path: str) -> str:
+    try:  # Linux: the kernel's own name for the open file, immune to later swaps
+        return os.readlink(f"/proc/self/fd/{fd}")
+    except OSError:
+        return os.path.realpath(path)
+
+
+def read_regular_file(path: str, max_bytes: int) -> FileBytes:
+    """Read a file that arrived from outside, trusting nothing about what the path names now.
+
+    O_NOFOLLOW: a symbolic link swapped in after a check is refused, never followed. O_NONBLOCK:
+    a FIFO swapped in does not hang the reader. fstat on the open file: only a regular file is
+    read. At most max_bytes + 1 bytes are read whatever the size said (a growing or sparse file
+    cannot make the reader hold more). Raises FileRefused, or OSError if it cannot be read.
+    """
+    flags = os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0) | \
+        getattr(os, "O_CLOEXEC", 0)
+    try:
+        fd = os.open(path, flags)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise FileRefused("symbolic link: links are not followed (drop the file itself)") from None
+        raise
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise FileRefused("not a regular file")
+        if st.st_size > max_bytes:
+            raise FileRefused(f"file too large: {st.st_size:,} bytes (limit {max_bytes:,})")
+        chunks, total = [], 0
+        while total <= max_bytes and (chunk := os.read(fd, min(1 << 20, max_bytes + 1 - total))):
+            chunks.append(chunk)
+            total += len(chunk)
+        if total > max_bytes:
+            raise FileRefused(f"file too large: more than {max_bytes:,} bytes (limit {max_bytes:,})")
+        data = b"".join(chunks)
+        return FileBytes(data, hashlib.sha256(data).hexdigest(), st, _opened_path(fd, path))
+    finally:
+        os.close(fd)
+
+
+def located(path: str) -> str:
+    """Where a path lies once linked folders are resolved; the last part is kept as it is, so a
+    link is judged by where the link itself sits (and then refused as a link, not followed)."""
+    absolute = os.path.abspath(path)
+    return os.path.join(os.path.realpath(os.path.dirname(absolute)), os.path.basename(absolute))
+
+
+def inside(path: str, folder: Path) -> bool:
+    return Path(located(path)).is_relative_to(folder.resolve())
 
 
 def sha256_file(path: str | Path) -> str:
@@ -21,8 +137,12 @@ def sha256_file(path: str | Path) -> str:
 
 
 def unique_destination(folder: Path, name: str) -> Path:
-    """A path in folder named `name`, with a numeric suffix if that name is taken."""
+    """A path in folder named `name`, with a numeric suffix if that name is taken.
+
+    The name is made printable first: a file whose name is not UTF-8 gets a name that a row can
+    hold exactly (its raw name stays recoverable from the row's ``path_bytes``)."""
     folder.mkdir(parents=True, exist_ok=True)
+    name = printable(name)
     candidate = folder / name
     stem, suffix = Path(name).stem, Path(name).suffix
     n = 1
@@ -34,8 +154,31 @@ def unique_destination(folder: Path, name: str) -> Path:
 
 def move_no_clobber(src: Path, folder: Path) -> Path:
     """Move src into folder under a free name; a symlink is moved itself, its target untouched."""
-    dest = unique_destination(folder, src.name)
-    shutil.move(os.fspath(src), os.fspath(dest))
+    return move_to(src, unique_destination(folder, src.name))
+
+
+def move_to(src: Path, dest: Path) -> Path:
+    """Move src to dest, or to a free name beside it if dest was taken meanwhile; returns where
+    it went. Never overwrites: a hard link claims the new name atomically (it fails if the name
+    exists), then the old name is removed; the file itself is never deleted. A symbolic link is
+    moved as a link, its target untouched."""
+    while True:
+        try:
+            os.link(src, dest, follow_symlinks=False)
+            break
+        except FileExistsError:
+            if os.path.samestat(os.lstat(src), os.lstat(dest)):
+                break  # a move cut short between the two steps: the new name is already there
+            dest = unique_destination(dest.parent, dest.name)
+        except OSError as exc:
+            if exc.errno not in (errno.EXDEV, errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EMLINK):
+                raise
+            # No hard links here (another filesystem, or one that has none): a plain move.
+            if os.path.lexists(dest):
+                dest = unique_destination(dest.parent, dest.name)
+            shutil.move(os.fspath(src), os.fspath(dest))
+            return dest
+    os.unlink(src)  # the old name only: the file lives on under dest
     return dest
 
 
@@ -47,30 +190,65 @@ def outcome_folder(row: dict[str, Any], settings: Settings) -> Path | None:
     return None
 
 
-def move_outcome(row: dict[str, Any], settings: Settings) -> Path | None:
-    """Move a recorded file from the inbox to its outcome folder; returns where it went.
-
-    Only files inside the inbox are moved (``submit`` of a file elsewhere leaves it be). A
-    symbolic link is moved as a link: its target is never read nor moved.
-    """
-    folder = outcome_folder(row, settings)
-    src = Path(row["path"])
-    if folder is None or not os.path.lexists(src):
-        return None
-    inbox = settings.inbox_dir.resolve()
-    if not src.parent.resolve().is_relative_to(inbox):
-        return None
-    try:
-        return move_no_clobber(src, folder)
-    except OSError:
-        return None
+@dataclass(frozen=True)
+class Move:
+    event_id: str
+    src: Path
+    dest: Path
 
 
-def move_outcomes(rows: list[dict[str, Any]], settings: Settings) -> dict[str, str]:
-    """Move each recorded file to its outcome folder; returns event id -> where it went."""
-    moved = {}
+Recorder = Callable[[dict[str, str]], None]  # writes event id -> where the file is, in the rows
+
+
+def _destination(row: dict[str, Any], folder: Path) -> Path:
+    """Where the row says the file goes, if a move was cut short; else a free name."""
+    stored = row.get("stored_path")
+    cut_short = stored and stored != row["path"] and Path(stored).parent == folder
+    if cut_short and (not os.path.lexists(stored)
+                      or os.path.samestat(os.lstat(row["path"]), os.lstat(stored))):
+        return Path(stored)
+    return unique_destination(folder, os.path.basename(row["path"]))
+
+
+def plan_moves(rows: list[dict[str, Any]], settings: Settings) -> list[Move]:
+    """The recorded files to move out of the inbox: only files inside it are moved (`submit` of a
+    file elsewhere leaves it be), and only to a folder of their outcome."""
+    moves = []
     for row in rows:
-        dest = move_outcome(row, settings)
-        if dest is not None:
-            moved[row["event_id"]] = str(dest)
+        folder = outcome_folder(row, settings)
+        src = row["path"]
+        if folder is None or not os.path.lexists(src) or not inside(src, settings.inbox_dir):
+            continue
+        moves.append(Move(row["event_id"], Path(src), _destination(row, folder)))
+    return moves
+
+
+def move_outcomes(rows: list[dict[str, Any]], settings: Settings, record: Recorder) -> dict[str, str]:
+    """Move recorded files to their outcome folders; returns event id -> where each went.
+
+    Where a file goes is recorded before it moves, so a crash at any point leaves each row
+    pointing at its file, or its file in the inbox with the row naming its destination, which
+    the watcher's rescan then finishes. If recording fails, nothing moves. A move that fails is
+    logged with its cause, and its row points back at the inbox, where the file still is.
+    """
+    moves = plan_moves(rows, settings)
+    if not moves:
+        return {}
+    record({m.event_id: str(m.dest) for m in moves})
+    moved: dict[str, str] = {}
+    fixes: dict[str, str] = {}
+    for m in moves:
+        try:
+            final = move_to(m.src, m.dest)
+        except OSError as exc:
+            log.warning("could not move %s to %s: %s", printable(str(m.src)), printable(str(m.dest)),
+                        exc.strerror or exc)
+            if os.path.lexists(m.src):
+                fixes[m.event_id] = str(m.src)
+            continue
+        moved[m.event_id] = str(final)
+        if final != m.dest:  # the planned name was taken meanwhile
+            fixes[m.event_id] = str(final)
+    if fixes:
+        record(fixes)
     return moved

@@ -39,10 +39,19 @@ class Settings(BaseSettings):
     batch_wait: float = Field(0.5, description="Seconds the watcher waits to fill a batch.")
     settle_seconds: float = Field(1.0, description="A file must be unchanged this long to be read.")
     rescan_seconds: float = Field(180.0, description="Period of the inbox rescan that catches missed events.")
+    resend_seconds: float = Field(
+        600.0, description="A file sent this long ago with still no row is sent again by the rescan."
+    )
     move_processed: bool = Field(True, description="Move classified files to DATA_DIR/processed/<label>.")
     move_rejected: bool = Field(True, description="Move rejected files to DATA_DIR/rejected.")
+    # A batch takes seconds; what a worker may legitimately hold a job for longer is a retry's
+    # or a hand-back's countdown (at most 30 s and 20 s). Two minutes clears those with room, and
+    # a killed worker's batch goes to another within two minutes, not ten.
     visibility_timeout: int = Field(
-        600, description="Seconds before a job taken by a worker that died is handed to another."
+        120, description="Seconds before a job taken by a worker that died is handed to another."
+    )
+    job_retries: int = Field(
+        50, description="Retries of a job while the database is unreachable (backoff up to 30 s)."
     )
     worker_concurrency: int = Field(2, description="Worker processes started by `moodwatch worker`.")
     retrain_cron: str = Field("0 2 * * *", description="When the nightly retrain runs (cron, local time).")

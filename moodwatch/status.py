@@ -7,6 +7,7 @@ from typing import Any
 
 from moodwatch.broker import broker_url
 from moodwatch.queue import CLASSIFY_QUEUE, TRAINING_QUEUE, make_celery
+from moodwatch.redact import mask
 from moodwatch.registry import Registry
 from moodwatch.settings import Settings
 
@@ -22,6 +23,8 @@ def inbox_backlog(settings: Settings) -> int:
 def collect(settings: Settings, ping_timeout: float = 1.0) -> dict[str, Any]:
     """Read-only: with the embedded Redis not running it says so, and starts none."""
     out: dict[str, Any] = {
+        "database": mask(settings.database),
+        "broker_url": mask(settings.broker_url or "embedded"),
         "inbox": str(settings.inbox_dir),
         "inbox_backlog": inbox_backlog(settings),
         "current_model": Registry(settings.model_dir).current_name(),
@@ -43,4 +46,4 @@ def collect(settings: Settings, ping_timeout: float = 1.0) -> dict[str, Any]:
         app.close()
     except Exception as exc:
         out["broker"] = f"unreachable: {exc.__class__.__name__}: {exc}"
-    return out
+    return {k: mask(v) if isinstance(v, str) else v for k, v in out.items()}

@@ -18,6 +18,7 @@ import time
 from dataclasses import dataclass, field
 
 from moodwatch.broker import embedded_url, start_embedded, stop_embedded
+from moodwatch.redact import mask
 from moodwatch.settings import Settings
 
 log = logging.getLogger("moodwatch.run")
@@ -89,7 +90,7 @@ def run_all(settings: Settings, stop: threading.Event, polling: bool = False, we
     for child in children:
         child.start()
     say(f"moodwatch is running. Drop photos into {settings.inbox_dir.resolve()}")
-    say("  results:  moodwatch results    (or SQL on " + settings.database + ")")
+    say("  results:  moodwatch results    (or SQL on " + mask(settings.database) + ")")
     if web:
         say(f"  review:   http://127.0.0.1:{settings.web_port}/")
     say(f"  commands from any folder reach this service through {record}")

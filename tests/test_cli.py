@@ -284,3 +284,48 @@ def test_results_table_columns_fit_their_content(tmp_path):
                 assert row[start:].startswith(value), (col, row)
     assert rows[0][header.index("error"):].startswith("not a JPEG")
     assert all(line == line.rstrip() for line in lines)
+
+
+@pytest.mark.slow
+def test_run_status_and_logs_never_show_a_password(tmp_path, tiny_model_dir, pg_url):
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from tests.procs import service_env, stop, wait_for
+
+    secret = "Sup3rSecretPw"  # trust auth: PostgreSQL ignores it, so the stack really runs
+    url = pg_url.replace("postgres@", f"postgres:{secret}@")
+    env = service_env(data_dir=tmp_path / "data", model_dir=tiny_model_dir, database_url=url)
+    env.pop("MOODWATCH_BROKER_URL", None)
+    log = tmp_path / "run.log"
+    with open(log, "wb") as fh:
+        proc = subprocess.Popen([sys.executable, "-m", "moodwatch.cli", "-v", "run", "--no-web", "--no-beat"],
+                                env=env, stdout=fh, stderr=subprocess.STDOUT, cwd=ROOT,
+                                start_new_session=True)
+    try:
+        wait_for(lambda: "moodwatch is running" in log.read_text(errors="replace"), 60, "start", log)
+        write_image(tmp_path / "data" / "inbox" / "a.jpg", face_like("happy", 1))
+        wait_for(lambda: "a.jpg: classified" in log.read_text(errors="replace"), 120, "a row", log)
+        time.sleep(1)
+    finally:
+        stop(proc, signal.SIGTERM)
+    output = log.read_text(errors="replace")
+    assert secret not in output and "postgres:***@" in output
+    status = subprocess.run(
+        [sys.executable, "-m", "moodwatch.cli", "status", "--json"], cwd=ROOT, capture_output=True, text=True,
+        env={**env, "MOODWATCH_BROKER_URL": f"redis://:{secret}@127.0.0.1:1/0"}, timeout=120)
+    assert secret not in status.stdout + status.stderr
+    shown = json.loads(status.stdout)
+    assert shown["database"].startswith("postgresql") and "***" in shown["broker_url"]
+
+
+def test_every_log_line_masks_credentials(caplog):
+    import logging
+
+    from moodwatch.redact import install
+
+    install()
+    logging.getLogger("moodwatch.anything").warning("cannot reach %s", "postgresql://u:hunter2@db:5432/x")
+    assert "hunter2" not in caplog.text and "postgresql://u:***@db:5432/x" in caplog.text

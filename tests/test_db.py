@@ -18,8 +18,12 @@ def _row(i: int, **kw):
 
 
 def test_migrations_create_schema_and_indexes(db_url):
+    from alembic.script import ScriptDirectory
+
+    from db.migrate import alembic_config
+
     upgrade(db_url)
-    assert current_revision(db_url) == "0003"
+    assert current_revision(db_url) == ScriptDirectory.from_config(alembic_config(db_url)).get_current_head()
     upgrade(db_url)  # idempotent
     engine = make_engine(db_url)
     insp = inspect(engine)
@@ -48,3 +52,34 @@ def test_insert_is_idempotent_and_queries_filter(db_url):
         assert st["total"] == 6 and st["by_label"] == {"happy": 3, "sad": 3}
         assert st["last_hour"] == 6
     engine.dispose()
+
+
+def test_a_large_insert_is_chunked_under_the_parameter_limits(db_url):
+    upgrade(db_url)
+    engine = make_engine(db_url)
+    sessions = make_sessionmaker(engine)
+    rows = [_row(i, event_id=f"big{i}") for i in range(8000)]  # ~150,000 parameters in one statement
+    with sessions() as s, s.begin():
+        assert insert_results(s, rows) == 8000
+    with sessions() as s:
+        assert s.scalar(select(func.count()).select_from(Result)) == 8000
+    engine.dispose()
+
+
+def test_duplicate_of_is_indexed(db_url):
+    upgrade(db_url)
+    engine = make_engine(db_url)
+    indexed = {tuple(ix["column_names"]) for ix in inspect(engine).get_indexes("results")}
+    engine.dispose()
+    assert ("duplicate_of",) in indexed  # deleting rows checks the foreign key: no full scan each
+
+
+def test_visibility_timeout_fits_a_batch_not_ten_minutes():
+    from moodwatch.queue import make_celery
+    from moodwatch.settings import Settings
+    from worker.processing import UNREACHABLE_ATTEMPTS
+
+    s = Settings(broker_url="redis://127.0.0.1:1/0")
+    longest_countdown = max(30, 5 * 2 ** (UNREACHABLE_ATTEMPTS - 1))  # retry backoff max, hand-back
+    assert longest_countdown < s.visibility_timeout <= 180
+    assert make_celery(s).conf.broker_transport_options["visibility_timeout"] == s.visibility_timeout

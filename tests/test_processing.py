@@ -1,14 +1,17 @@
 """process_batch against real databases, without Celery."""
 
+import hashlib
 import os
 from datetime import UTC, datetime
 from pathlib import Path
 
+import pytest
 from sqlalchemy import select
 
 from db.engine import make_engine, make_sessionmaker
 from db.migrate import upgrade
 from db.models import Result
+from moodwatch.files import event_id_for
 from moodwatch.registry import Registry
 from tests.imagegen import encode, face_like, write_image
 from worker.inference import Classifier
@@ -16,7 +19,8 @@ from worker.processing import process_batch
 
 
 def _msg(path, i):
-    return {"event_id": f"ev-{i}", "path": str(path), "received_at": datetime.now(UTC).isoformat()}
+    event_id = hashlib.sha256(f"ev-{i}".encode()).hexdigest()[:40]  # ids are checked: 40 hex digits
+    return {"event_id": event_id, "path": str(path), "received_at": datetime.now(UTC).isoformat()}
 
 
 def test_batch_with_bad_files_and_duplicates(db_url, settings, tmp_path):
@@ -136,13 +140,13 @@ class SlowClassifier:
 
         self.version = Version(name, Path("/nonexistent"))
 
-    def classify_paths(self, paths, max_pixels):
+    def classify_bytes(self, names, blobs, max_pixels):
         import time
 
         from worker.inference import Prediction
 
         time.sleep(0.5)
-        return [Prediction(p, "happy", 0.8, 0.2) for p in paths]
+        return [Prediction(p, "happy", 0.8, 0.2) for p in names]
 
 
 def test_same_bytes_in_two_concurrent_batches_are_classified_once(db_url, settings):
@@ -173,3 +177,81 @@ def test_same_bytes_in_two_concurrent_batches_are_classified_once(db_url, settin
     first, second = rows
     assert first.duplicate_of is None and second.duplicate_of == first.id
     assert second.model_version == first.model_version  # the first one's verdict, not its own
+
+
+class Crash(BaseException):
+    """Stands for the process dying at that point (nothing after it runs)."""
+
+
+def _one_photo_batch(settings, sqlite_url, name="crash.jpg"):
+    upgrade(sqlite_url)
+    sessions = make_sessionmaker(make_engine(sqlite_url))
+    photo = write_image(settings.inbox_dir / name, face_like("happy", 3))
+    msg = {**_msg(photo, 1), "event_id": event_id_for(str(photo), os.lstat(photo))}  # as the watcher sends it
+    return sessions, photo, [msg]
+
+
+def _the_row(sessions) -> Result:
+    with sessions() as s:
+        return s.scalars(select(Result)).one()
+
+
+def test_a_crash_right_after_the_move_leaves_the_row_pointing_at_the_file(sqlite_url, settings, monkeypatch):
+    import moodwatch.files
+
+    sessions, photo, msgs = _one_photo_batch(settings, sqlite_url)
+    real_move = moodwatch.files.move_to
+
+    def move_then_die(*args, **kwargs):
+        real_move(*args, **kwargs)
+        raise Crash
+
+    monkeypatch.setattr(moodwatch.files, "move_to", move_then_die)
+    classifier = SlowClassifier("v1")
+    with pytest.raises(Crash):
+        process_batch(msgs, settings, sessions, classifier)
+    row = _the_row(sessions)
+    assert not photo.exists()
+    assert Path(row.stored_path).parent == settings.processed_dir / "happy"
+    assert Path(row.stored_path).is_file()
+
+
+def test_a_crash_before_the_move_is_finished_by_the_rescan(sqlite_url, settings, monkeypatch):
+    import moodwatch.files
+    from watcher.service import Watcher
+
+    sessions, photo, msgs = _one_photo_batch(settings, sqlite_url)
+    data = photo.read_bytes()
+
+    def die(*args, **kwargs):
+        raise Crash
+
+    with monkeypatch.context() as m:
+        m.setattr(moodwatch.files, "move_to", die)
+        with pytest.raises(Crash):
+            process_batch(msgs, settings, sessions, SlowClassifier("v1"))
+    assert photo.exists()  # recorded, not yet moved
+    watcher = Watcher(settings.model_copy(update={"resend_seconds": 0}), lambda batch: None, sessions)
+    watcher.rescan()
+    row = _the_row(sessions)
+    assert not photo.exists() and Path(row.stored_path).read_bytes() == data
+    assert Path(row.stored_path).parent == settings.processed_dir / "happy"
+
+
+def test_a_move_that_fails_is_logged_with_its_cause(sqlite_url, settings, monkeypatch, caplog):
+    import errno
+    import logging
+
+    import moodwatch.files
+
+    sessions, photo, msgs = _one_photo_batch(settings, sqlite_url)
+
+    def refuse(*args, **kwargs):
+        raise PermissionError(errno.EPERM, "Operation not permitted")
+
+    monkeypatch.setattr(moodwatch.files, "move_to", refuse)
+    with caplog.at_level(logging.WARNING):
+        process_batch(msgs, settings, sessions, SlowClassifier("v1"))
+    assert photo.exists() and _the_row(sessions).stored_path == str(photo)
+    assert any("could not move" in r.getMessage() and "Operation not permitted" in r.getMessage()
+               for r in caplog.records)

@@ -244,4 +244,35 @@ def test_handled_ids_are_pruned_once_files_leave_the_inbox(tmp_path):
     files[0].rename(tmp_path / "moved-away.jpg")  # as the worker does after classifying
     w.rescan()
     w.stop()
-    assert sorted(w._handled.values()) == sorted(str(p) for p in files[1:])
+    assert sorted(h.path for h in w._handled.values()) == sorted(str(p) for p in files[1:])
+
+
+def test_names_that_are_not_utf8_get_one_row_each_and_the_watcher_survives(tmp_path):
+    import os
+
+    settings, sessions, rec, w = _setup(tmp_path)
+    inbox = os.fsencode(settings.inbox_dir)
+    photo = os.fsdecode(inbox + b"/caf\xe9.jpg")  # Latin-1 bytes: not valid UTF-8
+    text = os.fsdecode(inbox + b"/bad\xff\xfe name.jpg")
+    write_image(Path(photo), face_like("happy", 1))
+    Path(text).write_text("not an image")
+    plain = write_image(settings.inbox_dir / "plain.jpg", face_like("sad", 2))
+    w.start()
+    try:
+        _run_until(w, lambda: len(rec.paths) == 2 and not w._rejects and len(w.tracker) == 0)
+        w.rescan()  # the start-up rescan finds them again: no crash, nothing sent twice
+        for _ in range(8):
+            w.step()
+            time.sleep(0.05)
+    finally:
+        w.stop()
+    assert sorted(rec.paths) == sorted([photo, str(plain)])
+    with sessions() as s:
+        rows = list(s.scalars(select(Result)))
+    assert len(rows) == 1
+    row = rows[0]
+    assert row.status == "rejected" and row.file_name == "bad\\xff\\xfe name.jpg"
+    assert row.path_bytes == os.fsencode(text)  # the raw name is recoverable exactly
+    # Moved under a name that is valid text, so the row can point at it; bytes kept.
+    assert row.stored_path == str(settings.rejected_dir / "bad\\xff\\xfe name.jpg")
+    assert Path(row.stored_path).read_text() == "not an image"

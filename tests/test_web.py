@@ -62,11 +62,11 @@ def test_gallery_filters_and_paging(site):
     assert ids1 and ids2 and not ids1 & ids2
     sad = client.get("/", params={"label": "sad"}).text
     assert 'data-label="happy"' not in sad and 'data-label="sad"' in sad
-    api = client.get("/api/results", params={"label": "happy", "min_conf": 0.9, "limit": 0}).json()
+    api = client.get("/api/results", params={"label": "happy", "min_conf": 0.9, "limit": 1000}).json()
     assert api and all(x["label"] == "happy" and x["confidence"] >= 0.9 for x in api)
     assert client.get("/api/results", params={"status": "rejected"}).json()[0]["error"]
     since = (datetime.now(UTC) - timedelta(days=1, hours=1)).date().isoformat()
-    recent = client.get("/api/results", params={"since": since, "limit": 0}).json()
+    recent = client.get("/api/results", params={"since": since, "limit": 1000}).json()
     assert 0 < len(recent) < 131
     assert client.get("/api/results", params={"label": "angry"}).status_code == 422
     stats = client.get("/api/stats").json()
@@ -78,7 +78,7 @@ def test_review_flow_label_relabel_copy_not_move(site):
     client, settings, sessions = site
     page = client.get("/review").text
     first_id = re.search(r'id="r(\d+)"', page).group(1)
-    row = client.get("/api/results", params={"limit": 0}).json()
+    row = client.get("/api/results", params={"limit": 1000}).json()
     stored = next(x for x in row if str(x["id"]) == first_id)["stored_path"]
     assert next(x for x in row if str(x["id"]) == first_id)["confidence"] == 0.5  # least confident first
     token = _csrf(client)
@@ -87,7 +87,7 @@ def test_review_flow_label_relabel_copy_not_move(site):
     copies = list((settings.data_dir / "happy").iterdir())
     assert len(copies) == 1 and copies[0].read_bytes() == Path(stored).read_bytes()
     assert Path(stored).is_file()  # copied, not moved
-    detail = client.get("/api/results", params={"limit": 0}).json()
+    detail = client.get("/api/results", params={"limit": 1000}).json()
     assert next(x for x in detail if str(x["id"]) == first_id)["human_label"] == "happy"
     assert f'id="r{first_id}"' not in client.get("/review").text  # reviewed: off the queue
     # Choosing again moves the copy to the other label; nothing is deleted.
@@ -248,3 +248,93 @@ def test_a_duplicate_shows_the_face_boxes_of_its_original(site):
                                       confidence=0.8, duplicate_of=first)])
     html = client.get(f"/results/{_newest_id(sessions)}").text
     assert html.count('class="facebox"') == 1 and "reads the whole image only" not in html
+
+
+def test_api_pages_are_capped_and_the_export_streams(site):
+    import csv
+    import io
+
+    client, settings, sessions = site
+    now = datetime.now(UTC)
+    with sessions() as s, s.begin():
+        insert_results(s, [result_row(f"bulk{i}", f"/in/b{i}.jpg", now, status="classified", label="sad",
+                                      confidence=0.7) for i in range(2500)])
+    assert client.get("/api/results", params={"limit": 0}).status_code == 422  # no "everything"
+    assert client.get("/api/results", params={"limit": 5000}).status_code == 422
+    assert len(client.get("/api/results").json()) == 50
+    seen: list[int] = []
+    params: dict = {"limit": 1000}
+    while True:
+        r = client.get("/api/results", params=params)
+        assert r.status_code == 200 and len(r.json()) <= 1000
+        seen += [x["id"] for x in r.json()]
+        if "x-next-before" not in r.headers:
+            break
+        params["before"] = r.headers["x-next-before"]
+    assert len(seen) == len(set(seen)) == 2631 and seen == sorted(seen, reverse=True)
+    export = client.get("/api/results.csv", params={"label": "sad"})
+    assert export.status_code == 200 and export.headers["content-type"].startswith("text/csv")
+    lines = list(csv.DictReader(io.StringIO(export.text)))
+    assert len(lines) == 2565 and {x["label"] for x in lines} == {"sad"}
+
+
+def test_out_of_range_ids_are_a_clear_400_or_404(site):
+    client, _, _ = site
+    huge = "9223372036854775808"
+    for url in [f"/api/results?before={huge}", f"/?before={huge}", f"/rejected?before={huge}",
+                "/api/results?before=-1"]:
+        assert client.get(url).status_code == 400, url
+    for url in [f"/results/{huge}", f"/thumb/{huge}", f"/image/{huge}"]:
+        assert client.get(url).status_code == 404, url
+
+
+def test_reviewing_a_row_that_is_not_a_usable_photo_is_a_clear_4xx(site):
+    client, settings, sessions = site
+    text = settings.processed_dir / "happy" / "text.jpg"
+    text.write_text("not an image")
+    now = datetime.now(UTC)
+    with sessions() as s, s.begin():
+        insert_results(s, [result_row("txt", str(text), now, stored_path=str(text), status="classified",
+                                      label="happy", confidence=0.6)])
+    rid = client.get("/api/results", params={"limit": 1}).json()[0]["id"]
+    rejected = client.get("/api/results", params={"status": "rejected"}).json()[0]["id"]
+    token = _csrf(client)
+    r = client.post(f"/review/{rid}", data={"choice": "sad", "csrf": token})
+    assert r.status_code == 422 and "image" in r.text
+    r = client.post(f"/review/{rejected}", data={"choice": "sad", "csrf": token})
+    assert r.status_code == 409 and "classified" in r.text
+    assert not list((settings.data_dir / "sad").glob("*"))
+
+
+def test_a_csrf_token_the_client_chose_is_refused(site):
+    client, _, _ = site
+    client.cookies.set("mw_csrf", "chosen-by-the-client")
+    r = client.post("/review/1", data={"choice": "skip", "csrf": "chosen-by-the-client"})
+    assert r.status_code == 403
+    client.cookies.clear()
+    assert client.post("/review/1", data={"choice": "skip", "csrf": _csrf(client)},
+                       follow_redirects=False).status_code == 303
+
+
+def test_api_docs_load_nothing_from_elsewhere(site):
+    client, _, _ = site
+    r = client.get("/api/docs")
+    assert r.status_code == 200
+    assert "<script" not in r.text and "cdn" not in r.text.lower() and "http" not in r.text.replace(
+        "http://testserver", "")
+    assert "/api/results" in r.text and "/api/openapi.json" in r.text
+
+
+def test_web_refuses_a_weak_token_off_loopback(monkeypatch):
+    import uvicorn
+    from click.testing import CliRunner
+
+    from moodwatch import settings as settings_module
+    from moodwatch.cli import main
+
+    served = []
+    monkeypatch.setattr(uvicorn, "run", lambda *a, **k: served.append(k))
+    settings_module.get_settings.cache_clear()
+    weak = CliRunner().invoke(main, ["web", "--host", "0.0.0.0"], env={"MOODWATCH_WEB_TOKEN": "s3cret"})
+    settings_module.get_settings.cache_clear()
+    assert weak.exit_code != 0 and "16" in weak.output and not served

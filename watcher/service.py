@@ -10,7 +10,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -19,8 +19,16 @@ from watchdog.events import FileSystemEvent, FileSystemEventHandler
 from watchdog.observers import Observer
 from watchdog.observers.polling import PollingObserver
 
-from db.repository import insert_results, recorded_event_ids, result_row, rows_for_arrivals, set_stored_paths
-from moodwatch.files import move_outcomes
+from db.repository import (
+    insert_results,
+    recorded_event_ids,
+    register_submissions,
+    result_row,
+    rows_for_arrivals,
+    set_stored_paths,
+    unmoved_rows,
+)
+from moodwatch.files import event_id_for, inside, move_outcomes, printable
 from moodwatch.settings import Settings
 from watcher.filters import is_ignored
 from watcher.stability import StabilityTracker
@@ -39,6 +47,15 @@ Sender = Callable[[list[dict[str, Any]]], None]
 
 class InotifyLimitError(RuntimeError):
     pass
+
+
+@dataclass
+class Handled:
+    """A file this process recorded or sent, and when (monotonic seconds)."""
+
+    path: str
+    since: float  # when it was sent (or recorded)
+    recorded: bool = False  # known to have its row: never sent again
 
 
 class _Handler(FileSystemEventHandler):
@@ -67,9 +84,10 @@ class Watcher:
         self.tracker = StabilityTracker(settings.settle_seconds)
         self._lock = threading.Lock()
         self._noticed: list[str] = []
-        # Event ids recorded or sent by this process, with their paths: pruned by the rescan once
-        # the file has left the inbox, so a long-running watcher does not grow without bound.
-        self._handled: dict[str, str] = {}
+        # Event ids recorded or sent by this process: pruned by the rescan once the file has left
+        # the inbox (so a long-running watcher does not grow without bound), or once it has been
+        # in flight longer than MOODWATCH_RESEND_SECONDS with no row (so it is sent again).
+        self._handled: dict[str, Handled] = {}
         self._pending: list[dict[str, Any]] = []  # accepted, not yet sent
         self._pending_since = 0.0
         self._rejects: list[Checked] = []  # rejected, row not yet written
@@ -142,27 +160,61 @@ class Watcher:
         self._flush(time.monotonic(), force=True)
 
     def rescan(self) -> None:
-        """Walk the inbox for files without a recorded outcome (missed events, restarts)."""
+        """Walk the inbox for files without a recorded outcome (missed events, restarts), and
+        reconcile with the database: a job can be lost (its retries used up during a long
+        database outage, a broker restarted without persistence), and its files would then wait
+        in the inbox with no row until a restart."""
         self._rescan_at = time.monotonic() + self.settings.rescan_seconds
         pending = {m["event_id"] for m in self._pending} | {c.event_id for c in self._rejects}
-        for eid, path in list(self._handled.items()):
-            if eid not in pending and not os.path.lexists(path):
+        for eid, handled in list(self._handled.items()):
+            if eid not in pending and not os.path.lexists(handled.path):
                 del self._handled[eid]
+        self._resend_lost(pending)
         if not self.inbox.is_dir():
             return
+        found: dict[str, str] = {}  # event id -> path of every file in the inbox
         for root, dirs, files in os.walk(self.inbox, followlinks=False):
             dirs[:] = [d for d in dirs if not is_ignored(os.path.join(root, d), self.inbox)]
-            for name in files:
-                path = os.path.join(root, name)
-                if not is_ignored(path, self.inbox) and path not in self.tracker:
+            # Links to folders are not followed, but each one gets its own outcome.
+            for path in [os.path.join(root, n) for n in files] + \
+                    [os.path.join(root, d) for d in dirs if os.path.islink(os.path.join(root, d))]:
+                if is_ignored(path, self.inbox):
+                    continue
+                eid = _event_id(path)
+                if eid is not None:
+                    found[eid] = path
+                if path not in self.tracker and eid not in self._handled:
                     self.tracker.touch(path)
-            # Links to folders are not followed, but each one gets its own rejected outcome.
-            for d in list(dirs):
-                if os.path.islink(os.path.join(root, d)):
-                    self.tracker.touch(os.path.join(root, d))
+        self._finish_moves(found)
+
+    def _resend_lost(self, pending: set[str]) -> None:
+        """Forget files sent long ago that still have no row, so the walk sends them again
+        (a resend is safe: a job whose event is recorded adds nothing)."""
+        cutoff = time.monotonic() - self.settings.resend_seconds
+        stale = [eid for eid, h in self._handled.items()
+                 if h.since <= cutoff and not h.recorded and eid not in pending]
+        if not stale or self.sessions is None:
+            return
+        try:
+            with self.sessions() as session:
+                recorded = recorded_event_ids(session, stale)
+        except Exception as exc:  # the database is away: nothing can be told; try next time
+            log.debug("cannot reconcile with the database: %s", exc)
+            return
+        for eid in recorded:
+            self._handled[eid].recorded = True
+        lost = [eid for eid in stale if eid not in recorded]
+        for eid in lost:
+            log.info("%s: no row %.0fs after it was sent; sending it again",
+                     printable(self._handled[eid].path), self.settings.resend_seconds)
+            del self._handled[eid]
 
     def _handle(self, path: str) -> None:
-        checked = check_file(path, self.inbox, self.settings.max_file_bytes, self.settings.max_pixels)
+        try:
+            checked = check_file(path, self.inbox, self.settings.max_file_bytes, self.settings.max_pixels)
+        except Exception as exc:  # one odd file must never stop the watcher (and every other file)
+            log.exception("%s: could not be checked", printable(path))
+            checked = _unchecked(path, exc)
         if checked is not None:
             self.take(checked)
 
@@ -181,7 +233,7 @@ class Watcher:
             "sha256": checked.sha256,
             "received_at": datetime.now(UTC).isoformat(),
         })
-        self._handled[checked.event_id] = checked.path
+        self._handled[checked.event_id] = Handled(checked.path, time.monotonic())
 
     def _already_recorded(self, ids: list[str]) -> set[str]:
         if self.sessions is None or not ids:
@@ -211,15 +263,36 @@ class Watcher:
             self._rejects.extend(rejects)
             return
         for row in rows:
-            self._handled[row["event_id"]] = row["path"]
-            log.info("%s: rejected (%s)", row["path"], row["error"])
-        moved = move_outcomes(rows, self.settings)
-        if moved:
-            try:
-                with self.sessions() as session, session.begin():
-                    set_stored_paths(session, moved)
-            except Exception as exc:
-                log.warning("moved %d rejected file(s) but could not record where: %s", len(moved), exc)
+            self._handled[row["event_id"]] = Handled(row["path"], time.monotonic(), recorded=True)
+            log.info("%s: rejected (%s)", printable(row["path"]), printable(row["error"]))
+        self._move(rows)
+
+    def _record_where(self, where: dict[str, str]) -> None:
+        with self.sessions() as session, session.begin():
+            set_stored_paths(session, where)
+
+    def _move(self, rows: list[dict[str, Any]]) -> None:
+        try:
+            move_outcomes(rows, self.settings, self._record_where)
+        except Exception as exc:  # recorded first, moved after: the next rescan finishes it
+            log.warning("%d recorded file(s) not moved yet: %s", len(rows), exc)
+
+    def _finish_moves(self, found: dict[str, str]) -> None:
+        """Recorded files still in the inbox whose move a crash or an error cut short (older
+        than MOODWATCH_RESEND_SECONDS, so a worker moving one right now is left alone): move
+        them where their rows say, or to their outcome folder."""
+        if not found or self.sessions is None:
+            return
+        before = datetime.now(UTC) - timedelta(seconds=self.settings.resend_seconds)
+        try:
+            with self.sessions() as session:
+                rows = unmoved_rows(session, list(found), before)
+        except Exception as exc:
+            log.debug("cannot look for unfinished moves: %s", exc)
+            return
+        todo = [{**r, "path": found[r["event_id"]]} for r in rows]  # the path as it is on disk
+        if todo:
+            self._move(todo)
 
     def _flush(self, now: float, force: bool = False) -> None:
         if not self._pending or (now < self._send_retry_at and not force):
@@ -240,12 +313,31 @@ class Watcher:
             self._send_backoff = 1.0
             del self._pending[: len(batch)]
             for m in to_send:
-                log.info("%s: queued", m["path"])
+                log.info("%s: queued", printable(m["path"]))
+                if m["event_id"] in self._handled:  # the resend clock starts when it is sent
+                    self._handled[m["event_id"]].since = time.monotonic()
         self._pending_since = now
 
     @property
     def backlog(self) -> int:
         return len(self.tracker) + len(self._pending) + len(self._rejects)
+
+
+def _event_id(path: str) -> str | None:
+    """A file's event id from an lstat alone (a file sent already is not read again)."""
+    try:
+        return event_id_for(path, os.lstat(path))
+    except OSError:
+        return None
+
+
+def _unchecked(path: str, exc: Exception) -> Checked | None:
+    """A rejection for a file the checks failed on unexpectedly; None if it is gone."""
+    try:
+        st = os.lstat(path)
+    except OSError:
+        return None
+    return Checked(path, event_id_for(path, st), rejected=f"could not be checked: {exc.__class__.__name__}")
 
 
 def celery_sender(settings: Settings) -> Sender:
@@ -304,18 +396,31 @@ def submit_paths(paths: list[Path], settings: Settings, send: Sender,
     """Validate files or folders by hand and give them the same outcomes as dropped files;
     a file that already has a row is reported as such, and nothing is sent for it."""
     w = Watcher(settings, send, sessions)
-    checked = []
+    checked: list[tuple[Checked, bool]] = []
     for f in _files_under(paths):
-        root = w.inbox if _inside(f, w.inbox) else Path(f).parent
-        c = check_file(f, root, settings.max_file_bytes, settings.max_pixels)
+        in_inbox = inside(f, w.inbox)
+        c = check_file(f, w.inbox if in_inbox else Path(f).parent, settings.max_file_bytes,
+                       settings.max_pixels)
         if c is not None:
-            checked.append(c)
-    recorded = _recorded_as(sessions, checked)
+            checked.append((c, in_inbox))
+    recorded = _recorded_as(sessions, [c for c, _ in checked])
     results = []
-    for c in checked:
+    outside: dict[str, str] = {}
+    for c, in_inbox in checked:
         results.append(Submitted(c.path, c.rejected, recorded.get(c.event_id)))
-        if c.event_id not in recorded:
-            w.take(c)
+        if c.event_id in recorded:
+            continue
+        if not in_inbox and not c.rejected:
+            outside[c.event_id] = c.path
+        w.take(c)
+    if outside and sessions is not None:
+        # Workers read a file outside the inbox only if it was registered here first.
+        try:
+            with sessions() as session, session.begin():
+                register_submissions(session, outside)
+        except Exception as exc:
+            raise RuntimeError(f"could not register {len(outside)} file(s) from outside the inbox: "
+                               f"is the database up? ({exc.__class__.__name__})") from exc
     w.drain()
     if w._pending or w._rejects:
         raise RuntimeError(f"{len(w._pending)} file(s) could not be queued and "
@@ -323,5 +428,3 @@ def submit_paths(paths: list[Path], settings: Settings, send: Sender,
     return results
 
 
-def _inside(path: str, folder: Path) -> bool:
-    return Path(path).resolve().is_relative_to(folder.resolve())

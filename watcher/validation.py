@@ -8,8 +8,11 @@ import stat
 from dataclasses import dataclass
 from pathlib import Path
 
+from moodwatch.files import event_id_for
 from moodwatch.images import ImageRejected, extension_allowed, inspect_image
 from moodwatch.settings import ALLOWED_EXTENSIONS
+
+__all__ = ["Checked", "check_file", "event_id_for"]
 
 
 @dataclass
@@ -18,13 +21,6 @@ class Checked:
     event_id: str
     sha256: str | None = None
     rejected: str | None = None  # the reason, when the file is refused
-
-
-def event_id_for(path: str, st: os.stat_result) -> str:
-    """Identifies one arrival of one file: the same file seen again (rescan, restart) gets the
-    same id, so it is never recorded twice; a new file at the same path gets a new id."""
-    key = f"{os.path.abspath(path)}|{st.st_dev}|{st.st_ino}|{st.st_size}|{st.st_mtime_ns}"
-    return hashlib.sha256(key.encode()).hexdigest()[:40]
 
 
 def check_file(path: str, inbox: Path, max_bytes: int, max_pixels: int) -> Checked | None:

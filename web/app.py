@@ -6,15 +6,27 @@ POST carrying a CSRF token (double-submit cookie); off loopback a token guards e
 
 from __future__ import annotations
 
+import csv
+import hashlib
 import hmac
+import io
 import secrets
 import time
+from collections.abc import Iterator
+from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 from fastapi import Depends, FastAPI, Form, HTTPException, Query, Request
-from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, RedirectResponse, Response
+from fastapi.responses import (
+    FileResponse,
+    HTMLResponse,
+    JSONResponse,
+    RedirectResponse,
+    Response,
+    StreamingResponse,
+)
 from fastapi.templating import Jinja2Templates
 from sqlalchemy.orm import Session
 
@@ -22,6 +34,7 @@ from db.engine import make_engine, make_sessionmaker
 from db.migrate import open_database
 from db.models import Result
 from db.repository import (
+    RESULT_COLUMNS,
     ResultFilter,
     agreement_by_model,
     as_dict,
@@ -30,10 +43,13 @@ from db.repository import (
     stats,
 )
 from moodwatch.curation import label_file
+from moodwatch.images import ImageRejected
 from moodwatch.registry import Registry, RegistryError
 from moodwatch.settings import Settings
 from web.thumbs import owned_file, thumbnail
 
+MAX_ID = 2**63 - 1  # the largest row id a database integer holds
+API_PAGE = 1000  # most rows an API page holds: a request never loads the whole table
 TEMPLATES = Jinja2Templates(directory=str(Path(__file__).parent / "templates"))
 CSRF_COOKIE = "mw_csrf"
 TOKEN_COOKIE = "mw_token"
@@ -59,12 +75,53 @@ def _number(value: str | None, kind: type):
         raise HTTPException(422, f"not a number: {value!r}") from None
 
 
+def endpoints(schema: dict[str, Any]) -> list[dict[str, Any]]:
+    """The OpenAPI description as rows a template lists."""
+    out = []
+    for path, methods in schema.get("paths", {}).items():
+        for method, op in methods.items():
+            params = [{"name": p["name"], "where": p.get("in", ""), "required": p.get("required", False),
+                       "type": _type_of(p.get("schema", {})), "description": p.get("description", "")}
+                      for p in op.get("parameters", [])]
+            out.append({"method": method.upper(), "path": path, "parameters": params,
+                        "description": op.get("description") or op.get("summary", "")})
+    return out
+
+
+def _type_of(schema: dict[str, Any]) -> str:
+    if "anyOf" in schema:
+        return " or ".join(_type_of(s) for s in schema["anyOf"] if s.get("type") != "null")
+    return schema.get("type", "")
+
+
+def check_before(before: int | None) -> None:
+    if before is not None and not 0 < before <= MAX_ID:
+        raise HTTPException(400, f"before must be a row id, 1 to {MAX_ID}")
+
+
+def _csv_pages(sessions, f: ResultFilter) -> Iterator[str]:
+    """CSV text, one keyset page at a time, each page in its own short session."""
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=RESULT_COLUMNS)
+    writer.writeheader()
+    while True:
+        with sessions() as session:
+            page = [as_dict(r) for r in query_results(session, f)]
+        writer.writerows(page)
+        yield buffer.getvalue()
+        buffer.seek(0)
+        buffer.truncate()
+        if len(page) < f.limit:
+            return
+        f = replace(f, before_id=page[-1]["id"])
+
+
 def create_app(settings: Settings, token: str | None = None, migrate: bool = True) -> FastAPI:
     sessions = (open_database(settings.database) if migrate
                 else make_sessionmaker(make_engine(settings.database)))
     registry = Registry(settings.model_dir)
     app = FastAPI(title="moodwatch", description="Results, review and models of moodwatch.",
-                  docs_url="/api/docs", openapi_url="/api/openapi.json", redoc_url=None)
+                  docs_url=None, openapi_url="/api/openapi.json", redoc_url=None)
     status_cache: dict[str, Any] = {"at": 0.0, "value": {}}
 
     def db() -> Session:
@@ -89,8 +146,25 @@ def create_app(settings: Settings, token: str | None = None, migrate: bool = Tru
             response.set_cookie(TOKEN_COOKIE, token, httponly=True, samesite="strict")
         return response
 
+    # CSRF tokens are signed by the server: a value the client chose fails the check. The key is
+    # derived from the web token when there is one (stable over restarts), else per process
+    # (a restart asks for a reload of the page).
+    csrf_key = (hashlib.sha256(b"moodwatch csrf|" + token.encode()).digest() if token
+                else secrets.token_bytes(32))
+
+    def sign(nonce: str) -> str:
+        return hmac.new(csrf_key, nonce.encode(), hashlib.sha256).hexdigest()[:32]
+
+    def csrf_valid(value: str) -> bool:
+        nonce, _, signature = value.partition(".")
+        return bool(nonce) and hmac.compare_digest(sign(nonce).encode(), signature.encode())
+
     def csrf_token(request: Request) -> str:
-        return request.cookies.get(CSRF_COOKIE) or secrets.token_urlsafe(24)
+        cookie = request.cookies.get(CSRF_COOKIE, "")
+        if csrf_valid(cookie):
+            return cookie
+        nonce = secrets.token_urlsafe(18)
+        return f"{nonce}.{sign(nonce)}"
 
     def render(request: Request, name: str, ctx: dict[str, Any]) -> HTMLResponse:
         tok = csrf_token(request)
@@ -100,7 +174,7 @@ def create_app(settings: Settings, token: str | None = None, migrate: bool = Tru
 
     def check_csrf(request: Request, supplied: str) -> None:
         cookie = request.cookies.get(CSRF_COOKIE, "")
-        if not cookie or not hmac.compare_digest(cookie.encode(), supplied.encode()):
+        if not csrf_valid(cookie) or not hmac.compare_digest(cookie.encode(), supplied.encode()):
             raise HTTPException(403, "missing or wrong CSRF token; reload the page")
 
     def status_strip() -> dict[str, Any]:
@@ -124,12 +198,13 @@ def create_app(settings: Settings, token: str | None = None, migrate: bool = Tru
             raise HTTPException(422, "label must be happy or sad")
         if status and status not in ("classified", "rejected", "failed"):
             raise HTTPException(422, "status must be classified, rejected or failed")
+        check_before(before)
         return ResultFilter(label=label or None, status=status or None, min_confidence=min_conf,
                             max_confidence=max_conf, since=_parse_day(since), until=_parse_day(until),
                             model=model or None, before_id=before, limit=limit)
 
     def get_row(session: Session, result_id: int) -> Result:
-        row = session.get(Result, result_id)
+        row = session.get(Result, result_id) if 0 < result_id <= MAX_ID else None
         if row is None:
             raise HTTPException(404, "no such result")
         return row
@@ -167,10 +242,15 @@ def create_app(settings: Settings, token: str | None = None, migrate: bool = Tru
             raise HTTPException(422, "choice must be happy, sad or skip")
         row = get_row(session, result_id)
         if choice != "skip":
+            if row.status != "classified":
+                raise HTTPException(409, f"only classified photos can be labelled (this one is {row.status})")
             src = owned_file(settings, row.stored_path)
             if src is None:
                 raise HTTPException(409, "the photo is no longer where the service keeps it")
-            label_file(settings, src, choice)
+            try:
+                label_file(settings, src, choice)
+            except ImageRejected as exc:
+                raise HTTPException(422, f"the file is not a usable image: {exc.reason}") from None
         row.human_label = choice
         row.reviewed_at = datetime.now(UTC)
         session.commit()
@@ -180,6 +260,7 @@ def create_app(settings: Settings, token: str | None = None, migrate: bool = Tru
     @app.get("/rejected", response_class=HTMLResponse, include_in_schema=False)
     def rejected(request: Request, before: int | None = None, session: Session = Depends(db)):
         """Every file without a label: rejected (not a usable image) and failed (not readable)."""
+        check_before(before)
         rows = sorted((r for status in ("rejected", "failed") for r in query_results(
             session, ResultFilter(status=status, before_id=before, limit=PAGE + 1))),
             key=lambda r: r.id, reverse=True)[: PAGE + 1]
@@ -202,6 +283,12 @@ def create_app(settings: Settings, token: str | None = None, migrate: bool = Tru
         return render(request, "models.html", {
             "versions": list(reversed(registry.versions())), "current": registry.current_name(),
             "runs": list(reversed(registry.runs()))[:50], "agreement": agreement_by_model(session)})
+
+    @app.get("/api/docs", response_class=HTMLResponse, include_in_schema=False)
+    def api_docs(request: Request):
+        # Rendered here from the OpenAPI description: Swagger UI would load scripts from a CDN,
+        # which the pages' own Content-Security-Policy (rightly) blocks.
+        return render(request, "api_docs.html", {"endpoints": endpoints(app.openapi())})
 
     # files, by id only ------------------------------------------------------------------------
     @app.get("/thumb/{result_id}", include_in_schema=False)
@@ -239,14 +326,31 @@ def create_app(settings: Settings, token: str | None = None, migrate: bool = Tru
 
     # API --------------------------------------------------------------------------------------
     @app.get("/api/results", tags=["api"])
-    def api_results(label: str | None = None, status: str | None = None,
+    def api_results(response: Response, label: str | None = None, status: str | None = None,
                     min_conf: float | None = None, max_conf: float | None = None,
                     since: str | None = Query(None, description="ISO date or time"),
-                    until: str | None = None, model: str | None = None, before: int | None = None,
-                    limit: int = Query(50, ge=0, le=10_000, description="0 = all"),
+                    until: str | None = None, model: str | None = None,
+                    before: int | None = Query(None, description="rows older than this id: the "
+                                               "X-Next-Before header of the previous page"),
+                    limit: int = Query(50, ge=1, le=API_PAGE, description=f"rows, at most {API_PAGE}"),
                     session: Session = Depends(db)) -> list[dict[str, Any]]:
-        f = filters(label, status, min_conf, max_conf, since, until, model, before, limit)
-        return [as_dict(r) for r in query_results(session, f)]
+        """One page of results, newest first. Page on with the X-Next-Before header; all of
+        them at once: /api/results.csv."""
+        f = filters(label, status, min_conf, max_conf, since, until, model, before, limit + 1)
+        rows = query_results(session, f)
+        if len(rows) > limit:
+            rows = rows[:limit]
+            response.headers["X-Next-Before"] = str(rows[-1].id)
+        return [as_dict(r) for r in rows]
+
+    @app.get("/api/results.csv", tags=["api"], response_class=StreamingResponse)
+    def api_results_csv(label: str | None = None, status: str | None = None,
+                        min_conf: float | None = None, max_conf: float | None = None,
+                        since: str | None = None, until: str | None = None, model: str | None = None):
+        """Every matching row as CSV, streamed a page at a time (memory stays flat)."""
+        f = filters(label, status, min_conf, max_conf, since, until, model, None, API_PAGE)
+        return StreamingResponse(_csv_pages(sessions, f), media_type="text/csv",
+                                 headers={"Content-Disposition": 'attachment; filename="results.csv"'})
 
     @app.get("/api/stats", tags=["api"])
     def api_stats(session: Session = Depends(db)) -> dict[str, Any]:

@@ -4,6 +4,7 @@ naive way (one model.predict per image), measured in the same run."""
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import itertools
 import os
 import shutil
@@ -150,7 +151,9 @@ class Pass:
         app = make_celery(self.settings)
         env = dict(os.environ, MOODWATCH_BROKER_URL=app.conf.broker_url,
                    MOODWATCH_DATABASE_URL=self.db_url, MOODWATCH_MODEL_DIR=str(model_dir),
-                   MOODWATCH_DATA_DIR=str(self.scratch / "data"), TF_CPP_MIN_LOG_LEVEL="2")
+                   MOODWATCH_DATA_DIR=str(self.scratch / "data"), TF_CPP_MIN_LOG_LEVEL="2",
+                   # Workers refuse a job larger than their batch size.
+                   MOODWATCH_BATCH_SIZE=str(self.batch))
         procs = [
             subprocess.Popen(
                 [sys.executable, "-m", "moodwatch.cli", "worker", "-c", str(self.concurrency), "-Q", queue,
@@ -162,15 +165,18 @@ class Pass:
             for i in range(self.workers)
         ]
 
+        with self.sessions() as s:  # this pass's rows are the ones after this id
+            start = s.scalar(select(func.max(Result.id))) or 0
+
         def rows() -> int:
             with self.sessions() as s:
-                return s.scalar(select(func.count()).select_from(Result)
-                                .where(Result.event_id.like(f"{run_id}-%"))) or 0
+                return s.scalar(select(func.count()).select_from(Result).where(Result.id > start)) or 0
 
         def send(paths: list[Path], tag: str) -> None:
             now = datetime.now(UTC).isoformat()
-            msgs = [{"event_id": f"{run_id}-{tag}-{i}", "path": str(p), "received_at": now}
-                    for i, p in enumerate(paths)]
+            # Event ids as the watcher makes them (40 hex digits): workers refuse anything else.
+            msgs = [{"event_id": hashlib.sha256(f"{run_id}-{tag}-{i}".encode()).hexdigest()[:40],
+                     "path": str(p), "received_at": now} for i, p in enumerate(paths)]
             for i in range(0, len(msgs), self.batch):
                 app.send_task(CLASSIFY_TASK, args=[msgs[i : i + self.batch]],
                               kwargs={"move_files": False, "dedupe": False}, queue=queue)
@@ -196,7 +202,7 @@ class Pass:
             app.close()
         with self.sessions() as s:
             failed = s.scalar(select(func.count()).select_from(Result).where(
-                Result.status != "classified", Result.event_id.like(f"{run_id}-%")))
+                Result.status != "classified", Result.id > start))
         if failed:
             say(f"warning: {failed} images were not classified")
         return len(files) / seconds

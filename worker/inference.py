@@ -50,13 +50,16 @@ class Classifier:
         self.decode_threads = decode_threads or min(4, os.cpu_count() or 2)
         self._pool = ThreadPoolExecutor(max_workers=self.decode_threads, thread_name_prefix="decode")
 
-    def _decode(self, path: str, max_pixels: int) -> tuple[Prepared | None, str | None, bool]:
+    def _decode(self, source: str | bytes, max_pixels: int) -> tuple[Prepared | None, str | None, bool]:
+        """Prepare a file by path, or bytes a caller has already read (and hashed) itself."""
         try:
-            return prepare_path(path, max_pixels, faces=self.pipeline.uses_faces), None, False
+            if isinstance(source, bytes):
+                return prepare_bytes(source, max_pixels, faces=self.pipeline.uses_faces), None, False
+            return prepare_path(source, max_pixels, faces=self.pipeline.uses_faces), None, False
         except ImageRejected as exc:
             return None, exc.reason, True
         except FileNotFoundError:
-            return None, f"file not found: {path}{self.missing_note}", False
+            return None, f"file not found: {source}{self.missing_note}", False
         except OSError as exc:
             return None, f"cannot read file: {exc.strerror or exc}", False
 
@@ -64,12 +67,19 @@ class Classifier:
         """Classify files; a bad one gets its reason and the others are still classified."""
         return list(self.iter_classify(paths, max_pixels))
 
+    def classify_bytes(self, names: Sequence[str], blobs: Sequence[bytes],
+                       max_pixels: int = DEFAULT_MAX_PIXELS) -> list[Prediction]:
+        """Classify bytes already read: the worker reads each file once, safely, and hashes them."""
+        return list(self.iter_classify(names, max_pixels, sources=blobs))
+
     def iter_classify(
-        self, paths: Iterable[str], max_pixels: int = DEFAULT_MAX_PIXELS
+        self, paths: Iterable[str], max_pixels: int = DEFAULT_MAX_PIXELS,
+        sources: Sequence[bytes] | None = None,
     ) -> Iterator[Prediction]:
         paths = list(paths)
         t0 = time.perf_counter()
-        futures: list[Future] = [self._pool.submit(self._decode, p, max_pixels) for p in paths]
+        futures: list[Future] = [self._pool.submit(self._decode, s, max_pixels)
+                                 for s in (paths if sources is None else sources)]
         # Forward passes run on the chunk at hand while the pool decodes the next ones.
         for start in range(0, len(paths), self.batch_size):
             chunk_paths = paths[start : start + self.batch_size]

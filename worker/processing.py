@@ -1,29 +1,41 @@
-"""Process one batch job: skip what is recorded, reuse known duplicates, classify, write rows.
+"""Process one batch job: check every item, skip what is recorded, reuse known duplicates,
+classify, write rows.
+
+Nothing in a message is trusted: anyone who can write to the broker can write one. Each item is
+validated on its own (a malformed one gets its own `failed` row and the others go on), the
+watcher's checks are applied again (ignore patterns, extension, inside the inbox or registered by
+`submit`), the file is read once, safely, and hashed here; the message's hash is never used.
 
 Plain functions with their dependencies passed in, so tests call them without Celery.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
+from pydantic import BaseModel, ConfigDict, Field, StrictStr, ValidationError, field_validator
 from sqlalchemy import select
 from sqlalchemy.orm import sessionmaker
 
 from db.models import Result
 from db.repository import (
     first_classified_by_sha,
-    insert_results,
+    insert_new_results,
     lock_hashes,
     recorded_event_ids,
     result_row,
     set_stored_paths,
+    submitted_paths,
 )
-from moodwatch.files import move_outcomes, sha256_file
+from moodwatch.files import FileRefused, inside, move_outcomes, printable, read_regular_file
+from moodwatch.filters import is_ignored
+from moodwatch.images import extension_allowed
 from moodwatch.settings import Settings
 from worker.inference import Prediction
 
@@ -36,7 +48,25 @@ class ClassifierLike(Protocol):
     @property
     def version(self) -> Any: ...
 
-    def classify_paths(self, paths: list[str], max_pixels: int) -> list[Prediction]: ...
+    def classify_bytes(self, names: list[str], blobs: list[bytes], max_pixels: int) -> list[Prediction]: ...
+
+
+class JobItem(BaseModel):
+    """One item of a classify job, as the watcher sends it; extra fields are ignored."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    event_id: StrictStr = Field(pattern=r"^[0-9a-f]{40}$")
+    # The path is checked by path_problem: it may carry the surrogate escapes of a name that is
+    # not UTF-8, which pydantic's core cannot take.
+    received_at: datetime | None = None
+    attempts: int = 0
+
+    @field_validator("attempts")
+    @classmethod
+    def _clamp(cls, value: int) -> int:
+        # A forged count must not buy hundreds of redeliveries nor skip them all.
+        return min(max(value, 0), UNREACHABLE_ATTEMPTS - 1)
 
 
 @dataclass
@@ -44,34 +74,113 @@ class Job:
     event_id: str
     path: str
     received_at: datetime
-    sha256: str | None = None
-    # Set by the watcher when it rejected the file itself: the row is written, nothing classified.
-    rejected: str | None = None
     attempts: int = 0  # workers that could not reach the file so far
     message: dict[str, Any] | None = None
-
-    @classmethod
-    def from_message(cls, d: dict[str, Any]) -> Job:
-        received = d.get("received_at")
-        when = datetime.fromisoformat(received) if received else datetime.now(UTC)
-        return cls(str(d["event_id"]), str(d["path"]), when, d.get("sha256"), d.get("rejected"),
-                   int(d.get("attempts", 0)), d)
+    sha256: str | None = None  # of the bytes this worker read, never the message's word for it
+    data: bytes | None = None  # those bytes, until they are classified
 
 
-def sha256_of(path: str) -> str | None:
-    """The file's hash, or None when this worker cannot read it."""
+@dataclass
+class Triage:
+    rows: list[dict[str, Any]] = field(default_factory=list)  # outcomes known without the model
+    jobs: list[Job] = field(default_factory=list)  # files read, to classify
+    retried: int = 0
+
+
+def path_problem(path: Any) -> str | None:
+    if not isinstance(path, str):
+        return "path: not a string"
+    if not 0 < len(path) <= 4096:
+        return "path: empty or longer than 4096 characters"
+    return "path: NUL byte in path" if "\x00" in path else None
+
+
+def parse_item(item: Any, now: datetime) -> Job | dict[str, Any]:
+    """A job, or the `failed` row of an item that is malformed.
+
+    A malformed item's row never takes the event id it claims (a forged item must not block a
+    real file's event): its id is derived from the item itself, so a redelivery finds it."""
+    reasons = []
     try:
-        return sha256_file(path)
-    except OSError:
-        return None
+        ok = JobItem.model_validate(item)
+    except ValidationError as exc:
+        reasons = [f"{'.'.join(map(str, e['loc'])) or 'item'}: {e['msg']}" for e in exc.errors()]
+    path = item.get("path") if isinstance(item, dict) else None
+    if isinstance(item, dict) and (problem := path_problem(path)):
+        reasons.append(problem)
+    if reasons:
+        digest = hashlib.sha256(json.dumps(item, sort_keys=True, default=str).encode()).hexdigest()
+        return result_row(f"malformed-{digest[:30]}", path if isinstance(path, str) else "(no path)", now,
+                          error=f"malformed job item: {'; '.join(reasons)}"[:500], classified_at=now)
+    when = ok.received_at or now
+    return Job(ok.event_id, path, when if when.tzinfo else when.replace(tzinfo=UTC), ok.attempts,
+               {**item, "attempts": ok.attempts})
 
 
 def _row(job: Job, **fields: Any) -> dict[str, Any]:
     return result_row(job.event_id, job.path, job.received_at, sha256=job.sha256, **fields)
 
 
+def refusal(job: Job, settings: Settings, submitted: dict[str, str]) -> str | None:
+    """Why the watcher would never have sent this path, or None: its checks, applied again."""
+    in_inbox = inside(job.path, settings.inbox_dir)
+    if not in_inbox and submitted.get(job.event_id) != printable(job.path):
+        return "refused: the path is neither in the inbox nor a file `moodwatch submit` registered"
+    if is_ignored(job.path, settings.inbox_dir.resolve() if in_inbox else None):
+        return "refused: a hidden or temporary file (the watcher waits until it is renamed)"
+    if not extension_allowed(job.path):
+        return "refused: the file type is not accepted"
+    return None
+
+
+def _read(job: Job, settings: Settings, submitted: dict[str, str], now: datetime) -> dict[str, Any] | None:
+    """Read the job's file once, safely; its row when it cannot be classified, else None."""
+    try:
+        got = read_regular_file(job.path, settings.max_file_bytes)
+    except FileRefused as exc:
+        return _row(job, status="rejected", error=exc.reason, classified_at=now)
+    except FileNotFoundError:
+        return _row(job, error=f"file not found or unreadable on this worker: {job.path} "
+                    f"(tried by {job.attempts + 1} worker runs)", classified_at=now)
+    except OSError as exc:
+        return _row(job, error=f"cannot read file: {exc.strerror or exc}", classified_at=now)
+    if job.event_id not in submitted and not inside(got.real_path, settings.inbox_dir):
+        # A folder on the way was swapped for a link after the check above.
+        return _row(job, error="refused: the file opened lies outside the inbox", classified_at=now)
+    job.sha256, job.data = got.sha256, got.data
+    return None
+
+
+def triage(jobs: list[Job], settings: Settings, sessions: sessionmaker, now: datetime,
+           retry_sink: list[dict[str, Any]] | None) -> Triage:
+    """Refuse what the watcher would not send, hand unreachable files on, read the rest."""
+    with sessions() as session:
+        submitted = submitted_paths(session, [j.event_id for j in jobs
+                                              if not inside(j.path, settings.inbox_dir)])
+    out = Triage()
+    for job in jobs:
+        reason = refusal(job, settings, submitted)
+        if reason is not None:
+            log.warning("%s: %s", printable(job.path), reason)
+            out.rows.append(_row(job, error=reason, classified_at=now))
+            continue
+        if retry_sink is not None and not os.path.lexists(job.path) \
+                and job.attempts + 1 < UNREACHABLE_ATTEMPTS:
+            # Maybe this worker lacks the mount: hand the file to any worker, later.
+            retry_sink.append({**(job.message or {}), "attempts": job.attempts + 1})
+            out.retried += 1
+            continue
+        # The bytes held for a batch are bounded: batch size x MOODWATCH_MAX_FILE_BYTES.
+        row = _read(job, settings, submitted, now)
+        if row is not None:
+            out.rows.append(row)
+        else:
+            out.jobs.append(job)
+    return out
+
+
 def process_batch(
-    messages: list[dict[str, Any]],
+    messages: list[Any],
     settings: Settings,
     sessions: sessionmaker,
     classifier: ClassifierLike,
@@ -84,51 +193,80 @@ def process_batch(
     Safe to run twice on the same messages: recorded events are skipped and inserts ignore
     event ids that are already there, so a redelivered job adds no second row.
     """
-    jobs = [Job.from_message(m) for m in messages]
+    if len(messages) > settings.batch_size:
+        # The watcher never sends more; a larger job is forged or misconfigured, and its files,
+        # if real, are still in the inbox, where the watcher's rescan sends them again.
+        log.error("refused a job of %d items: more than MOODWATCH_BATCH_SIZE=%d (give the watcher "
+                  "and the workers the same batch size)", len(messages), settings.batch_size)
+        return {"refused": len(messages)}
+    now = datetime.now(UTC)
+    parsed = [parse_item(m, now) for m in messages]
+    jobs = [p for p in parsed if isinstance(p, Job)]
+    bad = [p for p in parsed if not isinstance(p, Job)]
     with sessions() as session:
-        done = recorded_event_ids(session, (j.event_id for j in jobs))
+        done = recorded_event_ids(session, [j.event_id for j in jobs] + [r["event_id"] for r in bad])
     jobs = [j for j in jobs if j.event_id not in done]
-    if not jobs:
+    bad = [r for r in bad if r["event_id"] not in done]
+    if not jobs and not bad:
         return {"skipped": len(messages)}
 
-    now = datetime.now(UTC)
-    rows: list[dict[str, Any]] = []
-    to_classify: list[Job] = []
-    retried = 0
-    for job in jobs:
-        if retry_sink is not None and not job.rejected and not os.path.lexists(job.path) \
-                and job.attempts + 1 < UNREACHABLE_ATTEMPTS:
-            # Maybe this worker lacks the mount: hand the file to any worker, later.
-            retry_sink.append({**(job.message or {}), "attempts": job.attempts + 1})
-            retried += 1
-            continue
-        if job.rejected:
-            rows.append(_row(job, status="rejected", error=job.rejected, classified_at=now))
-            continue
-        job.sha256 = job.sha256 or sha256_of(job.path)
-        if job.sha256 is None:
-            rows.append(_row(job, error=f"file not found or unreadable on this worker: {job.path} "
-                             f"(tried by {job.attempts + 1} worker runs)", classified_at=now))
-            continue
-        to_classify.append(job)
+    checked = triage(jobs, settings, sessions, now, retry_sink)
+    rows, originals, duplicates, known = classify(checked.jobs, settings, sessions, classifier, dedupe)
+    rows = bad + checked.rows + rows
+    added = record(rows, originals, duplicates, known, sessions, dedupe)
 
+    counts: dict[str, int] = {}
+    for row in rows:
+        counts[row["status"]] = counts.get(row["status"], 0) + 1
+        outcome = f"{row['label']} ({row['confidence']:.0%})" if row["label"] else f"({row['error']})"
+        log.info("%s: %s %s", printable(row["path"]), row["status"], printable(outcome))
+    if move_files:
+        # After the commit: a file leaves the inbox only once its row exists, and only the
+        # rows this run added move files (a redelivered twin running at once moves nothing).
+        _move([r for r in rows if r["event_id"] in added], settings, sessions)
+    if checked.retried:
+        counts["retried"] = checked.retried
+    return counts
+
+
+def _move(rows: list[dict[str, Any]], settings: Settings, sessions: sessionmaker) -> None:
+    def record(where: dict[str, str]) -> None:
+        with sessions() as session, session.begin():
+            set_stored_paths(session, where)
+
+    try:
+        move_outcomes(rows, settings, record)
+    except Exception as exc:  # the rows are written: the watcher's rescan moves the files later
+        log.warning("%d row(s) recorded but their files not moved yet (%s: %s); the watcher's "
+                    "rescan will move them", len(rows), exc.__class__.__name__, exc)
+
+
+Known = dict[str, tuple[int, str, float, float, str]]  # sha256 -> first row's id and verdict
+
+
+def classify(jobs: list[Job], settings: Settings, sessions: sessionmaker, classifier: ClassifierLike,
+             dedupe: bool) -> tuple[list[dict[str, Any]], dict[str, Job], list[Job], Known]:
+    """Classify each new bytes once; returns rows, the originals, the duplicates, known verdicts."""
     with sessions() as session:
-        known = first_classified_by_sha(session, (j.sha256 for j in to_classify)) if dedupe else {}
-        known_fields = {h: (r.id, r.label, r.confidence, r.score, r.model_version)
-                        for h, r in known.items()}
+        found = first_classified_by_sha(session, (j.sha256 for j in jobs)) if dedupe else {}
+        known: Known = {h: (r.id, r.label, r.confidence, r.score, r.model_version) for h, r in found.items()}
 
     # Same bytes seen before, or twice in this batch: classify once, refer to the first row.
     originals: dict[str, Job] = {}  # keyed by sha256, or by event id when not deduplicating
     duplicates: list[Job] = []
-    for job in to_classify:
-        if dedupe and (job.sha256 in known_fields or job.sha256 in originals):
+    for job in jobs:
+        if dedupe and (job.sha256 in known or job.sha256 in originals):
             duplicates.append(job)
         else:
             originals[job.sha256 if dedupe else job.event_id] = job
 
-    predictions = classifier.classify_paths([j.path for j in originals.values()], settings.max_pixels)
+    predictions = classifier.classify_bytes([j.path for j in originals.values()],
+                                            [j.data for j in originals.values()], settings.max_pixels)
+    for job in jobs:
+        job.data = None  # classified, or a duplicate: the bytes are no longer needed
     version = classifier.version.name
     classified_at = datetime.now(UTC)
+    rows = []
     for job, p in zip(originals.values(), predictions, strict=True):
         ms = p.seconds * 1000
         if p.error:
@@ -139,7 +277,13 @@ def process_batch(
             rows.append(_row(job, status="classified", label=p.label, confidence=p.confidence,
                              score=p.score, model_version=version, classified_at=classified_at,
                              processing_ms=ms, faces=p.faces))
+    return rows, originals, duplicates, known
 
+
+def record(rows: list[dict[str, Any]], originals: dict[str, Job], duplicates: list[Job], known: Known,
+           sessions: sessionmaker, dedupe: bool) -> set[str]:
+    """Write the rows (duplicates refer to their first row) in one transaction; returns ids added."""
+    classified_at = datetime.now(UTC)
     with sessions() as session, session.begin():
         if dedupe and originals:
             # Another worker may have committed the same bytes while we classified: under a
@@ -147,48 +291,33 @@ def process_batch(
             lock_hashes(session, list(originals))
             landed = first_classified_by_sha(session, list(originals))
             for sha, first in landed.items():
-                known_fields[sha] = (first.id, first.label, first.confidence, first.score,
-                                     first.model_version)
+                known[sha] = (first.id, first.label, first.confidence, first.score, first.model_version)
                 job = originals.pop(sha)
                 duplicates.append(job)
                 rows[:] = [r for r in rows if r["event_id"] != job.event_id]
-        insert_results(session, rows)
-        if duplicates:
-            session.flush()
-            first_ids = {
-                r.sha256: (r.id, r.label, r.confidence, r.score, r.model_version, r.status)
-                for r in session.scalars(
-                    select(Result).where(Result.event_id.in_([j.event_id for j in originals.values()]))
-                )
-            }
-            dup_rows = []
-            for job in duplicates:
-                if job.sha256 in known_fields:
-                    rid, label, conf, score, model = known_fields[job.sha256]
-                    status = "classified"
-                else:
-                    rid, label, conf, score, model, status = first_ids[job.sha256]
-                if status != "classified":  # the first copy failed: this copy fails the same way
-                    dup_rows.append(_row(job, status=status, duplicate_of=rid, classified_at=classified_at,
-                                         error="same bytes as a file that could not be classified"))
-                    continue
-                dup_rows.append(_row(job, status="classified", label=label, confidence=conf, score=score,
-                                     model_version=model, duplicate_of=rid, classified_at=classified_at,
-                                     processing_ms=0.0))
-            insert_results(session, dup_rows)
-            rows.extend(dup_rows)
-
-    counts: dict[str, int] = {}
-    for row in rows:
-        counts[row["status"]] = counts.get(row["status"], 0) + 1
-        log.info("%s: %s%s", row["path"], row["status"],
-                 f" {row['label']} ({row['confidence']:.0%})" if row["label"] else f" ({row['error']})")
-    if move_files:
-        # After the commit: a file leaves the inbox only once its row exists.
-        moved = move_outcomes(rows, settings)
-        if moved:
-            with sessions() as session, session.begin():
-                set_stored_paths(session, moved)
-    if retried:
-        counts["retried"] = retried
-    return counts
+        added = insert_new_results(session, rows)
+        if not duplicates:
+            return added
+        session.flush()
+        first_ids = {
+            r.sha256: (r.id, r.label, r.confidence, r.score, r.model_version, r.status)
+            for r in session.scalars(
+                select(Result).where(Result.event_id.in_([j.event_id for j in originals.values()])))
+        }
+        dup_rows = []
+        for job in duplicates:
+            if job.sha256 in known:
+                rid, label, conf, score, model = known[job.sha256]
+                status = "classified"
+            else:
+                rid, label, conf, score, model, status = first_ids[job.sha256]
+            if status != "classified":  # the first copy failed: this copy fails the same way
+                dup_rows.append(_row(job, status=status, duplicate_of=rid, classified_at=classified_at,
+                                     error="same bytes as a file that could not be classified"))
+                continue
+            dup_rows.append(_row(job, status="classified", label=label, confidence=conf, score=score,
+                                 model_version=model, duplicate_of=rid, classified_at=classified_at,
+                                 processing_ms=0.0))
+        added |= insert_new_results(session, dup_rows)
+        rows.extend(dup_rows)
+    return added

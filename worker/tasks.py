@@ -10,7 +10,7 @@ import logging
 from typing import Any
 
 from celery.signals import worker_process_init
-from sqlalchemy.exc import DBAPIError, OperationalError
+from sqlalchemy.exc import InterfaceError, OperationalError
 
 from db.engine import make_engine, make_sessionmaker
 from moodwatch.modelio import ModelLoadError
@@ -50,17 +50,22 @@ def _load_model_at_start(**_: Any) -> None:
 @app.task(
     name=CLASSIFY_TASK,
     bind=True,
-    # A database outage, or no loadable model yet: retry later; never drop the job.
-    autoretry_for=(OperationalError, DBAPIError, RegistryError, ModelLoadError),
+    # A database outage, or no loadable model yet: retry later. Only errors of the connection
+    # count as an outage; a statement the database refuses would fail the same way every time.
+    # When the retries run out the job is dropped, and the watcher's rescan sends its files
+    # again (MOODWATCH_RESEND_SECONDS).
+    autoretry_for=(OperationalError, InterfaceError, RegistryError, ModelLoadError),
     retry_backoff=1,
     retry_backoff_max=30,
     retry_jitter=True,
-    max_retries=50,
+    max_retries=settings.job_retries,
 )
-def classify_batch(
-    self, items: list[dict[str, Any]], move_files: bool = True, dedupe: bool = True
-) -> dict[str, int]:
+def classify_batch(self, items: Any, move_files: Any = True, dedupe: Any = True) -> dict[str, int]:
     """Classify a batch of files; database outages are retried with backoff."""
+    if not isinstance(items, list):
+        log.error("refused a job whose items are not a list (%s)", type(items).__name__)
+        return {"refused": 1}
+    move_files, dedupe = move_files is not False, dedupe is not False  # booleans, whatever was sent
     unreachable: list[dict[str, Any]] = []
     counts = process_batch(items, settings, _sessions(), _models().get(), move_files=move_files,
                            dedupe=dedupe, retry_sink=unreachable)

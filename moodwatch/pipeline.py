@@ -119,7 +119,8 @@ def fit_temperature(z: np.ndarray, y: np.ndarray) -> float:
 
 
 class Pipeline:
-    """Loaded models of one version, with compiled forward passes on fixed batch shapes."""
+    """Loaded models of one version, with compiled forward passes (whole images in fixed
+    batches, face crops in one call of any size)."""
 
     def __init__(self, whole_model: Any, face_model: Any = None, close_up_model: Any = None,
                  combination: Combination | None = None, batch_size: int = 32):
@@ -133,8 +134,8 @@ class Pipeline:
         if face_model is not None:
             check_detector()  # a missing or corrupt detector file fails the load, not every photo
 
-        def compiled(model, shape):
-            spec = tf.TensorSpec([batch_size, *shape], tf.uint8)
+        def compiled(model, shape, batch):
+            spec = tf.TensorSpec([batch, *shape], tf.uint8)
 
             @tf.function(input_signature=[spec], reduce_retracing=True, autograph=False)
             def forward(x):
@@ -142,9 +143,12 @@ class Pipeline:
 
             return forward
 
-        self._whole_fn = compiled(self.whole, (IMAGE_SIZE, IMAGE_SIZE, 3))
-        self._face_fn = compiled(self.face, (FACE_SIZE, FACE_SIZE, 1)) if self.face is not None else None
-        self._close_fn = (compiled(self.close_up, (FACE_SIZE, FACE_SIZE, 1))
+        self._whole_fn = compiled(self.whole, (IMAGE_SIZE, IMAGE_SIZE, 3), batch_size)
+        # A batch of photos holds any number of faces (about one a photo): one traced function
+        # for every count, where padding each call to the photo batch doubled the face CNN's work.
+        face_shape = (FACE_SIZE, FACE_SIZE, 1)
+        self._face_fn = compiled(self.face, face_shape, None) if self.face is not None else None
+        self._close_fn = (compiled(self.close_up, face_shape, None)
                           if self.close_up is not None else self._face_fn)
 
     @classmethod
@@ -164,23 +168,26 @@ class Pipeline:
     def uses_faces(self) -> bool:
         return self.face is not None
 
-    def _run(self, fn, x: np.ndarray) -> np.ndarray:
+    def _run(self, fn, x: np.ndarray, batch: int | None) -> np.ndarray:
+        """Scores of x through fn: in fixed batches padded with zeros, or at once (batch None)."""
+        if batch is None:
+            return fn(x).numpy().reshape(-1).astype(np.float32)
         out = np.empty(len(x), dtype=np.float32)
-        for start in range(0, len(x), self.batch_size):
-            chunk = x[start : start + self.batch_size]
+        for start in range(0, len(x), batch):
+            chunk = x[start : start + batch]
             n = len(chunk)
-            if n < self.batch_size:
-                chunk = np.concatenate([chunk, np.zeros((self.batch_size - n, *chunk.shape[1:]), np.uint8)])
+            if n < batch:
+                chunk = np.concatenate([chunk, np.zeros((batch - n, *chunk.shape[1:]), np.uint8)])
             out[start : start + n] = fn(chunk).numpy().reshape(-1)[:n]
         return out
 
     def whole_scores(self, images: np.ndarray) -> np.ndarray:
-        return self._run(self._whole_fn, images)
+        return self._run(self._whole_fn, images, self.batch_size)
 
     def face_scores(self, crops: np.ndarray, close_up: bool = False) -> np.ndarray:
         if len(crops) == 0:
             return np.zeros(0, np.float32)
-        return self._run(self._close_fn if close_up else self._face_fn, crops)
+        return self._run(self._close_fn if close_up else self._face_fn, crops, None)
 
     def raw(self, prepared: list[Prepared]) -> tuple[np.ndarray, list[np.ndarray | None], list[bool]]:
         """Whole-image logits, per-photo face logits, close-up flags (before combining)."""

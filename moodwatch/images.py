@@ -17,7 +17,7 @@ import cv2
 import numpy as np
 from PIL import Image
 
-from moodwatch.settings import ALLOWED_EXTENSIONS, IMAGE_SIZE
+from moodwatch.settings import ALLOWED_EXTENSIONS, DEFAULT_MAX_PIXELS, IMAGE_SIZE
 
 # One decode thread per call: callers parallelise across images, and OpenCV's own pool would
 # fight with TensorFlow's for the same cores.
@@ -39,7 +39,6 @@ _FOREIGN = (
     ("a PDF document", lambda d: d[:5] == b"%PDF-"),
 )
 ACCEPTED_TYPES = "accepted types are JPEG, PNG, BMP"
-DEFAULT_MAX_PIXELS = 50_000_000
 
 
 class ImageRejected(ValueError):

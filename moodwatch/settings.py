@@ -20,6 +20,8 @@ IMAGE_SIZE = 256
 ALLOWED_EXTENSIONS = frozenset({".jpg", ".jpeg", ".bmp", ".png"})
 
 
+DEFAULT_MAX_PIXELS = 50_000_000  # the one default: settings, images and the trainer's helpers
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="MOODWATCH_", extra="ignore")
 
@@ -34,7 +36,7 @@ class Settings(BaseSettings):
     )
     inbox: Path | None = Field(None, description="Folder watched for photos; default DATA_DIR/inbox.")
     max_file_bytes: int = Field(50 * 1024 * 1024, description="Larger files are rejected.")
-    max_pixels: int = Field(50_000_000, description="Larger images are rejected (decompression bombs).")
+    max_pixels: int = Field(DEFAULT_MAX_PIXELS, description="Larger images are refused (bombs).")
     batch_size: int = Field(32, description="Images per classification job and per forward pass.")
     batch_wait: float = Field(0.5, description="Seconds the watcher waits to fill a batch.")
     settle_seconds: float = Field(1.0, description="A file must be unchanged this long to be read.")

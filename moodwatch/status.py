@@ -6,7 +6,7 @@ import os
 from typing import Any
 
 from moodwatch.broker import broker_url
-from moodwatch.queue import CLASSIFY_QUEUE, TRAINING_QUEUE, make_celery
+from moodwatch.queue import BROKER_ERRORS, CLASSIFY_QUEUE, TRAINING_QUEUE, make_celery
 from moodwatch.redact import mask
 from moodwatch.registry import Registry
 from moodwatch.settings import Settings
@@ -44,6 +44,6 @@ def collect(settings: Settings, ping_timeout: float = 1.0) -> dict[str, Any]:
         replies = app.control.ping(timeout=ping_timeout) or []
         out["workers_alive"] = len(replies)
         app.close()
-    except Exception as exc:
+    except BROKER_ERRORS as exc:
         out["broker"] = f"unreachable: {exc.__class__.__name__}: {exc}"
     return {k: mask(v) if isinstance(v, str) else v for k, v in out.items()}

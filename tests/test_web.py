@@ -338,3 +338,24 @@ def test_web_refuses_a_weak_token_off_loopback(monkeypatch):
     weak = CliRunner().invoke(main, ["web", "--host", "0.0.0.0"], env={"MOODWATCH_WEB_TOKEN": "s3cret"})
     settings_module.get_settings.cache_clear()
     assert weak.exit_code != 0 and "16" in weak.output and not served
+
+
+def test_status_strip_names_the_error_it_met(site, monkeypatch):
+    """A failure that is not the broker's is not called "broker unreachable"; it is named."""
+    client, _settings, _ = site
+    import moodwatch.status
+
+    def corrupt(self):
+        raise ValueError("models/CURRENT names no version")
+
+    monkeypatch.setattr(moodwatch.status.Registry, "current_name", corrupt)
+    html = client.get("/").text
+    strip = re.search(r'<div class="status" id="status">(.*?)</div>', html, re.S).group(1)
+    assert "broker" not in strip
+    assert "status unavailable: ValueError: models/CURRENT names no version" in strip
+
+
+def test_status_strip_says_when_the_broker_is_unreachable(site):
+    client, _settings, _ = site
+    strip = re.search(r'<div class="status" id="status">(.*?)</div>', client.get("/").text, re.S).group(1)
+    assert "broker unreachable: ConnectionError" in strip

@@ -10,6 +10,7 @@ import csv
 import hashlib
 import hmac
 import io
+import logging
 import secrets
 import time
 from collections.abc import Iterator
@@ -44,9 +45,12 @@ from db.repository import (
 )
 from moodwatch.curation import label_file
 from moodwatch.images import ImageRejected
+from moodwatch.redact import mask
 from moodwatch.registry import Registry, RegistryError
 from moodwatch.settings import Settings
 from web.thumbs import owned_file, thumbnail
+
+log = logging.getLogger("moodwatch.web")
 
 MAX_ID = 2**63 - 1  # the largest row id a database integer holds
 API_PAGE = 1000  # most rows an API page holds: a request never loads the whole table
@@ -184,8 +188,9 @@ def create_app(settings: Settings, token: str | None = None, migrate: bool = Tru
 
             try:
                 value = collect(settings, ping_timeout=0.5)
-            except Exception as exc:
-                value = {"broker": f"unreachable: {exc}"}
+            except Exception as exc:  # the strip must not take the page down; it names the error
+                log.exception("status strip")
+                value = {"error": mask(f"status unavailable: {exc.__class__.__name__}: {exc}")}
             with sessions() as s:
                 value["per_minute"] = stats(s)["per_minute_last_hour"]
             status_cache.update(at=now, value=value)

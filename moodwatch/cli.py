@@ -16,7 +16,7 @@ import click
 
 from moodwatch.clierrors import Cli
 from moodwatch.clierrors import fail as _fail
-from moodwatch.settings import get_settings
+from moodwatch.settings import LABELS, STATUSES, get_settings
 
 MIN_WEB_TOKEN = 16  # characters of MOODWATCH_WEB_TOKEN needed to bind off loopback
 
@@ -52,8 +52,8 @@ def main(verbose: bool) -> None:
 @main.command()
 @click.option("--data", "data_dir", type=click.Path(path_type=Path), default=None,
               help="Folder with happy/ and sad/ subfolders (default: MOODWATCH_DATA_DIR).")
-@click.option("--arch", "architecture", default="default", show_default=True,
-              help="Model architecture: default or seed.")
+@click.option("--arch", "architecture", default=None,
+              help="Model architecture: default or seed (default: default).")
 @click.option("--epochs", type=click.IntRange(min=1), default=None,
               help="Most epochs (default: MOODWATCH_RETRAIN_EPOCHS; early stopping may end sooner).")
 @click.option("--batch-size", type=int, default=None, help="Default: the recipe's (16).")
@@ -282,8 +282,8 @@ def _parse_since(value: str | None):
 
 
 @main.command()
-@click.option("--label", type=click.Choice(["happy", "sad"]), help="Only this label.")
-@click.option("--status", type=click.Choice(["classified", "rejected", "failed"]), help="Only this status.")
+@click.option("--label", type=click.Choice(LABELS), help="Only this label.")
+@click.option("--status", type=click.Choice(STATUSES), help="Only this status.")
 @click.option("--since", help="Received since an ISO time or a span ago (30m, 2h, 7d).")
 @click.option("--model", "model_version", help="Only rows classified by this model version.")
 @click.option("--limit", default=50, show_default=True, help="Most rows, newest first; 0 = all.")
@@ -586,7 +586,7 @@ def retrain(epochs: int | None, force: bool, enqueue: bool) -> None:
 
 @main.command()
 @click.argument("file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
-@click.argument("label", type=click.Choice(["happy", "sad"]))
+@click.argument("label", type=click.Choice(LABELS))
 def label(file: Path, label: str) -> None:
     """Copy a photo into data/happy or data/sad: training data for the next nightly retrain.
 

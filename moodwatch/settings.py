@@ -16,6 +16,7 @@ from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 LABELS = ("happy", "sad")
+STATUSES = ("classified", "rejected", "failed")  # every results row ends in exactly one
 IMAGE_SIZE = 256
 ALLOWED_EXTENSIONS = frozenset({".jpg", ".jpeg", ".bmp", ".png"})
 

@@ -96,3 +96,15 @@ def test_the_tests_row_counter_fails_when_the_database_is_down(tmp_path):
     down = Rows("postgresql://postgres@127.0.0.1:1/moodwatch")  # nothing listens on port 1
     with pytest.raises(sqlalchemy.exc.OperationalError):
         down.count()
+
+
+def test_a_row_names_its_outcome():
+    """No default outcome: a caller that forgot the status used to record "failed"."""
+    from db.repository import result_row
+
+    now = datetime.now(UTC)
+    with pytest.raises(TypeError):
+        result_row("e", "/in/a.jpg", now)  # type: ignore[call-arg]
+    with pytest.raises(ValueError, match="unknown status 'done'"):
+        result_row("e", "/in/a.jpg", now, status="done")
+    assert result_row("e", "/in/a.jpg", now, status="rejected")["status"] == "rejected"

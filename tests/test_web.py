@@ -215,7 +215,8 @@ def test_gallery_has_no_broken_thumbnails_and_every_card_links_somewhere(site, t
     with sessions() as s, s.begin():
         insert_results(s, [
             result_row("out", str(outside), now, status="classified", label="sad", confidence=0.7),
-            result_row("fail", "/mnt/gone/lost.jpg", now, error="file not found: /mnt/gone/lost.jpg"),
+            result_row("fail", "/mnt/gone/lost.jpg", now, status="failed",
+                       error="file not found: /mnt/gone/lost.jpg"),
         ])
     html = client.get("/").text
     for rid in re.findall(r'src="/thumb/(\d+)"', html):
@@ -227,7 +228,7 @@ def test_gallery_has_no_broken_thumbnails_and_every_card_links_somewhere(site, t
 def test_failed_rows_are_listed_with_the_rejected(site):
     client, _settings, sessions = site
     with sessions() as s, s.begin():
-        insert_results(s, [result_row("fail2", "/mnt/gone/failed.jpg", datetime.now(UTC),
+        insert_results(s, [result_row("fail2", "/mnt/gone/failed.jpg", datetime.now(UTC), status="failed",
                                       error="cannot read file: Input/output error")])
     html = client.get("/rejected").text
     assert "failed.jpg" in html and "Input/output error" in html and "bad.jpg" in html

@@ -29,7 +29,7 @@ from moodwatch.pipeline import (
 )
 from moodwatch.registry import Registry, RegistryError, Version, write_json
 from moodwatch.settings import Settings
-from trainer.architectures import make_model
+from trainer.architectures import DEFAULT_ARCHITECTURE, make_model
 from trainer.cleaning import CleanReport, clean_folders
 from trainer.dataset import DatasetError, Item, fingerprint, make_items, split_items
 from trainer.evaluation import metrics_from_scores
@@ -41,7 +41,7 @@ log = logging.getLogger(__name__)
 @dataclass
 class TrainOptions:
     data_dir: Path
-    architecture: str = "default"
+    architecture: str = DEFAULT_ARCHITECTURE
     epochs: int = 30
     batch_size: int = 16
     patience: int = 6

@@ -324,10 +324,6 @@ class Watcher:
                     self._handled[m["event_id"]].since = time.monotonic()
         self._pending_since = now
 
-    @property
-    def backlog(self) -> int:
-        return len(self.tracker) + len(self._pending) + len(self._rejects)
-
 
 def _event_id(path: str) -> str | None:
     """A file's event id from an lstat alone (a file sent already is not read again)."""

@@ -31,7 +31,6 @@ from fastapi.responses import (
 from fastapi.templating import Jinja2Templates
 from sqlalchemy.orm import Session
 
-from db.engine import make_engine, make_sessionmaker
 from db.migrate import open_database
 from db.models import Result
 from db.repository import (
@@ -47,7 +46,7 @@ from moodwatch.curation import label_file
 from moodwatch.images import ImageRejected
 from moodwatch.redact import mask
 from moodwatch.registry import Registry, RegistryError
-from moodwatch.settings import Settings
+from moodwatch.settings import LABELS, STATUSES, Settings
 from web.thumbs import owned_file, thumbnail
 
 log = logging.getLogger("moodwatch.web")
@@ -120,9 +119,8 @@ def _csv_pages(sessions, f: ResultFilter) -> Iterator[str]:
         f = replace(f, before_id=page[-1]["id"])
 
 
-def create_app(settings: Settings, token: str | None = None, migrate: bool = True) -> FastAPI:
-    sessions = (open_database(settings.database) if migrate
-                else make_sessionmaker(make_engine(settings.database)))
+def create_app(settings: Settings, token: str | None = None) -> FastAPI:
+    sessions = open_database(settings.database)
     registry = Registry(settings.model_dir)
     app = FastAPI(title="moodwatch", description="Results, review and models of moodwatch.",
                   docs_url=None, openapi_url="/api/openapi.json", redoc_url=None)
@@ -199,10 +197,10 @@ def create_app(settings: Settings, token: str | None = None, migrate: bool = Tru
     def filters(label: str | None, status: str | None, min_conf: float | None, max_conf: float | None,
                 since: str | None, until: str | None, model: str | None, before: int | None,
                 limit: int) -> ResultFilter:
-        if label and label not in ("happy", "sad"):
-            raise HTTPException(422, "label must be happy or sad")
-        if status and status not in ("classified", "rejected", "failed"):
-            raise HTTPException(422, "status must be classified, rejected or failed")
+        if label and label not in LABELS:
+            raise HTTPException(422, f"label must be {' or '.join(LABELS)}")
+        if status and status not in STATUSES:
+            raise HTTPException(422, f"status must be {', '.join(STATUSES[:-1])} or {STATUSES[-1]}")
         check_before(before)
         return ResultFilter(label=label or None, status=status or None, min_confidence=min_conf,
                             max_confidence=max_conf, since=_parse_day(since), until=_parse_day(until),
@@ -243,7 +241,7 @@ def create_app(settings: Settings, token: str | None = None, migrate: bool = Tru
     def review_post(request: Request, result_id: int, choice: str = Form(...), csrf: str = Form(...),
                     next: str = Form("/review"), session: Session = Depends(db)):
         check_csrf(request, csrf)
-        if choice not in ("happy", "sad", "skip"):
+        if choice not in (*LABELS, "skip"):
             raise HTTPException(422, "choice must be happy, sad or skip")
         row = get_row(session, result_id)
         if choice != "skip":

@@ -111,7 +111,8 @@ def parse_item(item: Any, now: datetime) -> Job | dict[str, Any]:
     if reasons:
         digest = hashlib.sha256(json.dumps(item, sort_keys=True, default=str).encode()).hexdigest()
         return result_row(f"malformed-{digest[:30]}", path if isinstance(path, str) else "(no path)", now,
-                          error=f"malformed job item: {'; '.join(reasons)}"[:500], classified_at=now)
+                          status="failed", error=f"malformed job item: {'; '.join(reasons)}"[:500],
+                          classified_at=now)
     when = ok.received_at or now
     return Job(ok.event_id, path, when if when.tzinfo else when.replace(tzinfo=UTC), ok.attempts,
                {**item, "attempts": ok.attempts})
@@ -140,13 +141,14 @@ def _read(job: Job, settings: Settings, submitted: dict[str, str], now: datetime
     except FileRefused as exc:
         return _row(job, status="rejected", error=exc.reason, classified_at=now)
     except FileNotFoundError:
-        return _row(job, error=f"file not found or unreadable on this worker: {job.path} "
+        return _row(job, status="failed", error=f"file not found or unreadable on this worker: {job.path} "
                     f"(tried by {job.attempts + 1} worker runs)", classified_at=now)
     except OSError as exc:
-        return _row(job, error=f"cannot read file: {exc.strerror or exc}", classified_at=now)
+        return _row(job, status="failed", error=f"cannot read file: {exc.strerror or exc}", classified_at=now)
     if job.event_id not in submitted and not inside(got.real_path, settings.inbox_dir):
         # A folder on the way was swapped for a link after the check above.
-        return _row(job, error="refused: the file opened lies outside the inbox", classified_at=now)
+        return _row(job, status="failed", error="refused: the file opened lies outside the inbox",
+                    classified_at=now)
     job.sha256, job.data = got.sha256, got.data
     return None
 
@@ -162,7 +164,7 @@ def triage(jobs: list[Job], settings: Settings, sessions: sessionmaker, now: dat
         reason = refusal(job, settings, submitted)
         if reason is not None:
             log.warning("%s: %s", printable(job.path), reason)
-            out.rows.append(_row(job, error=reason, classified_at=now))
+            out.rows.append(_row(job, status="failed", error=reason, classified_at=now))
             continue
         if retry_sink is not None and not os.path.lexists(job.path) \
                 and job.attempts + 1 < UNREACHABLE_ATTEMPTS:
@@ -268,7 +270,7 @@ def classify(jobs: list[Job], settings: Settings, sessions: sessionmaker, classi
     classified_at = datetime.now(UTC)
     rows = []
     for job, p in zip(originals.values(), predictions, strict=True):
-        ms = p.seconds * 1000
+        ms = p.batch_seconds_per_file * 1000  # a batch average, see Prediction
         if p.error:
             status = "rejected" if p.rejected else "failed"
             rows.append(_row(job, status=status, error=p.error, classified_at=classified_at,

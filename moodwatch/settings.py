@@ -9,6 +9,7 @@ the service the user started.
 
 from __future__ import annotations
 
+import os
 from functools import lru_cache
 from pathlib import Path
 
@@ -109,6 +110,21 @@ class Settings(BaseSettings):
     @property
     def embedded_redis_path(self) -> Path:
         return self.data_dir / ".redis" / "redis.db"
+
+
+def child_env(settings: Settings, broker_url: str, **extra: str) -> dict[str, str]:
+    """The environment of a child process (worker, watcher, beat, web) that must reach the same
+    service as its parent: this process's environment with every location pinned, absolute, so
+    a child started from any folder finds the same broker, database, folders and models."""
+    return dict(
+        os.environ,
+        MOODWATCH_BROKER_URL=broker_url,
+        MOODWATCH_DATABASE_URL=settings.database,
+        MOODWATCH_DATA_DIR=str(settings.data_dir.resolve()),
+        MOODWATCH_MODEL_DIR=str(settings.model_dir.resolve()),
+        MOODWATCH_INBOX=str(settings.inbox_dir.resolve()),
+        **extra,
+    )
 
 
 @lru_cache

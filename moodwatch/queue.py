@@ -9,7 +9,7 @@ import kombu.exceptions
 import redis.exceptions
 from celery import Celery
 
-from moodwatch.broker import broker_url, client_name
+from moodwatch.broker import client_name, start_or_join_broker
 from moodwatch.settings import Settings
 
 # What a broker that cannot be reached raises (kombu wraps most connection errors in its
@@ -26,7 +26,8 @@ TRAINING_QUEUE = "training"
 
 
 def make_celery(settings: Settings) -> Celery:
-    app = Celery("moodwatch", broker=broker_url(settings), set_as_current=True)
+    # Making the app may start the embedded Redis: every sender and worker needs a broker.
+    app = Celery("moodwatch", broker=start_or_join_broker(settings), set_as_current=True)
     app.conf.update(
         # JSON only: a message from the broker is never unpickled.
         task_serializer="json",

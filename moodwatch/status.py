@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from typing import Any
 
-from moodwatch.broker import broker_url
+from moodwatch.broker import running_broker_url
 from moodwatch.queue import BROKER_ERRORS, CLASSIFY_QUEUE, TRAINING_QUEUE, make_celery
 from moodwatch.redact import mask
 from moodwatch.registry import Registry
@@ -29,7 +29,7 @@ def collect(settings: Settings, ping_timeout: float = 1.0) -> dict[str, Any]:
         "inbox_backlog": inbox_backlog(settings),
         "current_model": Registry(settings.model_dir).current_name(),
     }
-    url = broker_url(settings, start=False)
+    url = running_broker_url(settings)
     if url is None:
         out["workers_alive"] = 0
         out["broker"] = (f"not running (no embedded Redis for {settings.data_dir}; "

@@ -34,7 +34,7 @@ def start_worker(env: dict[str, str], log_path: Path, concurrency: int = 1,
                  name: str = "w1") -> subprocess.Popen:
     log = open(log_path, "ab")  # noqa: SIM115 - the child keeps it
     return subprocess.Popen(
-        [sys.executable, "-m", "moodwatch.cli", "worker", "-c", str(concurrency),
+        [sys.executable, "-m", "moodwatch_app.cli", "worker", "-c", str(concurrency),
          "-n", f"{name}@%h"],
         env=env, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT, start_new_session=True,
     )

@@ -75,7 +75,7 @@ def test_two_concurrent_retrains_never_train_together(tmp_path, redis_url):
     data, models = tmp_path / "data", tmp_path / "models"
     make_curated(data, per_class=10)
     env = service_env(data_dir=data, model_dir=models, broker_url=redis_url)
-    procs = [subprocess.Popen([sys.executable, "-m", "moodwatch.cli", "retrain", "--epochs", "2"],
+    procs = [subprocess.Popen([sys.executable, "-m", "moodwatch_app.cli", "retrain", "--epochs", "2"],
                               env=env, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
              for _ in range(2)]
     outs = [p.communicate(timeout=300)[0].decode() for p in procs]

@@ -25,7 +25,7 @@ pytestmark = pytest.mark.slow
 def start_service(env: dict[str, str], log: Path, beat: bool = False) -> subprocess.Popen:
     fh = open(log, "ab")  # noqa: SIM115 - the child keeps it
     argv = ["run", "--no-web", *([] if beat else ["--no-beat"])]
-    return subprocess.Popen([sys.executable, "-m", "moodwatch.cli", *argv],
+    return subprocess.Popen([sys.executable, "-m", "moodwatch_app.cli", *argv],
                             env=env, stdout=fh, stderr=subprocess.STDOUT, cwd=ROOT,
                             start_new_session=True)
 

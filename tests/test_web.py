@@ -153,7 +153,7 @@ def test_token_required_when_configured(tmp_path, sqlite_url, tiny_model_dir):
 def test_web_refuses_public_bind_without_token(tmp_path):
     from click.testing import CliRunner
 
-    from moodwatch.cli import main
+    from moodwatch_app.cli import main
 
     result = CliRunner().invoke(main, ["web", "--host", "0.0.0.0"], env={"MOODWATCH_WEB_TOKEN": ""})
     assert result.exit_code != 0 and "MOODWATCH_WEB_TOKEN" in result.output
@@ -177,7 +177,7 @@ def test_models_page_api_and_cli_name_the_architecture_the_same_way(tmp_path, sq
     from click.testing import CliRunner
 
     from moodwatch import settings as settings_module
-    from moodwatch.cli import main
+    from moodwatch_app.cli import main
 
     models = tmp_path / "models"
     for name, params in (("v1-faces", {"architecture": "default", "faces": True}),
@@ -331,7 +331,7 @@ def test_web_refuses_a_weak_token_off_loopback(monkeypatch):
     from click.testing import CliRunner
 
     from moodwatch import settings as settings_module
-    from moodwatch.cli import main
+    from moodwatch_app.cli import main
 
     served = []
     monkeypatch.setattr(uvicorn, "run", lambda *a, **k: served.append(k))

@@ -14,9 +14,9 @@ from pathlib import Path
 
 import click
 
-from moodwatch.clierrors import Cli
-from moodwatch.clierrors import fail as _fail
 from moodwatch.settings import LABELS, STATUSES, get_settings
+from moodwatch_app.clierrors import Cli
+from moodwatch_app.clierrors import fail as _fail
 
 MIN_WEB_TOKEN = 16  # characters of MOODWATCH_WEB_TOKEN needed to bind off loopback
 
@@ -411,7 +411,11 @@ def bench(images, count, workers, concurrency, batch, database_url) -> None:
             --images ../shared/datasets/web-happy-sad \\
             --database-url postgresql://postgres@127.0.0.1/test
     """
-    from worker.bench import run_bench
+    try:
+        from benchmarks.throughput import run_bench
+    except ModuleNotFoundError:
+        _fail("the bench harness (benchmarks/throughput.py) ships with the source only; "
+              "run `moodwatch bench` from a clone")
 
     settings = get_settings()
     r = run_bench(settings, count, images, workers, concurrency, batch or settings.batch_size,
@@ -533,7 +537,7 @@ def run(polling: bool, no_web: bool, no_beat: bool) -> None:
         MOODWATCH_DATABASE_URL=postgresql://postgres@db/moodwatch moodwatch run
     """
     from moodwatch.home import load_settings
-    from moodwatch.supervisor import run_all
+    from moodwatch_app.supervisor import run_all
 
     sys.exit(run_all(load_settings(starting_service=True), _stop_on_signals(), polling=polling,
                      web=not no_web, beat=not no_beat, say=click.echo))

@@ -35,7 +35,7 @@ class Child:
 
     def start(self) -> None:
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "moodwatch.cli", *self.argv], env=self.env,
+            [sys.executable, "-m", "moodwatch_app.cli", *self.argv], env=self.env,
             start_new_session=True,
         )
         self.started_at = time.monotonic()

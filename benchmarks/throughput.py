@@ -157,8 +157,8 @@ class Pass:
                         MOODWATCH_BATCH_SIZE=str(self.batch))
         procs = [
             subprocess.Popen(
-                [sys.executable, "-m", "moodwatch.cli", "worker", "-c", str(self.concurrency), "-Q", queue,
-                 "-n", f"bench{i}-{run_id}@%h", "--loglevel", "WARNING"],
+                [sys.executable, "-m", "moodwatch_app.cli", "worker", "-c", str(self.concurrency),
+                 "-Q", queue, "-n", f"bench{i}-{run_id}@%h", "--loglevel", "WARNING"],
                 env=env, stdout=subprocess.DEVNULL,
                 stderr=open(self.scratch / f"worker{i}.log", "wb"),  # noqa: SIM115
                 start_new_session=True,

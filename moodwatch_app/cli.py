@@ -63,7 +63,8 @@ def main(verbose: bool) -> None:
 @click.option("--face-model", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
               help="Face model (.keras) to fine-tune (default: the current version's, if it has one).")
 @click.option("--no-faces", is_flag=True, help="Whole-image model only, no face detection.")
-@click.option("--face-epochs", default=3, show_default=True, help="Fine-tuning epochs of the face model.")
+@click.option("--face-epochs", type=click.IntRange(min=0), default=None,
+              help="Fine-tuning epochs of the face model (default: the recipe's, 3).")
 @click.option("--face-tune", type=click.Choice(["all", "head"]), default="all", show_default=True,
               help="Fine-tune every layer of the face model, or its dense head only.")
 def train(data_dir, architecture, epochs, batch_size, patience, seed, promote, face_model, no_faces,

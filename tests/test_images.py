@@ -124,11 +124,11 @@ def test_a_known_foreign_format_named_jpg_is_named(tmp_path, fmt):
 
     from PIL import Image
 
-    from watcher.validation import check_file
+    from watcher.validation import check_arrival
 
     buf = io.BytesIO()
     Image.new("RGB", (32, 32), (200, 10, 10)).save(buf, fmt)
     path = tmp_path / "photo.jpg"
     path.write_bytes(buf.getvalue())
-    checked = check_file(str(path), tmp_path, 10**7, 10**7)
+    checked = check_arrival(str(path), tmp_path, 10**7, 10**7)
     assert checked.rejected == f"a {fmt} image; accepted types are JPEG, PNG, BMP"

@@ -13,7 +13,7 @@ import keras
 
 from moodwatch.pipeline import combine_logits
 from moodwatch.settings import DEFAULT_MAX_PIXELS, LABELS
-from trainer.cleaning import check_file
+from trainer.cleaning import unusable_reason
 from trainer.dataset import Item, make_items, shuffled_groups, split_items
 from trainer.dedupe import hash_file, near_duplicate_groups
 from trainer.evaluation import metrics_from_scores
@@ -49,7 +49,7 @@ def list_items(data_dir: Path, max_pixels: int = DEFAULT_MAX_PIXELS) -> list[Ite
         (p, label)
         for label in LABELS
         for p in sorted((data_dir / label).rglob("*"))
-        if p.is_file() and check_file(p, max_pixels) is None
+        if p.is_file() and unusable_reason(p, max_pixels) is None
     ]
     return make_items(files)
 

@@ -33,7 +33,7 @@ from moodwatch.queue import BROKER_ERRORS
 from moodwatch.settings import Settings
 from watcher.filters import is_ignored
 from watcher.stability import StabilityTracker
-from watcher.validation import Checked, check_file
+from watcher.validation import Checked, check_arrival
 
 log = logging.getLogger("moodwatch.watcher")
 
@@ -212,7 +212,7 @@ class Watcher:
 
     def _handle(self, path: str) -> None:
         try:
-            checked = check_file(path, self.inbox, self.settings.max_file_bytes, self.settings.max_pixels)
+            checked = check_arrival(path, self.inbox, self.settings.max_file_bytes, self.settings.max_pixels)
         except Exception as exc:  # one odd file must never stop the watcher (and every other file)
             log.exception("%s: could not be checked", printable(path))
             checked = _unchecked(path, exc)
@@ -406,7 +406,7 @@ def submit_paths(paths: list[Path], settings: Settings, send: Sender,
     checked: list[tuple[Checked, bool]] = []
     for f in _files_under(paths):
         in_inbox = inside(f, w.inbox)
-        c = check_file(f, w.inbox if in_inbox else Path(f).parent, settings.max_file_bytes,
+        c = check_arrival(f, w.inbox if in_inbox else Path(f).parent, settings.max_file_bytes,
                        settings.max_pixels)
         if c is not None:
             checked.append((c, in_inbox))

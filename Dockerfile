@@ -7,6 +7,7 @@ ENV PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1 TF_CPP_MIN_LOG_LEVEL=2 \
 WORKDIR /app
 COPY pyproject.toml README.md ./
 COPY moodwatch ./moodwatch
+COPY moodwatch_app ./moodwatch_app
 COPY worker ./worker
 COPY trainer ./trainer
 COPY watcher ./watcher

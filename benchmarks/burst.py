@@ -33,7 +33,7 @@ def main() -> None:
     env.pop("MOODWATCH_BROKER_URL", None)
     env.pop("MOODWATCH_DATABASE_URL", None)
     log = open(work / "run.log", "wb")  # noqa: SIM115
-    proc = subprocess.Popen([sys.executable, "-m", "moodwatch.cli", "run", "--no-web", "--no-beat"],
+    proc = subprocess.Popen([sys.executable, "-m", "moodwatch_app.cli", "run", "--no-web", "--no-beat"],
                             env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     inbox = data / "inbox"
     while not inbox.is_dir():

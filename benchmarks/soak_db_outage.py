@@ -71,7 +71,7 @@ def main() -> None:
             return s.scalar(select(func.count()).select_from(Result)) or 0
 
     with open(log, "wb") as fh:
-        proc = subprocess.Popen([sys.executable, "-m", "moodwatch.cli", "run", "--no-web", "--no-beat"],
+        proc = subprocess.Popen([sys.executable, "-m", "moodwatch_app.cli", "run", "--no-web", "--no-beat"],
                                 env=env, stdout=fh, stderr=subprocess.STDOUT, cwd=ROOT,
                                 start_new_session=True)
     try:

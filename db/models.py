@@ -7,8 +7,6 @@ from datetime import datetime
 from sqlalchemy import JSON, DateTime, Float, ForeignKey, Index, Integer, LargeBinary, String, Text
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
-STATUSES = ("classified", "rejected", "failed")
-
 
 class Base(DeclarativeBase):
     pass

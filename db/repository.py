@@ -14,6 +14,7 @@ from sqlalchemy.orm import Session
 
 from db.models import Result, Submission
 from moodwatch.files import printable, raw_bytes
+from moodwatch.settings import STATUSES
 
 RESULT_COLUMNS = [c.name for c in Result.__table__.columns]
 # Rows per INSERT and ids per IN (...): far below PostgreSQL's 65,535 parameters a statement and
@@ -26,8 +27,12 @@ def _chunks(items: Sequence[Any], size: int = CHUNK) -> Iterable[Sequence[Any]]:
         yield items[start : start + size]
 
 
-def result_row(event_id: str, path: str, received_at: datetime, **fields: Any) -> dict[str, Any]:
-    """A complete results row with defaults; fields override them."""
+def result_row(event_id: str, path: str, received_at: datetime, *, status: str,
+               **fields: Any) -> dict[str, Any]:
+    """A complete results row with defaults; fields override them. The status has no default:
+    every caller says which outcome it records (a default "failed" hid a forgotten one)."""
+    if status not in STATUSES:
+        raise ValueError(f"unknown status {status!r}; one of {', '.join(STATUSES)}")
     row: dict[str, Any] = {
         "event_id": event_id,
         "path": path,
@@ -36,7 +41,7 @@ def result_row(event_id: str, path: str, received_at: datetime, **fields: Any) -
         "sha256": None,
         "received_at": received_at,
         "stored_path": path,
-        "status": "failed",
+        "status": status,
         "label": None,
         "confidence": None,
         "score": None,
@@ -172,7 +177,6 @@ class ResultFilter:
     min_confidence: float | None = None
     max_confidence: float | None = None
     limit: int = 50
-    offset: int = 0
     before_id: int | None = None  # keyset paging: rows older than this id, fast at any depth
 
 
@@ -194,7 +198,7 @@ def query_results(session: Session, f: ResultFilter) -> list[Result]:
         stmt = stmt.where(Result.confidence <= f.max_confidence)
     if f.before_id is not None:
         stmt = stmt.where(Result.id < f.before_id)
-    stmt = stmt.order_by(Result.id.desc()).offset(f.offset)
+    stmt = stmt.order_by(Result.id.desc())
     if f.limit:
         stmt = stmt.limit(f.limit)
     return list(session.scalars(stmt))

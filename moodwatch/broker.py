@@ -111,14 +111,22 @@ def stop_embedded(force: bool = False) -> bool:
     return True
 
 
-def broker_url(settings: Settings, start: bool = True) -> str | None:
-    """The broker to use; with start=False, None when the embedded Redis is not running."""
-    if settings.broker_url:
-        return settings.broker_url
-    url = running_embedded_url(settings.embedded_redis_path)
-    if url is not None or not start:
+def running_broker_url(settings: Settings) -> str | None:
+    """The configured broker, or the embedded Redis if it is running; None if it is not.
+    Starts nothing, changes nothing (what `moodwatch status` uses)."""
+    return settings.broker_url or running_embedded_url(settings.embedded_redis_path)
+
+
+def start_or_join_broker(settings: Settings) -> str:
+    """The broker's URL, starting the embedded Redis if none is configured and none runs.
+
+    Side effects, on purpose: it may start a redis-server, and it exports MOODWATCH_BROKER_URL
+    into this process's environment, so children (the worker pool, beat) join that server
+    instead of starting their own.
+    """
+    url = running_broker_url(settings)
+    if url is not None:
         return url
     url = embedded_url(start_embedded(settings.embedded_redis_path))
-    # Children (worker pool, beat) use the running server instead of starting their own.
     os.environ["MOODWATCH_BROKER_URL"] = url
     return url

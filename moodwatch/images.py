@@ -1,8 +1,9 @@
-"""Reading untrusted image files, and the one preprocessing function train and serve share.
+"""Reading untrusted image bytes: checks from the header (:func:`inspect_image`) and the decoder.
 
-Every image the trainer learns from and every image the worker classifies goes through
-:func:`load_image`, so both see the same pixels: RGB order (OpenCV decodes BGR), the same
-decoder, the same resize to ``IMAGE_SIZE x IMAGE_SIZE``.
+The trainer and the worker both prepare images with :func:`moodwatch.pipeline.prepare_path`,
+which decodes here with :func:`decode_rgb`, so both see the same pixels: RGB order (OpenCV
+decodes BGR), the same decoder, the same resize. :func:`load_image` is the whole-image path for
+curation and the tests.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import cv2
 import numpy as np
 from PIL import Image
 
-from moodwatch.settings import ALLOWED_EXTENSIONS, IMAGE_SIZE
+from moodwatch.settings import ALLOWED_EXTENSIONS, DEFAULT_MAX_PIXELS, IMAGE_SIZE
 
 # One decode thread per call: callers parallelise across images, and OpenCV's own pool would
 # fight with TensorFlow's for the same cores.
@@ -38,7 +39,6 @@ _FOREIGN = (
     ("a PDF document", lambda d: d[:5] == b"%PDF-"),
 )
 ACCEPTED_TYPES = "accepted types are JPEG, PNG, BMP"
-DEFAULT_MAX_PIXELS = 50_000_000
 
 
 class ImageRejected(ValueError):
@@ -84,16 +84,10 @@ def inspect_image(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> ImageInf
             raise ImageRejected(f"{what}; {ACCEPTED_TYPES}")
         raise ImageRejected("not a JPEG, PNG or BMP image (its bytes have no image signature)")
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            old_limit = Image.MAX_IMAGE_PIXELS
-            Image.MAX_IMAGE_PIXELS = None  # we apply our own limit below
-            try:
-                with Image.open(io.BytesIO(data)) as img:
-                    width, height = img.size
-                    pil_format = img.format
-            finally:
-                Image.MAX_IMAGE_PIXELS = old_limit
+        width, height, pil_format = _header(data)
+    except Image.DecompressionBombError as exc:
+        # Past Pillow's own guard (twice Image.MAX_IMAGE_PIXELS), far past any sane limit of ours.
+        raise ImageRejected(f"image too large: {exc} (limit {max_pixels:,} pixels)") from exc
     except Exception as exc:  # Pillow raises many types for garbage headers
         raise ImageRejected(f"unreadable {fmt.upper()} header ({exc.__class__.__name__})") from exc
     if _PIL_FORMATS.get(pil_format or "") != fmt:
@@ -105,11 +99,47 @@ def inspect_image(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> ImageInf
             f"image too large: {width}x{height} = {width * height:,} pixels "
             f"(limit {max_pixels:,})"
         )
-    if fmt == "jpeg" and data.rfind(b"\xff\xd9") < 4:
+    if fmt == "jpeg" and not _jpeg_complete(data):
         raise ImageRejected("truncated JPEG (no end-of-image marker)")
     if fmt == "png" and b"IEND" not in data[-64:]:
         raise ImageRejected("truncated PNG (no IEND chunk)")
     return ImageInfo(fmt, width, height)
+
+
+def _header(data: bytes) -> tuple[int, int, str | None]:
+    """Width, height and Pillow's format name, from the header only. Pillow's global bomb guard
+    (Image.MAX_IMAGE_PIXELS) is left as it is: it is shared by every decode thread, and setting it
+    from several at once could leave it switched off. Its warning, below its error, is expected
+    here: our own limit decides."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        with Image.open(io.BytesIO(data)) as img:
+            return img.size[0], img.size[1], img.format
+
+
+def _jpeg_scan_start(data: bytes) -> int | None:
+    """Offset of the first start-of-scan marker, walking the segments from the start marker;
+    None if the segment chain is broken before one."""
+    i = 2
+    while i + 4 <= len(data):
+        if data[i] != 0xFF:
+            return None
+        marker = data[i + 1]
+        if marker == 0xFF:  # fill byte before a marker
+            i += 1
+            continue
+        if marker == 0xDA:
+            return i
+        i += 2 + int.from_bytes(data[i + 2:i + 4], "big")
+    return None
+
+
+def _jpeg_complete(data: bytes) -> bool:
+    """An end-of-image marker after the image's own scan data begins. A marker anywhere is not
+    enough: an EXIF thumbnail (a whole JPEG inside the APP1 segment, before the scan) carries its
+    own, which made a camera JPEG cut short mid-scan look complete."""
+    scan = _jpeg_scan_start(data)
+    return scan is not None and data.rfind(b"\xff\xd9") > scan
 
 
 def _reduced_flag(width: int, height: int) -> int:

@@ -23,6 +23,14 @@ def load_model(path: Path) -> Any:
         raise ModelLoadError(f"cannot load model {path}: {exc.__class__.__name__}: {exc}") from exc
 
 
+SAD_THRESHOLD = 0.5  # a score P(sad) at or above it is sad: serving, evaluation and reports alike
+
+
+def is_sad(score: Any) -> Any:
+    """True where a score (or an array of them) means sad; the one place the threshold is applied."""
+    return score >= SAD_THRESHOLD
+
+
 def label_for(score: float) -> tuple[str, float]:
     """The label and its probability for a sigmoid score P(sad)."""
-    return ("sad", score) if score >= 0.5 else ("happy", 1.0 - score)
+    return ("sad", score) if is_sad(score) else ("happy", 1.0 - score)

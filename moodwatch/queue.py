@@ -5,10 +5,19 @@ Senders (watcher, CLI) use task names only, so they never import the worker or T
 
 from __future__ import annotations
 
+import kombu.exceptions
+import redis.exceptions
 from celery import Celery
 
-from moodwatch.broker import broker_url, client_name
+from moodwatch.broker import client_name, start_or_join_broker
 from moodwatch.settings import Settings
+
+# What a broker that cannot be reached raises (kombu wraps most connection errors in its
+# OperationalError); anything else from a send is a bug, and is not called an outage.
+BROKER_ERRORS: tuple[type[Exception], ...] = (
+    OSError, kombu.exceptions.OperationalError, redis.exceptions.ConnectionError,
+    redis.exceptions.TimeoutError,
+)
 
 CLASSIFY_TASK = "moodwatch.classify_batch"
 RETRAIN_TASK = "moodwatch.retrain"
@@ -17,7 +26,8 @@ TRAINING_QUEUE = "training"
 
 
 def make_celery(settings: Settings) -> Celery:
-    app = Celery("moodwatch", broker=broker_url(settings), set_as_current=True)
+    # Making the app may start the embedded Redis: every sender and worker needs a broker.
+    app = Celery("moodwatch", broker=start_or_join_broker(settings), set_as_current=True)
     app.conf.update(
         # JSON only: a message from the broker is never unpickled.
         task_serializer="json",

@@ -9,6 +9,7 @@ the service the user started.
 
 from __future__ import annotations
 
+import os
 from functools import lru_cache
 from pathlib import Path
 
@@ -16,9 +17,12 @@ from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 LABELS = ("happy", "sad")
+STATUSES = ("classified", "rejected", "failed")  # every results row ends in exactly one
 IMAGE_SIZE = 256
 ALLOWED_EXTENSIONS = frozenset({".jpg", ".jpeg", ".bmp", ".png"})
 
+
+DEFAULT_MAX_PIXELS = 50_000_000  # the one default: settings, images and the trainer's helpers
 
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="MOODWATCH_", extra="ignore")
@@ -34,7 +38,7 @@ class Settings(BaseSettings):
     )
     inbox: Path | None = Field(None, description="Folder watched for photos; default DATA_DIR/inbox.")
     max_file_bytes: int = Field(50 * 1024 * 1024, description="Larger files are rejected.")
-    max_pixels: int = Field(50_000_000, description="Larger images are rejected (decompression bombs).")
+    max_pixels: int = Field(DEFAULT_MAX_PIXELS, description="Larger images are refused (bombs).")
     batch_size: int = Field(32, description="Images per classification job and per forward pass.")
     batch_wait: float = Field(0.5, description="Seconds the watcher waits to fill a batch.")
     settle_seconds: float = Field(1.0, description="A file must be unchanged this long to be read.")
@@ -106,6 +110,21 @@ class Settings(BaseSettings):
     @property
     def embedded_redis_path(self) -> Path:
         return self.data_dir / ".redis" / "redis.db"
+
+
+def child_env(settings: Settings, broker_url: str, **extra: str) -> dict[str, str]:
+    """The environment of a child process (worker, watcher, beat, web) that must reach the same
+    service as its parent: this process's environment with every location pinned, absolute, so
+    a child started from any folder finds the same broker, database, folders and models."""
+    return dict(
+        os.environ,
+        MOODWATCH_BROKER_URL=broker_url,
+        MOODWATCH_DATABASE_URL=settings.database,
+        MOODWATCH_DATA_DIR=str(settings.data_dir.resolve()),
+        MOODWATCH_MODEL_DIR=str(settings.model_dir.resolve()),
+        MOODWATCH_INBOX=str(settings.inbox_dir.resolve()),
+        **extra,
+    )
 
 
 @lru_cache

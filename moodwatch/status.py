@@ -5,8 +5,8 @@ from __future__ import annotations
 import os
 from typing import Any
 
-from moodwatch.broker import broker_url
-from moodwatch.queue import CLASSIFY_QUEUE, TRAINING_QUEUE, make_celery
+from moodwatch.broker import running_broker_url
+from moodwatch.queue import BROKER_ERRORS, CLASSIFY_QUEUE, TRAINING_QUEUE, make_celery
 from moodwatch.redact import mask
 from moodwatch.registry import Registry
 from moodwatch.settings import Settings
@@ -29,7 +29,7 @@ def collect(settings: Settings, ping_timeout: float = 1.0) -> dict[str, Any]:
         "inbox_backlog": inbox_backlog(settings),
         "current_model": Registry(settings.model_dir).current_name(),
     }
-    url = broker_url(settings, start=False)
+    url = running_broker_url(settings)
     if url is None:
         out["workers_alive"] = 0
         out["broker"] = (f"not running (no embedded Redis for {settings.data_dir}; "
@@ -44,6 +44,6 @@ def collect(settings: Settings, ping_timeout: float = 1.0) -> dict[str, Any]:
         replies = app.control.ping(timeout=ping_timeout) or []
         out["workers_alive"] = len(replies)
         app.close()
-    except Exception as exc:
+    except BROKER_ERRORS as exc:
         out["broker"] = f"unreachable: {exc.__class__.__name__}: {exc}"
     return {k: mask(v) if isinstance(v, str) else v for k, v in out.items()}

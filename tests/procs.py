@@ -14,7 +14,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from sqlalchemy import func, select
+from sqlalchemy import func, inspect, select
 
 from db.engine import make_engine, make_sessionmaker
 from db.models import Result
@@ -34,7 +34,7 @@ def start_worker(env: dict[str, str], log_path: Path, concurrency: int = 1,
                  name: str = "w1") -> subprocess.Popen:
     log = open(log_path, "ab")  # noqa: SIM115 - the child keeps it
     return subprocess.Popen(
-        [sys.executable, "-m", "moodwatch.cli", "worker", "-c", str(concurrency),
+        [sys.executable, "-m", "moodwatch_app.cli", "worker", "-c", str(concurrency),
          "-n", f"{name}@%h"],
         env=env, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT, start_new_session=True,
     )
@@ -68,11 +68,12 @@ class Rows:
         self.sessions = make_sessionmaker(self.engine)
 
     def count(self) -> int:
-        try:
-            with self.sessions() as s:
-                return s.scalar(select(func.count()).select_from(Result)) or 0
-        except Exception:
+        """Rows so far; 0 only while the service has not made the table yet. A database that
+        cannot be reached raises: "no rows yet" must never pass with the database down."""
+        if not inspect(self.engine).has_table(Result.__tablename__):
             return 0
+        with self.sessions() as s:
+            return s.scalar(select(func.count()).select_from(Result)) or 0
 
     def all(self) -> list[Result]:
         with self.sessions() as s:

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from benchmarks.throughput import whole_image_only
 from moodwatch.pipeline import CLOSE_UP_MODEL_FILE, FACE_MODEL_FILE, PIPELINE_FILE
 from moodwatch.registry import Registry
-from worker.bench import whole_image_only
 
 
 def make_version(root: Path, files: list[str]) -> Registry:

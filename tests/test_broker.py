@@ -12,7 +12,7 @@ from tests.procs import ROOT, kill_pids, redis_servers_in, service_env
 
 
 def _cli(env: dict[str, str], *args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "moodwatch.cli", *args], env=env, cwd=ROOT,
+    return subprocess.run([sys.executable, "-m", "moodwatch_app.cli", *args], env=env, cwd=ROOT,
                           capture_output=True, text=True, timeout=120)
 
 

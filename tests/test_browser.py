@@ -71,7 +71,7 @@ def web_site(tmp_path, tiny_model_dir):
     env = service_env(data_dir=data, model_dir=tiny_model_dir, database_url=url,
                       broker_url=embedded_url(broker))
     log = tmp_path / "web.log"
-    proc = subprocess.Popen([sys.executable, "-m", "moodwatch.cli", "web", "--port", str(port)],
+    proc = subprocess.Popen([sys.executable, "-m", "moodwatch_app.cli", "web", "--port", str(port)],
                             env=env, cwd=ROOT, stdout=open(log, "wb"), stderr=subprocess.STDOUT,  # noqa: SIM115
                             start_new_session=True)
 

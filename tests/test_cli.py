@@ -11,7 +11,7 @@ import pytest
 from click.testing import CliRunner
 
 from moodwatch import settings as settings_module
-from moodwatch.cli import main
+from moodwatch_app.cli import main
 from tests.imagegen import face_like, make_curated, write_image
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -301,8 +301,8 @@ def test_run_status_and_logs_never_show_a_password(tmp_path, tiny_model_dir, pg_
     env.pop("MOODWATCH_BROKER_URL", None)
     log = tmp_path / "run.log"
     with open(log, "wb") as fh:
-        proc = subprocess.Popen([sys.executable, "-m", "moodwatch.cli", "-v", "run", "--no-web", "--no-beat"],
-                                env=env, stdout=fh, stderr=subprocess.STDOUT, cwd=ROOT,
+        proc = subprocess.Popen([sys.executable, "-m", "moodwatch_app.cli", "-v", "run", "--no-web",
+                                 "--no-beat"], env=env, stdout=fh, stderr=subprocess.STDOUT, cwd=ROOT,
                                 start_new_session=True)
     try:
         wait_for(lambda: "moodwatch is running" in log.read_text(errors="replace"), 60, "start", log)
@@ -314,7 +314,8 @@ def test_run_status_and_logs_never_show_a_password(tmp_path, tiny_model_dir, pg_
     output = log.read_text(errors="replace")
     assert secret not in output and "postgres:***@" in output
     status = subprocess.run(
-        [sys.executable, "-m", "moodwatch.cli", "status", "--json"], cwd=ROOT, capture_output=True, text=True,
+        [sys.executable, "-m", "moodwatch_app.cli", "status", "--json"], cwd=ROOT, capture_output=True,
+        text=True,
         env={**env, "MOODWATCH_BROKER_URL": f"redis://:{secret}@127.0.0.1:1/0"}, timeout=120)
     assert secret not in status.stdout + status.stderr
     shown = json.loads(status.stdout)

@@ -9,7 +9,7 @@ import pytest
 from click.testing import CliRunner
 
 from moodwatch import settings as settings_module
-from moodwatch.cli import main
+from moodwatch_app.cli import main
 from tests.test_cli import _commands
 
 Case = Callable[[Path], tuple[list[str], dict[str, str], str]]

@@ -1,5 +1,6 @@
 from datetime import UTC, datetime, timedelta
 
+import pytest
 from sqlalchemy import func, inspect, select
 
 from db.engine import make_engine, make_sessionmaker
@@ -83,3 +84,27 @@ def test_visibility_timeout_fits_a_batch_not_ten_minutes():
     longest_countdown = max(30, 5 * 2 ** (UNREACHABLE_ATTEMPTS - 1))  # retry backoff max, hand-back
     assert longest_countdown < s.visibility_timeout <= 180
     assert make_celery(s).conf.broker_transport_options["visibility_timeout"] == s.visibility_timeout
+
+
+def test_the_tests_row_counter_fails_when_the_database_is_down(tmp_path):
+    """"No rows yet" must not pass with the database down: Rows.count returned 0 on any error."""
+    import sqlalchemy.exc
+
+    from tests.procs import Rows
+
+    assert Rows(f"sqlite:///{tmp_path / 'fresh.db'}").count() == 0  # no table yet: no rows yet
+    down = Rows("postgresql://postgres@127.0.0.1:1/moodwatch")  # nothing listens on port 1
+    with pytest.raises(sqlalchemy.exc.OperationalError):
+        down.count()
+
+
+def test_a_row_names_its_outcome():
+    """No default outcome: a caller that forgot the status used to record "failed"."""
+    from db.repository import result_row
+
+    now = datetime.now(UTC)
+    with pytest.raises(TypeError):
+        result_row("e", "/in/a.jpg", now)  # type: ignore[call-arg]
+    with pytest.raises(ValueError, match="unknown status 'done'"):
+        result_row("e", "/in/a.jpg", now, status="done")
+    assert result_row("e", "/in/a.jpg", now, status="rejected")["status"] == "rejected"

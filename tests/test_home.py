@@ -8,9 +8,9 @@ import pytest
 from click.testing import CliRunner
 
 from moodwatch import settings as settings_module
-from moodwatch.cli import main
 from moodwatch.home import LOCATIONS, read_record, write_record
 from moodwatch.settings import Settings
+from moodwatch_app.cli import main
 
 NO_LOCATIONS = {f"MOODWATCH_{k.upper()}": None for k in LOCATIONS}
 
@@ -98,7 +98,7 @@ def test_run_then_status_and_submit_of_a_relative_path_from_another_folder(tmp_p
         env.pop(key, None)
     log = tmp_path / "run.log"
     with open(log, "ab") as fh:
-        proc = subprocess.Popen([sys.executable, "-m", "moodwatch.cli", "run", "--no-web", "--no-beat"],
+        proc = subprocess.Popen([sys.executable, "-m", "moodwatch_app.cli", "run", "--no-web", "--no-beat"],
                                 env=env, cwd=service_dir, stdout=fh, stderr=subprocess.STDOUT,
                                 start_new_session=True)
     # From elsewhere, nothing tells the commands where the service is but its record.
@@ -107,7 +107,7 @@ def test_run_then_status_and_submit_of_a_relative_path_from_another_folder(tmp_p
     rows = Rows(f"sqlite:///{service_dir / 'data' / 'moodwatch.db'}")
 
     def cli(*args: str) -> subprocess.CompletedProcess:
-        return subprocess.run([sys.executable, "-m", "moodwatch.cli", *args], env=cli_env, cwd=elsewhere,
+        return subprocess.run([sys.executable, "-m", "moodwatch_app.cli", *args], env=cli_env, cwd=elsewhere,
                               capture_output=True, text=True, timeout=120)
 
     try:
@@ -125,3 +125,20 @@ def test_run_then_status_and_submit_of_a_relative_path_from_another_folder(tmp_p
         stop(proc)
         rows.close()
     assert sorted(p.name for p in elsewhere.iterdir()) == ["rel2.jpg"]  # no ./data of its own
+
+
+def test_a_child_process_reaches_the_same_service(tmp_path, monkeypatch):
+    """The one place a child's MOODWATCH_* environment is made: read back, it is the parent's."""
+    from moodwatch.settings import Settings, child_env
+
+    monkeypatch.chdir(tmp_path)
+    parent = Settings(data_dir="data", model_dir="models")
+    env = child_env(parent, "redis://127.0.0.1:6379/5", MOODWATCH_BATCH_SIZE="8")
+    monkeypatch.chdir("/")
+    for key, value in env.items():
+        if key.startswith("MOODWATCH_"):
+            monkeypatch.setenv(key, value)
+    child = Settings()
+    assert (child.broker_url, child.database, child.data_dir, child.model_dir, child.inbox_dir,
+            child.batch_size) == ("redis://127.0.0.1:6379/5", parent.database, parent.data_dir,
+                                  parent.model_dir, parent.inbox_dir, 8)

@@ -8,7 +8,7 @@ from moodwatch.images import (
     load_image,
     preprocess_bytes,
 )
-from tests.imagegen import encode, face_like, huge_png_header, write_image
+from tests.imagegen import encode, face_like, huge_png_header, with_exif_thumbnail, write_image
 
 
 def test_extension_any_case():
@@ -56,6 +56,40 @@ def test_rejects_truncated_jpeg():
         preprocess_bytes(data[: len(data) // 2])
 
 
+def test_rejects_truncated_jpeg_with_exif_thumbnail():
+    """The thumbnail's own end marker sits near the start: a camera JPEG cut short mid-scan must
+    still be refused (a search for the last marker anywhere found the thumbnail's)."""
+    thumb = encode(face_like("happy", 1, 32), ".jpg")
+    data = with_exif_thumbnail(encode(face_like("sad", 3, 200), ".jpg"), thumb)
+    assert inspect_image(data).format == "jpeg"  # the whole file is fine
+    with pytest.raises(ImageRejected, match="truncated JPEG"):
+        inspect_image(data[: len(data) * 2 // 3])
+
+
+def test_inspect_leaves_pillow_bomb_guard_alone(monkeypatch):
+    """Pillow's global limit is shared by every thread: changing it from four decode threads at
+    once can leave it switched off. inspect_image must never touch it."""
+    from PIL import Image
+
+    seen = []
+    real_open = Image.open
+
+    def spying_open(*args, **kwargs):
+        seen.append(Image.MAX_IMAGE_PIXELS)
+        return real_open(*args, **kwargs)
+
+    monkeypatch.setattr(Image, "open", spying_open)
+    before = Image.MAX_IMAGE_PIXELS
+    inspect_image(encode(face_like("sad", 3, 64), ".jpg"))
+    assert seen == [before] and before is not None
+
+
+def test_huge_header_refused_by_our_limit_even_past_pillows():
+    """Past Pillow's own error threshold the refusal is still ours, with the size."""
+    with pytest.raises(ImageRejected, match="image too large"):
+        inspect_image(huge_png_header(20000, 20000))
+
+
 def test_rejects_truncated_png():
     data = encode(face_like("sad", 3, 200), ".png")
     with pytest.raises(ImageRejected, match="truncated PNG"):
@@ -90,11 +124,11 @@ def test_a_known_foreign_format_named_jpg_is_named(tmp_path, fmt):
 
     from PIL import Image
 
-    from watcher.validation import check_file
+    from watcher.validation import check_arrival
 
     buf = io.BytesIO()
     Image.new("RGB", (32, 32), (200, 10, 10)).save(buf, fmt)
     path = tmp_path / "photo.jpg"
     path.write_bytes(buf.getvalue())
-    checked = check_file(str(path), tmp_path, 10**7, 10**7)
+    checked = check_arrival(str(path), tmp_path, 10**7, 10**7)
     assert checked.rejected == f"a {fmt} image; accepted types are JPEG, PNG, BMP"

@@ -132,20 +132,21 @@ def test_unreachable_file_is_handed_back_then_fails_with_a_row(sqlite_url, setti
     classifier.close()
 
 
-class SlowClassifier:
-    """Classifies by file name after a pause, so two workers overlap (the race under test)."""
+class MeetingClassifier:
+    """Classifies only once every worker sharing its barrier is classifying too: the two batches
+    provably overlap (the race under test), or the barrier times out and the test fails."""
 
-    def __init__(self, name: str):
+    def __init__(self, name: str, barrier=None):
         from moodwatch.registry import Version
 
         self.version = Version(name, Path("/nonexistent"))
+        self.barrier = barrier
 
     def classify_bytes(self, names, blobs, max_pixels):
-        import time
-
         from worker.inference import Prediction
 
-        time.sleep(0.5)
+        if self.barrier is not None:
+            self.barrier.wait()
         return [Prediction(p, "happy", 0.8, 0.2) for p in names]
 
 
@@ -158,19 +159,24 @@ def test_same_bytes_in_two_concurrent_batches_are_classified_once(db_url, settin
     twin = settings.inbox_dir / "b.jpg"
     twin.write_bytes(original.read_bytes())
     errors = []
+    overlap = threading.Barrier(2, timeout=30)
 
     def worker(path, i, name):
         try:
-            process_batch([_msg(path, i)], settings, sessions, SlowClassifier(name), move_files=False)
+            process_batch([_msg(path, i)], settings, sessions, MeetingClassifier(name, overlap),
+                          move_files=False)
+        except threading.BrokenBarrierError:
+            errors.append("the two batches never classified at the same time")
         except Exception as exc:  # SQLite may refuse the loser's write: Celery retries it
             errors.append(exc)
-            process_batch([_msg(path, i)], settings, sessions, SlowClassifier(name), move_files=False)
+            process_batch([_msg(path, i)], settings, sessions, MeetingClassifier(name), move_files=False)
 
     threads = [threading.Thread(target=worker, args=(p, i, f"v{i}")) for i, p in enumerate([original, twin])]
     for t in threads:
         t.start()
     for t in threads:
         t.join()
+    assert "the two batches never classified at the same time" not in errors
     with sessions() as s:
         rows = list(s.scalars(select(Result).order_by(Result.id)))
     assert len(rows) == 2
@@ -207,7 +213,7 @@ def test_a_crash_right_after_the_move_leaves_the_row_pointing_at_the_file(sqlite
         raise Crash
 
     monkeypatch.setattr(moodwatch.files, "move_to", move_then_die)
-    classifier = SlowClassifier("v1")
+    classifier = MeetingClassifier("v1")
     with pytest.raises(Crash):
         process_batch(msgs, settings, sessions, classifier)
     row = _the_row(sessions)
@@ -229,7 +235,7 @@ def test_a_crash_before_the_move_is_finished_by_the_rescan(sqlite_url, settings,
     with monkeypatch.context() as m:
         m.setattr(moodwatch.files, "move_to", die)
         with pytest.raises(Crash):
-            process_batch(msgs, settings, sessions, SlowClassifier("v1"))
+            process_batch(msgs, settings, sessions, MeetingClassifier("v1"))
     assert photo.exists()  # recorded, not yet moved
     watcher = Watcher(settings.model_copy(update={"resend_seconds": 0}), lambda batch: None, sessions)
     watcher.rescan()
@@ -251,7 +257,7 @@ def test_a_move_that_fails_is_logged_with_its_cause(sqlite_url, settings, monkey
 
     monkeypatch.setattr(moodwatch.files, "move_to", refuse)
     with caplog.at_level(logging.WARNING):
-        process_batch(msgs, settings, sessions, SlowClassifier("v1"))
+        process_batch(msgs, settings, sessions, MeetingClassifier("v1"))
     assert photo.exists() and _the_row(sessions).stored_path == str(photo)
     assert any("could not move" in r.getMessage() and "Operation not permitted" in r.getMessage()
                for r in caplog.records)

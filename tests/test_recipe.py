@@ -9,8 +9,8 @@ from click.testing import CliRunner
 
 import trainer.retrain
 import trainer.training
-from moodwatch.cli import main
 from moodwatch.settings import Settings
+from moodwatch_app.cli import main
 from trainer.dataset import DatasetError
 
 

@@ -3,9 +3,11 @@ never two at once."""
 
 from __future__ import annotations
 
+import logging
 import subprocess
 import sys
 import threading
+import time
 
 import pytest
 
@@ -73,7 +75,7 @@ def test_two_concurrent_retrains_never_train_together(tmp_path, redis_url):
     data, models = tmp_path / "data", tmp_path / "models"
     make_curated(data, per_class=10)
     env = service_env(data_dir=data, model_dir=models, broker_url=redis_url)
-    procs = [subprocess.Popen([sys.executable, "-m", "moodwatch.cli", "retrain", "--epochs", "2"],
+    procs = [subprocess.Popen([sys.executable, "-m", "moodwatch_app.cli", "retrain", "--epochs", "2"],
                               env=env, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
              for _ in range(2)]
     outs = [p.communicate(timeout=300)[0].decode() for p in procs]
@@ -98,12 +100,36 @@ def test_lock_is_exclusive_across_threads(broker):
     threads = [threading.Thread(target=grab) for _ in range(4)]
     for t in threads:
         t.start()
+    deadline = time.monotonic() + 30
     while len(results) < 4:
-        pass
+        assert time.monotonic() < deadline, f"only {len(results)} of 4 threads reached the lock"
+        time.sleep(0.01)
     barrier_done.set()
     for t in threads:
         t.join()
     assert sorted(results) == [False, False, False, True]
+
+
+def test_an_expired_lock_is_logged_not_raised(broker, caplog):
+    """Training outlived the lock: releasing it finds it gone. Said, at info level, not hidden."""
+    with caplog.at_level(logging.INFO, logger="moodwatch.trainer"), training_lock(broker, timeout=1) as got:
+        assert got
+        time.sleep(1.5)
+    assert any(r.levelno == logging.INFO and "had expired" in r.getMessage() for r in caplog.records)
+
+
+def test_a_redis_error_on_release_is_a_warning_with_its_cause(broker, caplog, monkeypatch):
+    """A broker that fails while the lock is released was hidden by suppress(Exception)."""
+    import redis.lock
+
+    def broken_release(self):
+        raise redis.exceptions.ConnectionError("Connection reset by peer")
+
+    with caplog.at_level(logging.INFO, logger="moodwatch.trainer"), training_lock(broker) as got:
+        assert got
+        monkeypatch.setattr(redis.lock.Lock, "release", broken_release)
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert any("Connection reset by peer" in m and "training lock" in m for m in warnings), warnings
 
 
 def test_the_nightly_schedule_end_to_end(tmp_path, tiny_model_dir):

@@ -210,3 +210,21 @@ def test_dangling_current_pointer_does_not_block_training(tmp_path):
     (tmp_path / "models" / "current").write_text("v-deleted\n")
     result = train(settings, TrainOptions(data_dir=data, epochs=1, batch_size=8, progress=False))
     assert result.promoted and Registry(settings.model_dir).current_name() == result.version.name
+
+
+def test_a_failed_training_leaves_no_version_folder(tmp_path, monkeypatch):
+    """The version folder was made before fitting, and stayed behind, half-filled, when fitting
+    failed. The error still reaches the caller."""
+    import trainer.training
+
+    data = make_curated(tmp_path / "data", per_class=12)
+    settings = Settings(data_dir=data, model_dir=tmp_path / "models")
+    (tmp_path / "models").mkdir()
+
+    def boom(*args, **kwargs):
+        raise RuntimeError("out of memory while fitting")
+
+    monkeypatch.setattr(trainer.training, "fit_models", boom)
+    with pytest.raises(RuntimeError, match="out of memory"):
+        train(settings, TrainOptions(data_dir=data, epochs=1, batch_size=8, progress=False, no_faces=True))
+    assert list((tmp_path / "models").iterdir()) == []

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from pathlib import Path
@@ -140,8 +141,9 @@ def test_rescan_and_restart_do_not_enqueue_twice(tmp_path):
     w2.start()
     _run_until(w2, lambda: len(rec.paths) == 10)
     w2.stop()
-    assert {m["event_id"] for b in rec.batches[-1:] for m in b} <= ids
-    assert len(files) == 5
+    second = [m["event_id"] for b in rec.batches for m in b][5:]
+    assert sorted(second) == sorted(ids) and len(ids) == 5  # the same five arrivals, each once
+    assert all(f.exists() for f in files)  # nothing was moved or lost meanwhile
 
 
 def test_broker_down_keeps_files_and_retries(tmp_path):
@@ -158,6 +160,44 @@ def test_broker_down_keeps_files_and_retries(tmp_path):
     rec.down = False
     _run_until(w, lambda: len(rec.paths) == 4, timeout=15)
     w.stop()
+
+
+def test_a_sender_bug_is_an_error_with_its_traceback_not_an_outage(tmp_path, caplog):
+    """Only a broker that cannot be reached is "broker unreachable"; any other exception from the
+    sender is a bug, logged as an error with its traceback. The files are kept either way."""
+    settings, sessions, rec, w = _setup(tmp_path)
+
+    def buggy(messages):
+        raise TypeError("send_task() got an unexpected keyword argument 'retry_polcy'")
+
+    w.send = buggy
+    w.start()
+    write_image(settings.inbox_dir / "a.jpg", face_like("happy", 1))
+    with caplog.at_level(logging.INFO, logger="moodwatch.watcher"):
+        deadline = time.monotonic() + 3
+        while time.monotonic() < deadline and not any(r.levelno >= logging.ERROR for r in caplog.records):
+            w.step()
+            time.sleep(0.05)
+    w.stop()
+    errors = [r for r in caplog.records if r.levelno == logging.ERROR]
+    assert errors and errors[0].exc_info and "retry_polcy" in str(errors[0].exc_info[1])
+    assert not any("broker unreachable" in r.getMessage() for r in caplog.records)
+    assert len(w._pending) == 1
+
+
+def test_database_errors_are_warnings_with_the_cause(tmp_path, caplog):
+    """The watcher asks the database what is recorded before it sends; when it cannot, it says so
+    at warning level with the cause (it used to log at debug, invisible), and still sends."""
+    settings, _sessions, rec, _w = _setup(tmp_path)
+    broken = make_sessionmaker(make_engine(f"sqlite:///{tmp_path / 'never-migrated.db'}"))
+    w = Watcher(settings, rec, broken)
+    w.start()
+    write_image(settings.inbox_dir / "a.jpg", face_like("happy", 1))
+    with caplog.at_level(logging.INFO, logger="moodwatch.watcher"):
+        _run_until(w, lambda: len(rec.paths) == 1)
+    w.stop()
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert any("database unavailable" in m and "no such table: results" in m for m in warnings), warnings
 
 
 def test_batches_respect_size(tmp_path):

@@ -153,7 +153,7 @@ def test_token_required_when_configured(tmp_path, sqlite_url, tiny_model_dir):
 def test_web_refuses_public_bind_without_token(tmp_path):
     from click.testing import CliRunner
 
-    from moodwatch.cli import main
+    from moodwatch_app.cli import main
 
     result = CliRunner().invoke(main, ["web", "--host", "0.0.0.0"], env={"MOODWATCH_WEB_TOKEN": ""})
     assert result.exit_code != 0 and "MOODWATCH_WEB_TOKEN" in result.output
@@ -177,7 +177,7 @@ def test_models_page_api_and_cli_name_the_architecture_the_same_way(tmp_path, sq
     from click.testing import CliRunner
 
     from moodwatch import settings as settings_module
-    from moodwatch.cli import main
+    from moodwatch_app.cli import main
 
     models = tmp_path / "models"
     for name, params in (("v1-faces", {"architecture": "default", "faces": True}),
@@ -215,7 +215,8 @@ def test_gallery_has_no_broken_thumbnails_and_every_card_links_somewhere(site, t
     with sessions() as s, s.begin():
         insert_results(s, [
             result_row("out", str(outside), now, status="classified", label="sad", confidence=0.7),
-            result_row("fail", "/mnt/gone/lost.jpg", now, error="file not found: /mnt/gone/lost.jpg"),
+            result_row("fail", "/mnt/gone/lost.jpg", now, status="failed",
+                       error="file not found: /mnt/gone/lost.jpg"),
         ])
     html = client.get("/").text
     for rid in re.findall(r'src="/thumb/(\d+)"', html):
@@ -227,7 +228,7 @@ def test_gallery_has_no_broken_thumbnails_and_every_card_links_somewhere(site, t
 def test_failed_rows_are_listed_with_the_rejected(site):
     client, _settings, sessions = site
     with sessions() as s, s.begin():
-        insert_results(s, [result_row("fail2", "/mnt/gone/failed.jpg", datetime.now(UTC),
+        insert_results(s, [result_row("fail2", "/mnt/gone/failed.jpg", datetime.now(UTC), status="failed",
                                       error="cannot read file: Input/output error")])
     html = client.get("/rejected").text
     assert "failed.jpg" in html and "Input/output error" in html and "bad.jpg" in html
@@ -330,7 +331,7 @@ def test_web_refuses_a_weak_token_off_loopback(monkeypatch):
     from click.testing import CliRunner
 
     from moodwatch import settings as settings_module
-    from moodwatch.cli import main
+    from moodwatch_app.cli import main
 
     served = []
     monkeypatch.setattr(uvicorn, "run", lambda *a, **k: served.append(k))
@@ -338,3 +339,24 @@ def test_web_refuses_a_weak_token_off_loopback(monkeypatch):
     weak = CliRunner().invoke(main, ["web", "--host", "0.0.0.0"], env={"MOODWATCH_WEB_TOKEN": "s3cret"})
     settings_module.get_settings.cache_clear()
     assert weak.exit_code != 0 and "16" in weak.output and not served
+
+
+def test_status_strip_names_the_error_it_met(site, monkeypatch):
+    """A failure that is not the broker's is not called "broker unreachable"; it is named."""
+    client, _settings, _ = site
+    import moodwatch.status
+
+    def corrupt(self):
+        raise ValueError("models/CURRENT names no version")
+
+    monkeypatch.setattr(moodwatch.status.Registry, "current_name", corrupt)
+    html = client.get("/").text
+    strip = re.search(r'<div class="status" id="status">(.*?)</div>', html, re.S).group(1)
+    assert "broker" not in strip
+    assert "status unavailable: ValueError: models/CURRENT names no version" in strip
+
+
+def test_status_strip_says_when_the_broker_is_unreachable(site):
+    client, _settings, _ = site
+    strip = re.search(r'<div class="status" id="status">(.*?)</div>', client.get("/").text, re.S).group(1)
+    assert "broker unreachable: ConnectionError" in strip

@@ -134,7 +134,7 @@ def test_name_that_is_not_utf8_gets_its_row_and_its_batch_mates_too(tmp_path, ti
                                                                      pg_url):
     import os
 
-    from watcher.validation import check_file
+    from watcher.validation import check_arrival
 
     upgrade(pg_url)
     data = tmp_path / "data"
@@ -143,7 +143,7 @@ def test_name_that_is_not_utf8_gets_its_row_and_its_batch_mates_too(tmp_path, ti
     odd = write_image(Path(os.fsdecode(os.fsencode(inbox) + b"/sm\xefle \xff.jpg")), face_like("happy", 7))
     odd_bytes = odd.read_bytes()
     files = [*_images(inbox, 2), odd, *_images(inbox, 2, start=2)]
-    checked = [check_file(str(p), inbox, settings.max_file_bytes, settings.max_pixels) for p in files]
+    checked = [check_arrival(str(p), inbox, settings.max_file_bytes, settings.max_pixels) for p in files]
     now = datetime.now(UTC).isoformat()
     msgs = [{"event_id": c.event_id, "path": c.path, "sha256": c.sha256, "received_at": now}
             for c in checked]
@@ -170,12 +170,12 @@ def test_name_that_is_not_utf8_gets_its_row_and_its_batch_mates_too(tmp_path, ti
 
 def _checked_messages(files, settings: Settings) -> list[dict]:
     """The messages the watcher sends for these files, checked as they are now."""
-    from watcher.validation import check_file
+    from watcher.validation import check_arrival
 
     now = datetime.now(UTC).isoformat()
     out = []
     for p in files:
-        c = check_file(str(p), settings.inbox_dir, settings.max_file_bytes, settings.max_pixels)
+        c = check_arrival(str(p), settings.inbox_dir, settings.max_file_bytes, settings.max_pixels)
         out.append({"event_id": c.event_id, "path": c.path, "sha256": c.sha256, "received_at": now})
     return out
 

@@ -27,7 +27,7 @@ class CleanReport:
         return f"kept {kept}; quarantined {len(self.quarantined)}"
 
 
-def check_file(path: Path, max_pixels: int) -> str | None:
+def unusable_reason(path: Path, max_pixels: int) -> str | None:
     """The reason a curated file is unfit for training, or None when it is fine."""
     if path.is_symlink():
         return "symbolic link (curated folders must hold the photos themselves)"
@@ -58,7 +58,7 @@ def clean_folders(data_dir: Path, quarantine_dir: Path, max_pixels: int) -> Clea
             for path in sorted(folder.rglob("*")):
                 if path.name in IGNORED_NAMES or (path.is_dir() and not path.is_symlink()):
                     continue
-                reason = check_file(path, max_pixels)
+                reason = unusable_reason(path, max_pixels)
                 if reason is None:
                     kept += 1
                     report.files.append((path, label))

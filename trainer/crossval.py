@@ -12,8 +12,8 @@ from typing import Any
 import keras
 
 from moodwatch.pipeline import combine_logits
-from moodwatch.settings import LABELS
-from trainer.cleaning import check_file
+from moodwatch.settings import DEFAULT_MAX_PIXELS, LABELS
+from trainer.cleaning import unusable_reason
 from trainer.dataset import Item, make_items, shuffled_groups, split_items
 from trainer.dedupe import hash_file, near_duplicate_groups
 from trainer.evaluation import metrics_from_scores
@@ -44,12 +44,12 @@ def folds_of(items: list[Item], k: int, seed: int, near_duplicates: bool = False
     return folds
 
 
-def list_items(data_dir: Path, max_pixels: int = 50_000_000) -> list[Item]:
+def list_items(data_dir: Path, max_pixels: int = DEFAULT_MAX_PIXELS) -> list[Item]:
     files = [
         (p, label)
         for label in LABELS
         for p in sorted((data_dir / label).rglob("*"))
-        if p.is_file() and check_file(p, max_pixels) is None
+        if p.is_file() and unusable_reason(p, max_pixels) is None
     ]
     return make_items(files)
 
@@ -57,7 +57,7 @@ def list_items(data_dir: Path, max_pixels: int = 50_000_000) -> list[Item]:
 def cross_validate(
     data_dir: Path, architecture: str, k: int = 5, epochs: int = 40, patience: int = 8,
     batch_size: int = 16, seed: int = 1337, face_base: Path | None = None, face_epochs: int = 3,
-    face_weight: float = 0.5, max_pixels: int = 50_000_000, face_head_only: bool = False,
+    face_weight: float = 0.5, max_pixels: int = DEFAULT_MAX_PIXELS, face_head_only: bool = False,
     near_duplicates: bool = False,
 ) -> list[FoldResult]:
     """Each fold is the test set once; the rest is split 80/20 into training and validation

@@ -15,6 +15,7 @@ import cv2
 import numpy as np
 
 from moodwatch.images import decode_rgb
+from moodwatch.settings import DEFAULT_MAX_PIXELS
 
 MAX_DISTANCE = 6  # bits of 64: copies land at 0-4, different photos at 20 and more
 
@@ -27,7 +28,7 @@ def perceptual_hash(rgb: np.ndarray) -> int:
     return int("".join("1" if b else "0" for b in bits), 2)
 
 
-def hash_file(path: Path, max_pixels: int = 50_000_000) -> int:
+def hash_file(path: Path, max_pixels: int = DEFAULT_MAX_PIXELS) -> int:
     return perceptual_hash(decode_rgb(Path(path).read_bytes(), max_pixels))
 
 

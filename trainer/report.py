@@ -11,6 +11,7 @@ from typing import Any
 import numpy as np
 
 from moodwatch.images import extension_allowed
+from moodwatch.modelio import is_sad
 from moodwatch.settings import LABELS
 from trainer.evaluation import metrics_from_scores
 
@@ -26,7 +27,7 @@ class Evaluated:
 
     @property
     def predicted(self) -> str | None:
-        return None if self.score is None else ("sad" if self.score >= 0.5 else "happy")
+        return None if self.score is None else ("sad" if is_sad(self.score) else "happy")
 
     @property
     def confidence(self) -> float | None:
@@ -66,7 +67,7 @@ def roc_auc(y: np.ndarray, scores: np.ndarray) -> float:
 def calibration_table(y: np.ndarray, scores: np.ndarray) -> list[dict[str, Any]]:
     """For each confidence band: how many predictions, their mean confidence, how many right."""
     conf = np.maximum(scores, 1 - scores)
-    right = (scores >= 0.5).astype(int) == y
+    right = is_sad(scores).astype(int) == y
     table = []
     for lo, hi in CALIBRATION_BINS:
         m = (conf >= lo) & (conf < hi)

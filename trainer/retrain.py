@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import logging
 from contextlib import contextmanager
 from typing import Any
@@ -34,9 +33,22 @@ def training_lock(broker_url: str, timeout: int = 6 * 3600):
         yield acquired
     finally:
         if acquired:
-            with contextlib.suppress(Exception):  # expired: nothing to release
-                lock.release()
+            _release(lock)
         client.close()
+
+
+def _release(lock: Any) -> None:
+    """Release the training lock, saying so when it cannot be: an expired lock (training outlived
+    its timeout) is expected and harmless; a broker error leaves it held until it expires."""
+    import redis.exceptions
+
+    try:
+        lock.release()
+    except redis.exceptions.LockNotOwnedError:
+        log.info("the training lock had expired before training ended: nothing to release")
+    except redis.exceptions.RedisError as exc:
+        log.warning("could not release the training lock (%s: %s); it expires by itself",
+                    exc.__class__.__name__, exc)
 
 
 def last_trained_fingerprint(registry: Registry) -> str | None:

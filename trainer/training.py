@@ -29,9 +29,9 @@ from moodwatch.pipeline import (
 )
 from moodwatch.registry import Registry, RegistryError, Version, write_json
 from moodwatch.settings import Settings
-from trainer.architectures import make_model
+from trainer.architectures import DEFAULT_ARCHITECTURE, make_model
 from trainer.cleaning import CleanReport, clean_folders
-from trainer.dataset import DatasetError, Item, fingerprint, make_items, split_items
+from trainer.dataset import DatasetError, Item, Split, fingerprint, make_items, split_items
 from trainer.evaluation import metrics_from_scores
 from trainer.plots import save_history_plots
 
@@ -41,7 +41,7 @@ log = logging.getLogger(__name__)
 @dataclass
 class TrainOptions:
     data_dir: Path
-    architecture: str = "default"
+    architecture: str = DEFAULT_ARCHITECTURE
     epochs: int = 30
     batch_size: int = 16
     patience: int = 6
@@ -270,50 +270,72 @@ def default_face_base(registry: Registry) -> Path | None:
     return None
 
 
-def train(settings: Settings, options: TrainOptions) -> TrainResult:
-    timings: dict[str, float] = {}
-    t0 = time.perf_counter()
+@dataclass
+class PreparedData:
+    """The curated data, cleaned, split and prepared once for training and evaluation."""
+
+    clean: CleanReport
+    split: Split
+    data_fingerprint: str
+    train: list[Prepared]
+    validation: list[Prepared]
+    test: list[Prepared]
+
+
+def _load(settings: Settings, options: TrainOptions, faces: bool) -> PreparedData:
     data_dir = Path(options.data_dir)
-    if not data_dir.is_dir():
-        raise DatasetError(f"data folder {data_dir} does not exist")
     clean = clean_folders(data_dir, settings.quarantine_dir, settings.max_pixels)
     items = make_items(clean.files)
     data_fingerprint = fingerprint(items)
     if data_fingerprint == options.skip_if_fingerprint:
         raise DataUnchanged(data_fingerprint)
     split = split_items(items, options.seed)
-    registry = Registry(settings.model_dir)
-    face_base = None if options.no_faces else (options.face_base or default_face_base(registry))
-    current = current_or_none(registry)
-    # Face crops are prepared when either the new or the current pipeline uses them.
-    faces = face_base is not None or (current is not None and (current.path / FACE_MODEL_FILE).is_file())
-    train_prep = prepare_items(split.train, settings.max_pixels, faces)
-    val_prep = prepare_items(split.validation, settings.max_pixels, faces)
-    test_prep = prepare_items(split.test, settings.max_pixels, faces)
-    y_train, y_val, y_test = labels_of(split.train), labels_of(split.validation), labels_of(split.test)
-    timings["load_s"] = time.perf_counter() - t0
+    return PreparedData(clean, split, data_fingerprint,
+                     prepare_items(split.train, settings.max_pixels, faces),
+                     prepare_items(split.validation, settings.max_pixels, faces),
+                     prepare_items(split.test, settings.max_pixels, faces))
 
-    version = registry.new_version_dir(options.architecture + ("-faces" if face_base else ""))
-    t1 = time.perf_counter()
-    close_up_base = close_up_model_for(face_base)
-    pipeline, history = fit_models(options, train_prep, y_train, val_prep, y_val, face_base,
-                                   log_dir=version.path / "tensorboard", close_up_base=close_up_base)
-    epochs_run = len(history.get("loss", []))
-    timings["train_s"] = time.perf_counter() - t1
-    timings["epoch_s"] = timings["train_s"] / max(1, epochs_run)
 
-    t2 = time.perf_counter()
-    metrics = metrics_from_scores(y_test, pipeline.scores(test_prep))
-    current_metrics = None
-    if current is not None:
-        try:
-            current_metrics = metrics_from_scores(y_test, Pipeline.load(current.path).scores(test_prep))
-            current_metrics["version"] = current.name
-        except Exception as exc:  # an unreadable current model must not block a good new one
-            log.warning("could not evaluate current model %s: %s", current.name, exc)
-    timings["evaluate_s"] = time.perf_counter() - t2
-    promoted, reason = promotion_decision(metrics, current_metrics, options.force_promote)
+def _evaluate_current(current: Version | None, y_test: np.ndarray,
+                      test_prep: list[Prepared]) -> dict[str, Any] | None:
+    """The current model's figures on the same test files; None when there is none (or it
+    cannot be read: an unreadable current model must not block a good new one)."""
+    if current is None:
+        return None
+    try:
+        current_metrics = metrics_from_scores(y_test, Pipeline.load(current.path).scores(test_prep))
+    except Exception as exc:
+        log.warning("could not evaluate current model %s: %s", current.name, exc)
+        return None
+    current_metrics["version"] = current.name
+    return current_metrics
 
+
+def _params(options: TrainOptions, face_base: Path | None, data: PreparedData) -> dict[str, Any]:
+    split = data.split
+    return {
+        "architecture": options.architecture,
+        "faces": face_base is not None,
+        "face_base": str(face_base) if face_base else None,
+        "face_base_provenance": _provenance(face_base),
+        "face_epochs": options.face_epochs if face_base else 0,
+        "epochs": options.epochs,
+        "batch_size": options.batch_size,
+        "patience": options.patience,
+        "seed": options.seed,
+        "data_dir": str(Path(options.data_dir).resolve()),
+        "data_fingerprint": data.data_fingerprint,
+        "counts": {"train": len(split.train), "validation": len(split.validation),
+                   "test": len(split.test)},
+        "split": {"train": _files(split.train), "validation": _files(split.validation),
+                  "test": _files(split.test)},
+        "keras": keras.__version__,
+        "tensorflow": tf.__version__,
+    }
+
+
+def _save_pipeline(pipeline: Any, history: dict[str, Any], version: Version,
+                   close_up_base: Path | None) -> None:
     save_lean(pipeline.whole, version.model_path)
     if pipeline.face is not None:
         save_lean(pipeline.face, version.path / FACE_MODEL_FILE)
@@ -321,57 +343,65 @@ def train(settings: Settings, options: TrainOptions) -> TrainResult:
             shutil.copyfile(close_up_base, version.path / CLOSE_UP_MODEL_FILE)
     write_json(version.path / PIPELINE_FILE, pipeline.combination.to_json())
     save_history_plots(history, version.path)
-    timings["total_s"] = time.perf_counter() - t0
-    write_json(
-        version.path / "metrics.json",
-        {
-            "test": metrics,
-            "current_on_same_test": current_metrics,
-            "promoted": promoted,
-            "promotion_reason": reason,
-            "epochs_run": epochs_run,
-            "history": {k: [float(v) for v in vals] for k, vals in history.items()},
-            "timings": timings,
-        },
-    )
-    write_json(
-        version.path / "params.json",
-        {
-            "architecture": options.architecture,
-            "faces": face_base is not None,
-            "face_base": str(face_base) if face_base else None,
-            "face_base_provenance": _provenance(face_base),
-            "face_epochs": options.face_epochs if face_base else 0,
-            "epochs": options.epochs,
-            "batch_size": options.batch_size,
-            "patience": options.patience,
-            "seed": options.seed,
-            "data_dir": str(data_dir.resolve()),
-            "data_fingerprint": data_fingerprint,
-            "counts": {"train": len(split.train), "validation": len(split.validation),
-                       "test": len(split.test)},
-            "split": {"train": _files(split.train), "validation": _files(split.validation),
-                      "test": _files(split.test)},
-            "keras": keras.__version__,
-            "tensorflow": tf.__version__,
-        },
-    )
+
+
+def train(settings: Settings, options: TrainOptions) -> TrainResult:
+    """Clean, split, fit, evaluate against the current model, write a version, maybe promote.
+
+    The version folder holds a whole version or does not exist: if anything fails before the
+    version is complete, the folder is removed (it was made by this run) and the error raised.
+    """
+    timings: dict[str, float] = {}
+    t0 = time.perf_counter()
+    if not Path(options.data_dir).is_dir():
+        raise DatasetError(f"data folder {options.data_dir} does not exist")
+    registry = Registry(settings.model_dir)
+    face_base = None if options.no_faces else (options.face_base or default_face_base(registry))
+    current = current_or_none(registry)
+    # Face crops are prepared when either the new or the current pipeline uses them.
+    faces = face_base is not None or (current is not None and (current.path / FACE_MODEL_FILE).is_file())
+    data = _load(settings, options, faces)
+    split = data.split
+    y_train, y_val, y_test = labels_of(split.train), labels_of(split.validation), labels_of(split.test)
+    timings["load_s"] = time.perf_counter() - t0
+
+    version = registry.new_version_dir(options.architecture + ("-faces" if face_base else ""))
+    try:
+        t1 = time.perf_counter()
+        close_up_base = close_up_model_for(face_base)
+        pipeline, history = fit_models(options, data.train, y_train, data.validation, y_val, face_base,
+                                       log_dir=version.path / "tensorboard", close_up_base=close_up_base)
+        epochs_run = len(history.get("loss", []))
+        timings["train_s"] = time.perf_counter() - t1
+        timings["epoch_s"] = timings["train_s"] / max(1, epochs_run)
+
+        t2 = time.perf_counter()
+        metrics = metrics_from_scores(y_test, pipeline.scores(data.test))
+        current_metrics = _evaluate_current(current, y_test, data.test)
+        timings["evaluate_s"] = time.perf_counter() - t2
+        promoted, reason = promotion_decision(metrics, current_metrics, options.force_promote)
+
+        _save_pipeline(pipeline, history, version, close_up_base)
+        timings["total_s"] = time.perf_counter() - t0
+        write_json(version.path / "metrics.json", {
+            "test": metrics, "current_on_same_test": current_metrics, "promoted": promoted,
+            "promotion_reason": reason, "epochs_run": epochs_run,
+            "history": {k: [float(v) for v in vals] for k, vals in history.items()}, "timings": timings,
+        })
+        write_json(version.path / "params.json", _params(options, face_base, data))
+    except BaseException:
+        shutil.rmtree(version.path, ignore_errors=True)  # this run's own, unfinished folder
+        raise
     if promoted:
         registry.promote(version)
     _record_in_database(settings, version.name, options.architecture + ("+faces" if face_base else ""),
                         metrics, promoted)
-    registry.record_run(
-        {
-            "version": version.name,
-            "outcome": "promoted" if promoted else "trained",
-            "reason": reason,
-            "data_fingerprint": data_fingerprint,
-            "accuracy": metrics["accuracy"],
-            "f1": metrics["f1"],
-            "seconds": round(timings["total_s"], 1),
-        }
-    )
-    return TrainResult(version, metrics, current_metrics, promoted, reason, clean, timings)
+    registry.record_run({
+        "version": version.name, "outcome": "promoted" if promoted else "trained", "reason": reason,
+        "data_fingerprint": data.data_fingerprint, "accuracy": metrics["accuracy"], "f1": metrics["f1"],
+        "seconds": round(timings["total_s"], 1),
+    })
+    return TrainResult(version, metrics, current_metrics, promoted, reason, data.clean, timings)
 
 
 def _record_in_database(

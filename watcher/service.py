@@ -29,10 +29,11 @@ from db.repository import (
     unmoved_rows,
 )
 from moodwatch.files import event_id_for, inside, move_outcomes, printable
+from moodwatch.queue import BROKER_ERRORS
 from moodwatch.settings import Settings
 from watcher.filters import is_ignored
 from watcher.stability import StabilityTracker
-from watcher.validation import Checked, check_file
+from watcher.validation import Checked, check_arrival
 
 log = logging.getLogger("moodwatch.watcher")
 
@@ -199,7 +200,7 @@ class Watcher:
             with self.sessions() as session:
                 recorded = recorded_event_ids(session, stale)
         except Exception as exc:  # the database is away: nothing can be told; try next time
-            log.debug("cannot reconcile with the database: %s", exc)
+            _database_unavailable("cannot tell which sent files have rows", exc)
             return
         for eid in recorded:
             self._handled[eid].recorded = True
@@ -211,7 +212,7 @@ class Watcher:
 
     def _handle(self, path: str) -> None:
         try:
-            checked = check_file(path, self.inbox, self.settings.max_file_bytes, self.settings.max_pixels)
+            checked = check_arrival(path, self.inbox, self.settings.max_file_bytes, self.settings.max_pixels)
         except Exception as exc:  # one odd file must never stop the watcher (and every other file)
             log.exception("%s: could not be checked", printable(path))
             checked = _unchecked(path, exc)
@@ -242,7 +243,7 @@ class Watcher:
             with self.sessions() as session:
                 return recorded_event_ids(session, ids)
         except Exception as exc:  # the workers' idempotent insert still guards against doubles
-            log.debug("could not check recorded events: %s", exc)
+            _database_unavailable("cannot check which files are recorded (sending them anyway)", exc)
             return set()
 
     def _write_rejects(self) -> None:
@@ -288,7 +289,7 @@ class Watcher:
             with self.sessions() as session:
                 rows = unmoved_rows(session, list(found), before)
         except Exception as exc:
-            log.debug("cannot look for unfinished moves: %s", exc)
+            _database_unavailable("cannot look for unfinished moves", exc)
             return
         todo = [{**r, "path": found[r["event_id"]]} for r in rows]  # the path as it is on disk
         if todo:
@@ -304,11 +305,16 @@ class Watcher:
             try:
                 if to_send:
                     self.send(to_send)
-            except Exception as exc:
+            except BROKER_ERRORS as exc:
                 self._send_retry_at = now + self._send_backoff
                 log.warning("broker unreachable (%s: %s): %d file(s) kept, retrying in %.0fs",
                             exc.__class__.__name__, exc, len(self._pending), self._send_backoff)
                 self._send_backoff = min(30.0, self._send_backoff * 2)
+                return
+            except Exception:  # a bug, not an outage: said with its traceback; the files are kept
+                self._send_retry_at = now + 30.0
+                log.exception("sending %d file(s) failed (not a broker outage); kept, retrying in 30s",
+                              len(to_send))
                 return
             self._send_backoff = 1.0
             del self._pending[: len(batch)]
@@ -317,10 +323,6 @@ class Watcher:
                 if m["event_id"] in self._handled:  # the resend clock starts when it is sent
                     self._handled[m["event_id"]].since = time.monotonic()
         self._pending_since = now
-
-    @property
-    def backlog(self) -> int:
-        return len(self.tracker) + len(self._pending) + len(self._rejects)
 
 
 def _event_id(path: str) -> str | None:
@@ -338,6 +340,11 @@ def _unchecked(path: str, exc: Exception) -> Checked | None:
     except OSError:
         return None
     return Checked(path, event_id_for(path, st), rejected=f"could not be checked: {exc.__class__.__name__}")
+
+
+def _database_unavailable(what: str, exc: Exception) -> None:
+    cause = getattr(exc, "orig", None) or exc  # SQLAlchemy's own text repeats the whole statement
+    log.warning("database unavailable, %s: %s: %s", what, cause.__class__.__name__, cause)
 
 
 def celery_sender(settings: Settings) -> Sender:
@@ -399,7 +406,7 @@ def submit_paths(paths: list[Path], settings: Settings, send: Sender,
     checked: list[tuple[Checked, bool]] = []
     for f in _files_under(paths):
         in_inbox = inside(f, w.inbox)
-        c = check_file(f, w.inbox if in_inbox else Path(f).parent, settings.max_file_bytes,
+        c = check_arrival(f, w.inbox if in_inbox else Path(f).parent, settings.max_file_bytes,
                        settings.max_pixels)
         if c is not None:
             checked.append((c, in_inbox))

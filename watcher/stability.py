@@ -46,9 +46,6 @@ class StabilityTracker:
                 del self._files[path]
         return ready
 
-    def forget(self, path: str) -> None:
-        self._files.pop(path, None)
-
     def __contains__(self, path: str) -> bool:
         return path in self._files
 

@@ -12,7 +12,7 @@ from moodwatch.files import event_id_for
 from moodwatch.images import ImageRejected, extension_allowed, inspect_image
 from moodwatch.settings import ALLOWED_EXTENSIONS
 
-__all__ = ["Checked", "check_file", "event_id_for"]
+__all__ = ["Checked", "check_arrival", "event_id_for"]
 
 
 @dataclass
@@ -23,7 +23,7 @@ class Checked:
     rejected: str | None = None  # the reason, when the file is refused
 
 
-def check_file(path: str, inbox: Path, max_bytes: int, max_pixels: int) -> Checked | None:
+def check_arrival(path: str, inbox: Path, max_bytes: int, max_pixels: int) -> Checked | None:
     """Validate one file; None when it vanished before it could be looked at."""
     try:
         st = os.lstat(path)

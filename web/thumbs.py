@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import cv2
 
+from moodwatch.files import write_atomic
 from moodwatch.images import ImageRejected, decode_rgb
 from moodwatch.settings import Settings
 
@@ -41,11 +41,8 @@ def thumbnail(settings: Settings, result_id: int, stored_path: str | None) -> Pa
     h, w = rgb.shape[:2]
     scale = THUMB / max(h, w)
     small = cv2.resize(rgb, (max(1, int(w * scale)), max(1, int(h * scale))), interpolation=cv2.INTER_AREA)
-    cache.parent.mkdir(parents=True, exist_ok=True)
-    tmp = cache.with_suffix(f".{os.getpid()}.tmp")
     ok, buf = cv2.imencode(".jpg", cv2.cvtColor(small, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, 80])
     if not ok:
         return None
-    tmp.write_bytes(buf.tobytes())
-    os.replace(tmp, cache)
+    write_atomic(cache, buf.tobytes())
     return cache

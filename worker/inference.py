@@ -27,7 +27,9 @@ class Prediction:
     score: float | None = None
     error: str | None = None  # why this file could not be classified
     rejected: bool = False  # the file itself is bad (as opposed to a failure reading it)
-    seconds: float = 0.0
+    # The batch's time so far divided by its files so far: files are decoded in parallel and
+    # scored together, so no file has a time of its own.
+    batch_seconds_per_file: float = 0.0
     faces: list[list[float]] | None = None  # face boxes the model used, as fractions of the image
 
 
@@ -91,12 +93,12 @@ class Classifier:
             for i, path in enumerate(chunk_paths):
                 prep, error, rejected = decoded[i]
                 if prep is None:
-                    yield Prediction(path, error=error, rejected=rejected, seconds=elapsed)
+                    yield Prediction(path, error=error, rejected=rejected, batch_seconds_per_file=elapsed)
                     continue
                 score = float(by_index[i])
                 label, confidence = label_for(score)
                 faces = prep.faces.relative_boxes() if prep.faces is not None else None
-                yield Prediction(path, label, confidence, score, seconds=elapsed, faces=faces)
+                yield Prediction(path, label, confidence, score, batch_seconds_per_file=elapsed, faces=faces)
 
     def warm_up(self) -> None:
         """One pass through decoding, face detection and every compiled forward pass, so the

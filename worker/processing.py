@@ -21,7 +21,7 @@ from typing import Any, Protocol
 
 from pydantic import BaseModel, ConfigDict, Field, StrictStr, ValidationError, field_validator
 from sqlalchemy import select
-from sqlalchemy.orm import sessionmaker
+from sqlalchemy.orm import Session, sessionmaker
 
 from db.models import Result
 from db.repository import (
@@ -111,7 +111,8 @@ def parse_item(item: Any, now: datetime) -> Job | dict[str, Any]:
     if reasons:
         digest = hashlib.sha256(json.dumps(item, sort_keys=True, default=str).encode()).hexdigest()
         return result_row(f"malformed-{digest[:30]}", path if isinstance(path, str) else "(no path)", now,
-                          error=f"malformed job item: {'; '.join(reasons)}"[:500], classified_at=now)
+                          status="failed", error=f"malformed job item: {'; '.join(reasons)}"[:500],
+                          classified_at=now)
     when = ok.received_at or now
     return Job(ok.event_id, path, when if when.tzinfo else when.replace(tzinfo=UTC), ok.attempts,
                {**item, "attempts": ok.attempts})
@@ -140,13 +141,14 @@ def _read(job: Job, settings: Settings, submitted: dict[str, str], now: datetime
     except FileRefused as exc:
         return _row(job, status="rejected", error=exc.reason, classified_at=now)
     except FileNotFoundError:
-        return _row(job, error=f"file not found or unreadable on this worker: {job.path} "
+        return _row(job, status="failed", error=f"file not found or unreadable on this worker: {job.path} "
                     f"(tried by {job.attempts + 1} worker runs)", classified_at=now)
     except OSError as exc:
-        return _row(job, error=f"cannot read file: {exc.strerror or exc}", classified_at=now)
+        return _row(job, status="failed", error=f"cannot read file: {exc.strerror or exc}", classified_at=now)
     if job.event_id not in submitted and not inside(got.real_path, settings.inbox_dir):
         # A folder on the way was swapped for a link after the check above.
-        return _row(job, error="refused: the file opened lies outside the inbox", classified_at=now)
+        return _row(job, status="failed", error="refused: the file opened lies outside the inbox",
+                    classified_at=now)
     job.sha256, job.data = got.sha256, got.data
     return None
 
@@ -162,7 +164,7 @@ def triage(jobs: list[Job], settings: Settings, sessions: sessionmaker, now: dat
         reason = refusal(job, settings, submitted)
         if reason is not None:
             log.warning("%s: %s", printable(job.path), reason)
-            out.rows.append(_row(job, error=reason, classified_at=now))
+            out.rows.append(_row(job, status="failed", error=reason, classified_at=now))
             continue
         if retry_sink is not None and not os.path.lexists(job.path) \
                 and job.attempts + 1 < UNREACHABLE_ATTEMPTS:
@@ -177,6 +179,17 @@ def triage(jobs: list[Job], settings: Settings, sessions: sessionmaker, now: dat
         else:
             out.jobs.append(job)
     return out
+
+
+def skip_recorded(parsed: list[Job | dict[str, Any]],
+                  sessions: sessionmaker) -> tuple[list[Job], list[dict[str, Any]]]:
+    """The jobs and the malformed items' rows whose events have no row yet (a redelivered job
+    adds nothing)."""
+    jobs = [p for p in parsed if isinstance(p, Job)]
+    bad = [p for p in parsed if not isinstance(p, Job)]
+    with sessions() as session:
+        done = recorded_event_ids(session, [j.event_id for j in jobs] + [r["event_id"] for r in bad])
+    return [j for j in jobs if j.event_id not in done], [r for r in bad if r["event_id"] not in done]
 
 
 def process_batch(
@@ -200,20 +213,15 @@ def process_batch(
                   "and the workers the same batch size)", len(messages), settings.batch_size)
         return {"refused": len(messages)}
     now = datetime.now(UTC)
-    parsed = [parse_item(m, now) for m in messages]
-    jobs = [p for p in parsed if isinstance(p, Job)]
-    bad = [p for p in parsed if not isinstance(p, Job)]
-    with sessions() as session:
-        done = recorded_event_ids(session, [j.event_id for j in jobs] + [r["event_id"] for r in bad])
-    jobs = [j for j in jobs if j.event_id not in done]
-    bad = [r for r in bad if r["event_id"] not in done]
+    jobs, bad = skip_recorded([parse_item(m, now) for m in messages], sessions)
     if not jobs and not bad:
         return {"skipped": len(messages)}
 
     checked = triage(jobs, settings, sessions, now, retry_sink)
-    rows, originals, duplicates, known = classify(checked.jobs, settings, sessions, classifier, dedupe)
-    rows = bad + checked.rows + rows
-    added = record(rows, originals, duplicates, known, sessions, dedupe)
+    batch = classify(checked.jobs, settings, sessions, classifier, dedupe)
+    batch.rows = bad + checked.rows + batch.rows
+    added = record(batch, sessions, dedupe)
+    rows = batch.rows
 
     counts: dict[str, int] = {}
     for row in rows:
@@ -241,25 +249,55 @@ def _move(rows: list[dict[str, Any]], settings: Settings, sessions: sessionmaker
                     "rescan will move them", len(rows), exc.__class__.__name__, exc)
 
 
-Known = dict[str, tuple[int, str, float, float, str]]  # sha256 -> first row's id and verdict
+@dataclass(frozen=True)
+class Verdict:
+    """The first row recorded for some bytes: what a later copy of the same bytes refers to."""
+
+    id: int
+    label: str | None
+    confidence: float | None
+    score: float | None
+    model_version: str | None
+    status: str = "classified"
+
+    @classmethod
+    def of(cls, row: Result) -> Verdict:
+        return cls(row.id, row.label, row.confidence, row.score, row.model_version, row.status)
 
 
-def classify(jobs: list[Job], settings: Settings, sessions: sessionmaker, classifier: ClassifierLike,
-             dedupe: bool) -> tuple[list[dict[str, Any]], dict[str, Job], list[Job], Known]:
-    """Classify each new bytes once; returns rows, the originals, the duplicates, known verdicts."""
-    with sessions() as session:
-        found = first_classified_by_sha(session, (j.sha256 for j in jobs)) if dedupe else {}
-        known: Known = {h: (r.id, r.label, r.confidence, r.score, r.model_version) for h, r in found.items()}
+@dataclass
+class Classified:
+    """One batch after classification: the rows of the bytes classified now, the job of each
+    (by sha256, or by event id without deduplication), the copies of bytes classified before or
+    earlier in the batch, and the first verdict known for each hash."""
 
-    # Same bytes seen before, or twice in this batch: classify once, refer to the first row.
-    originals: dict[str, Job] = {}  # keyed by sha256, or by event id when not deduplicating
+    rows: list[dict[str, Any]]
+    originals: dict[str, Job]
+    duplicates: list[Job]
+    known: dict[str, Verdict]
+
+
+def split_duplicates(jobs: list[Job], known: dict[str, Verdict],
+                     dedupe: bool) -> tuple[dict[str, Job], list[Job]]:
+    """Same bytes seen before, or twice in this batch: the first is classified, the rest refer
+    to it. Returns the originals (by sha256, or by event id when not deduplicating) and copies."""
+    originals: dict[str, Job] = {}
     duplicates: list[Job] = []
     for job in jobs:
         if dedupe and (job.sha256 in known or job.sha256 in originals):
             duplicates.append(job)
         else:
             originals[job.sha256 if dedupe else job.event_id] = job
+    return originals, duplicates
 
+
+def classify(jobs: list[Job], settings: Settings, sessions: sessionmaker, classifier: ClassifierLike,
+             dedupe: bool) -> Classified:
+    """Classify each new bytes once; the rows of the originals, and what the copies refer to."""
+    with sessions() as session:
+        found = first_classified_by_sha(session, (j.sha256 for j in jobs)) if dedupe else {}
+        known = {h: Verdict.of(r) for h, r in found.items()}
+    originals, duplicates = split_duplicates(jobs, known, dedupe)
     predictions = classifier.classify_bytes([j.path for j in originals.values()],
                                             [j.data for j in originals.values()], settings.max_pixels)
     for job in jobs:
@@ -268,7 +306,7 @@ def classify(jobs: list[Job], settings: Settings, sessions: sessionmaker, classi
     classified_at = datetime.now(UTC)
     rows = []
     for job, p in zip(originals.values(), predictions, strict=True):
-        ms = p.seconds * 1000
+        ms = p.batch_seconds_per_file * 1000  # a batch average, see Prediction
         if p.error:
             status = "rejected" if p.rejected else "failed"
             rows.append(_row(job, status=status, error=p.error, classified_at=classified_at,
@@ -277,47 +315,49 @@ def classify(jobs: list[Job], settings: Settings, sessions: sessionmaker, classi
             rows.append(_row(job, status="classified", label=p.label, confidence=p.confidence,
                              score=p.score, model_version=version, classified_at=classified_at,
                              processing_ms=ms, faces=p.faces))
-    return rows, originals, duplicates, known
+    return Classified(rows, originals, duplicates, known)
 
 
-def record(rows: list[dict[str, Any]], originals: dict[str, Job], duplicates: list[Job], known: Known,
-           sessions: sessionmaker, dedupe: bool) -> set[str]:
-    """Write the rows (duplicates refer to their first row) in one transaction; returns ids added."""
+def _yield_to_rows_that_landed(session: Session, batch: Classified) -> None:
+    """Another worker may have committed the same bytes while we classified: under a lock on
+    those hashes, its row wins and ours becomes a duplicate of it."""
+    lock_hashes(session, list(batch.originals))
+    landed = first_classified_by_sha(session, list(batch.originals))
+    lost = set()
+    for sha, first in landed.items():
+        batch.known[sha] = Verdict.of(first)
+        job = batch.originals.pop(sha)
+        batch.duplicates.append(job)
+        lost.add(job.event_id)
+    batch.rows = [r for r in batch.rows if r["event_id"] not in lost]
+
+
+def _duplicate_row(job: Job, first: Verdict, classified_at: datetime) -> dict[str, Any]:
+    if first.status != "classified":  # the first copy failed: this copy fails the same way
+        return _row(job, status=first.status, duplicate_of=first.id, classified_at=classified_at,
+                    error="same bytes as a file that could not be classified")
+    return _row(job, status="classified", label=first.label, confidence=first.confidence,
+                score=first.score, model_version=first.model_version, duplicate_of=first.id,
+                classified_at=classified_at, processing_ms=0.0)
+
+
+def record(batch: Classified, sessions: sessionmaker, dedupe: bool) -> set[str]:
+    """Write the rows (duplicates refer to their first row) in one transaction, under the lock on
+    their hashes; returns the event ids added. batch.rows ends up holding every row written."""
     classified_at = datetime.now(UTC)
     with sessions() as session, session.begin():
-        if dedupe and originals:
-            # Another worker may have committed the same bytes while we classified: under a
-            # lock on those hashes, its row wins and ours becomes a duplicate of it.
-            lock_hashes(session, list(originals))
-            landed = first_classified_by_sha(session, list(originals))
-            for sha, first in landed.items():
-                known[sha] = (first.id, first.label, first.confidence, first.score, first.model_version)
-                job = originals.pop(sha)
-                duplicates.append(job)
-                rows[:] = [r for r in rows if r["event_id"] != job.event_id]
-        added = insert_new_results(session, rows)
-        if not duplicates:
+        if dedupe and batch.originals:
+            _yield_to_rows_that_landed(session, batch)
+        added = insert_new_results(session, batch.rows)
+        if not batch.duplicates:
             return added
         session.flush()
-        first_ids = {
-            r.sha256: (r.id, r.label, r.confidence, r.score, r.model_version, r.status)
-            for r in session.scalars(
-                select(Result).where(Result.event_id.in_([j.event_id for j in originals.values()])))
-        }
-        dup_rows = []
-        for job in duplicates:
-            if job.sha256 in known:
-                rid, label, conf, score, model = known[job.sha256]
-                status = "classified"
-            else:
-                rid, label, conf, score, model, status = first_ids[job.sha256]
-            if status != "classified":  # the first copy failed: this copy fails the same way
-                dup_rows.append(_row(job, status=status, duplicate_of=rid, classified_at=classified_at,
-                                     error="same bytes as a file that could not be classified"))
-                continue
-            dup_rows.append(_row(job, status="classified", label=label, confidence=conf, score=score,
-                                 model_version=model, duplicate_of=rid, classified_at=classified_at,
-                                 processing_ms=0.0))
+        new_ids = [j.event_id for j in batch.originals.values()]
+        # Bytes first seen in this batch refer to the rows just inserted (classified or not).
+        firsts = {r.sha256: Verdict.of(r)
+                  for r in session.scalars(select(Result).where(Result.event_id.in_(new_ids)))}
+        dup_rows = [_duplicate_row(job, batch.known.get(job.sha256) or firsts[job.sha256], classified_at)
+                    for job in batch.duplicates]
         added |= insert_new_results(session, dup_rows)
-        rows.extend(dup_rows)
+        batch.rows.extend(dup_rows)
     return added

@@ -14,9 +14,9 @@ from pathlib import Path
 
 import click
 
-from moodwatch.clierrors import Cli
-from moodwatch.clierrors import fail as _fail
-from moodwatch.settings import get_settings
+from moodwatch.settings import LABELS, STATUSES, get_settings
+from moodwatch_app.clierrors import Cli
+from moodwatch_app.clierrors import fail as _fail
 
 MIN_WEB_TOKEN = 16  # characters of MOODWATCH_WEB_TOKEN needed to bind off loopback
 
@@ -52,8 +52,8 @@ def main(verbose: bool) -> None:
 @main.command()
 @click.option("--data", "data_dir", type=click.Path(path_type=Path), default=None,
               help="Folder with happy/ and sad/ subfolders (default: MOODWATCH_DATA_DIR).")
-@click.option("--arch", "architecture", default="default", show_default=True,
-              help="Model architecture: default or seed.")
+@click.option("--arch", "architecture", default=None,
+              help="Model architecture: default or seed (default: default).")
 @click.option("--epochs", type=click.IntRange(min=1), default=None,
               help="Most epochs (default: MOODWATCH_RETRAIN_EPOCHS; early stopping may end sooner).")
 @click.option("--batch-size", type=int, default=None, help="Default: the recipe's (16).")
@@ -63,7 +63,8 @@ def main(verbose: bool) -> None:
 @click.option("--face-model", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
               help="Face model (.keras) to fine-tune (default: the current version's, if it has one).")
 @click.option("--no-faces", is_flag=True, help="Whole-image model only, no face detection.")
-@click.option("--face-epochs", default=3, show_default=True, help="Fine-tuning epochs of the face model.")
+@click.option("--face-epochs", type=click.IntRange(min=0), default=None,
+              help="Fine-tuning epochs of the face model (default: the recipe's, 3).")
 @click.option("--face-tune", type=click.Choice(["all", "head"]), default="all", show_default=True,
               help="Fine-tune every layer of the face model, or its dense head only.")
 def train(data_dir, architecture, epochs, batch_size, patience, seed, promote, face_model, no_faces,
@@ -282,8 +283,8 @@ def _parse_since(value: str | None):
 
 
 @main.command()
-@click.option("--label", type=click.Choice(["happy", "sad"]), help="Only this label.")
-@click.option("--status", type=click.Choice(["classified", "rejected", "failed"]), help="Only this status.")
+@click.option("--label", type=click.Choice(LABELS), help="Only this label.")
+@click.option("--status", type=click.Choice(STATUSES), help="Only this status.")
 @click.option("--since", help="Received since an ISO time or a span ago (30m, 2h, 7d).")
 @click.option("--model", "model_version", help="Only rows classified by this model version.")
 @click.option("--limit", default=50, show_default=True, help="Most rows, newest first; 0 = all.")
@@ -411,7 +412,11 @@ def bench(images, count, workers, concurrency, batch, database_url) -> None:
             --images ../shared/datasets/web-happy-sad \\
             --database-url postgresql://postgres@127.0.0.1/test
     """
-    from worker.bench import run_bench
+    try:
+        from benchmarks.throughput import run_bench
+    except ModuleNotFoundError:
+        _fail("the bench harness (benchmarks/throughput.py) ships with the source only; "
+              "run `moodwatch bench` from a clone")
 
     settings = get_settings()
     r = run_bench(settings, count, images, workers, concurrency, batch or settings.batch_size,
@@ -533,7 +538,7 @@ def run(polling: bool, no_web: bool, no_beat: bool) -> None:
         MOODWATCH_DATABASE_URL=postgresql://postgres@db/moodwatch moodwatch run
     """
     from moodwatch.home import load_settings
-    from moodwatch.supervisor import run_all
+    from moodwatch_app.supervisor import run_all
 
     sys.exit(run_all(load_settings(starting_service=True), _stop_on_signals(), polling=polling,
                      web=not no_web, beat=not no_beat, say=click.echo))
@@ -586,7 +591,7 @@ def retrain(epochs: int | None, force: bool, enqueue: bool) -> None:
 
 @main.command()
 @click.argument("file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
-@click.argument("label", type=click.Choice(["happy", "sad"]))
+@click.argument("label", type=click.Choice(LABELS))
 def label(file: Path, label: str) -> None:
     """Copy a photo into data/happy or data/sad: training data for the next nightly retrain.
 

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 
 from moodwatch.broker import embedded_url, start_embedded, stop_embedded
 from moodwatch.redact import mask
-from moodwatch.settings import Settings
+from moodwatch.settings import Settings, child_env
 
 log = logging.getLogger("moodwatch.run")
 
@@ -35,7 +35,7 @@ class Child:
 
     def start(self) -> None:
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "moodwatch.cli", *self.argv], env=self.env,
+            [sys.executable, "-m", "moodwatch_app.cli", *self.argv], env=self.env,
             start_new_session=True,
         )
         self.started_at = time.monotonic()
@@ -75,10 +75,7 @@ def run_all(settings: Settings, stop: threading.Event, polling: bool = False, we
     record = write_record(settings)  # how commands run from any folder find this service
     # The service owns the embedded Redis (started here, or joined), and stops it at the end.
     url = settings.broker_url or embedded_url(start_embedded(settings.embedded_redis_path))
-    env = dict(os.environ, MOODWATCH_BROKER_URL=url, MOODWATCH_DATABASE_URL=settings.database,
-               MOODWATCH_DATA_DIR=str(settings.data_dir.resolve()),
-               MOODWATCH_MODEL_DIR=str(settings.model_dir.resolve()),
-               MOODWATCH_INBOX=str(settings.inbox_dir.resolve()))
+    env = child_env(settings, url)
     children = [
         Child("worker", ["worker"], env=env),
         Child("watcher", ["watch", *(["--polling"] if polling else [])], env=env),

@@ -27,7 +27,7 @@ from moodwatch.images import ImageRejected, extension_allowed, inspect_image
 from moodwatch.pipeline import FACE_MODEL_FILE, PIPELINE_FILE
 from moodwatch.queue import CLASSIFY_TASK, make_celery
 from moodwatch.registry import Registry, Version
-from moodwatch.settings import Settings
+from moodwatch.settings import Settings, child_env
 
 
 @dataclass
@@ -149,15 +149,16 @@ class Pass:
         run_id = uuid.uuid4().hex[:8]
         queue = f"bench-{run_id}"
         app = make_celery(self.settings)
-        env = dict(os.environ, MOODWATCH_BROKER_URL=app.conf.broker_url,
-                   MOODWATCH_DATABASE_URL=self.db_url, MOODWATCH_MODEL_DIR=str(model_dir),
-                   MOODWATCH_DATA_DIR=str(self.scratch / "data"), TF_CPP_MIN_LOG_LEVEL="2",
-                   # Workers refuse a job larger than their batch size.
-                   MOODWATCH_BATCH_SIZE=str(self.batch))
+        scratch = self.settings.model_copy(update={
+            "database_url": self.db_url, "model_dir": model_dir, "data_dir": self.scratch / "data",
+            "inbox": None})
+        # Workers refuse a job larger than their batch size.
+        env = child_env(scratch, app.conf.broker_url, TF_CPP_MIN_LOG_LEVEL="2",
+                        MOODWATCH_BATCH_SIZE=str(self.batch))
         procs = [
             subprocess.Popen(
-                [sys.executable, "-m", "moodwatch.cli", "worker", "-c", str(self.concurrency), "-Q", queue,
-                 "-n", f"bench{i}-{run_id}@%h", "--loglevel", "WARNING"],
+                [sys.executable, "-m", "moodwatch_app.cli", "worker", "-c", str(self.concurrency),
+                 "-Q", queue, "-n", f"bench{i}-{run_id}@%h", "--loglevel", "WARNING"],
                 env=env, stdout=subprocess.DEVNULL,
                 stderr=open(self.scratch / f"worker{i}.log", "wb"),  # noqa: SIM115
                 start_new_session=True,

@@ -1,0 +1,1 @@
+"""Benchmarks and their harness (`moodwatch bench` runs throughput.py); run from a clone."""

@@ -15,6 +15,7 @@ import pytest
 from db.engine import make_engine, make_sessionmaker
 from db.migrate import upgrade
 from db.repository import insert_results, result_row
+from tests.conftest import missing
 from tests.imagegen import face_like, write_image
 from tests.procs import ROOT, service_env, stop, wait_for
 
@@ -31,9 +32,7 @@ def _free_port() -> int:
 @pytest.fixture
 def browser():
     if not os.path.exists(CHROMIUM):
-        if os.environ.get("CI", "").lower() == "true":
-            pytest.fail("chromium is not installed (CI installs Debian's chromium)")
-        pytest.skip("Debian's chromium is not installed (apt-get install chromium)")
+        missing("Debian's chromium is not installed (apt-get install chromium; CI installs it)")
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as p:

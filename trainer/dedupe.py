@@ -8,7 +8,6 @@ a few bits apart for such copies.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
 from pathlib import Path
 
 import cv2
@@ -52,7 +51,3 @@ def near_duplicate_groups(hashes: dict[str, int], max_distance: int = MAX_DISTAN
                 parent[max(a, b)] = min(a, b)
     return {k: root(k) for k in keys}
 
-
-def pairs_within(groups: dict[str, str]) -> Iterable[tuple[str, str]]:
-    """(member, group) for every key that is not its group's first: the near-duplicates."""
-    return ((k, g) for k, g in groups.items() if k != g)

@@ -25,6 +25,10 @@ RAW_SCORE_LIMIT = 80.0  # MediaPipe clips at 100; 80 keeps float32 sigmoid finit
 SUPPRESSION_IOU = 0.3  # MediaPipe's min_suppression_threshold for faces
 TILE_ASPECT = 1.5  # a photo wider (or taller) than this is also scanned in square tiles
 TILE_OVERLAP = 0.25
+# A strip a few pixels high holds no face, and would cut into thousands of tiny tiles (a hostile
+# 1 x 50,000 px image: 50,000 model calls); a very long panorama gets evenly spread tiles instead.
+MIN_TILE_SIDE = 24
+MAX_TILES = 16
 
 
 class DetectorLoadError(RuntimeError):
@@ -137,10 +141,11 @@ class View:
 def tiles_of(width: int, height: int) -> list[View]:
     """Overlapping squares along the long side of a long, thin photo (none for other photos)."""
     long_side, short_side = max(width, height), min(width, height)
-    if long_side <= TILE_ASPECT * short_side:
+    if long_side <= TILE_ASPECT * short_side or short_side < MIN_TILE_SIDE:
         return []
     step = max(1, int(short_side * (1 - TILE_OVERLAP)))
-    starts = dict.fromkeys([*range(0, long_side - short_side, step), long_side - short_side])
+    count = min(MAX_TILES, -(-(long_side - short_side) // step) + 1)
+    starts = dict.fromkeys(round(i * (long_side - short_side) / (count - 1)) for i in range(count))
     return [View(s, 0, short_side) if width >= height else View(0, s, short_side) for s in starts]
 
 

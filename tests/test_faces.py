@@ -106,6 +106,14 @@ def test_tiles_for_long_photos_only():
     assert covered.all()
 
 
+def test_tiles_are_bounded_for_hostile_strips():
+    assert tiles_of(50_000, 1) == [] and tiles_of(1, 50_000) == []
+    views = tiles_of(50_000, 400)
+    assert len(views) == 16 and views[0].x == 0 and views[-1].x == 50_000 - 400
+    flat = np.full((1, 5000, 3), 128, np.uint8)
+    assert BlazeFace("short").detect(flat) == []
+
+
 def test_real_photo_face_at_the_hand_drawn_box(hopper, detector):
     found = detector.detect(hopper)
     assert len(found) == 1

@@ -45,8 +45,11 @@ class Child:
         return self.proc is not None and self.proc.poll() is None
 
     def terminate(self) -> None:
+        # The child's main process only: Celery's warm shutdown lets its pool processes finish
+        # their jobs, which a SIGTERM to the whole group would cut between a row and its move.
+        # The group is killed only if the child outstays its timeout (wait).
         if self.alive():
-            os.killpg(self.proc.pid, signal.SIGTERM)
+            self.proc.send_signal(signal.SIGTERM)
 
     def wait(self, timeout: float) -> None:
         if self.proc is None:

@@ -340,3 +340,22 @@ def test_running_watcher_resends_files_whose_job_was_lost(tmp_path, tiny_model_d
         if worker is not None:
             stop(worker)
         rows.close()
+
+
+def test_a_pool_process_holds_off_sigterm_while_a_batch_runs():
+    """systemd's stop (and `kill -- -PGID`) signals every process at once: a pool process that
+    died between a batch's commit and its moves would leave recorded files in the inbox."""
+    from celery.signals import task_postrun, task_prerun
+
+    from worker.tasks import classify_batch, retrain
+
+    before = signal.getsignal(signal.SIGTERM)
+    try:
+        task_prerun.send(sender=classify_batch, task_id="t", task=classify_batch, args=[], kwargs={})
+        assert signal.getsignal(signal.SIGTERM) is signal.SIG_IGN
+        task_postrun.send(sender=classify_batch, task_id="t", task=classify_batch, args=[], kwargs={})
+        assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
+        task_prerun.send(sender=retrain, task_id="r", task=retrain, args=[], kwargs={})
+        assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # a retrain may be cut: nothing half-done
+    finally:
+        signal.signal(signal.SIGTERM, before)

@@ -7,9 +7,10 @@ in the parent: TensorFlow is not fork-safe. The model is loaded when the pool pr
 from __future__ import annotations
 
 import logging
+import signal
 from typing import Any
 
-from celery.signals import worker_process_init
+from celery.signals import task_postrun, task_prerun, worker_process_init
 from sqlalchemy.exc import InterfaceError, OperationalError
 
 from db.engine import make_engine, make_sessionmaker
@@ -45,6 +46,21 @@ def _load_model_at_start(**_: Any) -> None:
     wait tens of seconds), and follows model changes. In a thread: Celery gives this signal's
     handlers 4 s before it takes the process for dead."""
     _models().watch()
+
+
+@task_prerun.connect
+def _hold_off_sigterm(task: Any = None, **_: Any) -> None:
+    """A SIGTERM sent to every process at once (systemd's control-group stop, `kill -- -PGID`)
+    would kill a pool process between a batch's commit and its files' moves. While a batch runs
+    the pool process ignores it: the main process got the same signal, and its warm shutdown
+    waits for the batch and then closes the pool."""
+    if task is not None and task.name == CLASSIFY_TASK:
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+
+
+@task_postrun.connect
+def _take_sigterm_again(**_: Any) -> None:
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
 
 
 @app.task(

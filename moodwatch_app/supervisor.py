@@ -107,10 +107,12 @@ def run_all(settings: Settings, stop: threading.Event, polling: bool = False, we
                 child.start()
         stop.wait(0.5)
     say("stopping: the watcher sends what it holds, the worker finishes its jobs...")
-    # The watcher first, so nothing new is queued while the worker winds down.
+    # All at once: what the watcher still holds goes to the broker, where it waits for the next
+    # start, and the worker's warm shutdown takes no new job, so nobody waits on anybody.
     order = sorted(children, key=lambda c: {"watcher": 0, "web": 1, "beat": 2, "worker": 3}[c.name])
     for child in order:
         child.terminate()
+    for child in order:
         child.wait(timeout=120 if child.name == "worker" else 30)
     if not settings.broker_url:
         stop_embedded()

@@ -207,6 +207,7 @@ def test_broker_outage_during_drops_loses_nothing(stack, tmp_path, redis_binary)
 
 def test_sigterm_during_a_batch_then_restart_gives_one_outcome_each(stack, tmp_path):
     data, env = stack
+    env["MOODWATCH_BATCH_SIZE"] = "8"  # 15 jobs: the worker's warm shutdown finishes only those it holds
     inbox = data / "inbox"
     for i in range(120):
         write_image(inbox / f"s_{i}.jpg", face_like("happy" if i % 3 else "sad", i, 200))

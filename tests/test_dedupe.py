@@ -36,3 +36,30 @@ def test_groups_keep_near_duplicates_on_one_side(tmp_path):
     assert sorted(len(g) for g in out) == [1, 1, 2]
     pair = next(g for g in out if len(g) == 2)
     assert {it.sha256 for it in pair} == {"1", "2"}
+
+
+def test_training_split_keeps_a_resized_copy_with_its_original(tmp_path):
+    """The split `moodwatch train` uses: a near-twin never sits in the test split while its
+    original trains (that would flatter the test figures and the promotion decision)."""
+    from tests.imagegen import write_image
+    from trainer.dataset import make_items, split_items
+    from trainer.dedupe import near_duplicate_key
+
+    files = []
+    for label in ("happy", "sad"):
+        for i in range(10):
+            seed = i if label == "happy" else 100 + i
+            files.append((write_image(tmp_path / label / f"{i}.jpg", face_like(label, seed, 160)), label))
+            files.append((write_image(tmp_path / label / f"{i}-copy.png",
+                                      recompressed(face_like(label, seed, 160), (97, 97), 60)), label))
+    items = make_items(files)
+    key = near_duplicate_key(items)
+    by_name = {it.path.name: it for it in items}
+    assert all(key(by_name[f"{i}.jpg"]) == key(by_name[f"{i}-copy.png"]) for i in range(10))
+    for seed in range(5):
+        split = split_items(items, seed, group_of=key)
+        side = {it.path: name for name, part in (("train", split.train), ("validation", split.validation),
+                                                 ("test", split.test)) for it in part}
+        for label in ("happy", "sad"):
+            for i in range(10):
+                assert side[tmp_path / label / f"{i}.jpg"] == side[tmp_path / label / f"{i}-copy.png"]

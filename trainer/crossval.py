@@ -5,6 +5,7 @@ from __future__ import annotations
 import random
 import statistics
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -15,7 +16,7 @@ from moodwatch.pipeline import combine_logits
 from moodwatch.settings import DEFAULT_MAX_PIXELS, LABELS
 from trainer.cleaning import unusable_reason
 from trainer.dataset import Item, make_items, shuffled_groups, split_items
-from trainer.dedupe import hash_file, near_duplicate_groups
+from trainer.dedupe import near_duplicate_key
 from trainer.evaluation import metrics_from_scores
 from trainer.report import roc_auc
 from trainer.training import TrainOptions, fit_models, labels_of, prepare_items
@@ -29,14 +30,11 @@ class FoldResult:
     epoch_s: float
 
 
-def folds_of(items: list[Item], k: int, seed: int, near_duplicates: bool = False) -> list[list[Item]]:
-    """Stratified folds; files with the same bytes (and, with near_duplicates, photos whose
-    perceptual hashes are within a few bits) stay in one fold."""
+def folds_of(items: list[Item], k: int, seed: int,
+             group_of: Callable[[Item], str] | None = None) -> list[list[Item]]:
+    """Stratified folds; files with the same bytes (or the same group_of key: near-twins, see
+    trainer.dedupe.near_duplicate_key) stay in one fold."""
     rng = random.Random(seed)
-    group_of = None
-    if near_duplicates:
-        groups = near_duplicate_groups({it.sha256: hash_file(it.path) for it in items})
-        group_of = lambda it: groups[it.sha256]  # noqa: E731
     folds: list[list[Item]] = [[] for _ in range(k)]
     for label in LABELS:
         for i, group in enumerate(shuffled_groups(items, label, rng, group_of)):
@@ -63,7 +61,8 @@ def cross_validate(
     """Each fold is the test set once; the rest is split 80/20 into training and validation
     (early stopping and calibration), exactly as `moodwatch train` does with its own split."""
     items = list_items(data_dir, max_pixels)
-    folds = folds_of(items, k, seed, near_duplicates)
+    group_of = near_duplicate_key(items, max_pixels) if near_duplicates else None
+    folds = folds_of(items, k, seed, group_of)
     prepared = dict(zip([str(i.path) for i in items],
                         prepare_items(items, max_pixels, faces=face_base is not None), strict=True))
     options = TrainOptions(data_dir=data_dir, architecture=architecture, epochs=epochs, patience=patience,
@@ -73,7 +72,7 @@ def cross_validate(
     for i in range(k):
         test = folds[i]
         rest = [it for j, f in enumerate(folds) if j != i for it in f]
-        inner = split_items(rest, seed, fractions=(0.8, 0.2, 0.0001))
+        inner = split_items(rest, seed, fractions=(0.8, 0.2, 0.0001), group_of=group_of)
         train_items = inner.train + inner.test  # the inner split's token test group trains too
         t0 = time.perf_counter()
         pipeline, history = fit_models(

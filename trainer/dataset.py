@@ -73,9 +73,11 @@ def shuffled_groups(items: list[Item], label: str, rng: random.Random,
 
 
 def split_items(
-    items: list[Item], seed: int, fractions: tuple[float, float, float] = (0.7, 0.2, 0.1)
+    items: list[Item], seed: int, fractions: tuple[float, float, float] = (0.7, 0.2, 0.1),
+    group_of: Callable[[Item], str] | None = None,
 ) -> Split:
-    """Stratified by label; files with the same bytes form one group that lands on one side.
+    """Stratified by label; files with the same bytes (or the same group_of key: near-twins,
+    see trainer.dedupe) form one group that lands on one side.
 
     The result depends only on the files' labels and hashes and the seed, not on the order
     in which the folder was listed.
@@ -83,7 +85,7 @@ def split_items(
     rng = random.Random(seed)
     split = Split([], [], [])
     for label in LABELS:
-        groups = shuffled_groups(items, label, rng)
+        groups = shuffled_groups(items, label, rng, group_of)
         n = len(groups)
         n_test = max(1, round(n * fractions[2]))
         n_val = max(1, round(n * fractions[1]))

@@ -8,6 +8,7 @@ a few bits apart for such copies.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import cv2
@@ -15,6 +16,7 @@ import numpy as np
 
 from moodwatch.images import decode_rgb
 from moodwatch.settings import DEFAULT_MAX_PIXELS
+from trainer.dataset import Item
 
 MAX_DISTANCE = 6  # bits of 64: copies land at 0-4, different photos at 20 and more
 
@@ -51,3 +53,9 @@ def near_duplicate_groups(hashes: dict[str, int], max_distance: int = MAX_DISTAN
                 parent[max(a, b)] = min(a, b)
     return {k: root(k) for k in keys}
 
+
+
+def near_duplicate_key(items: list[Item], max_pixels: int = DEFAULT_MAX_PIXELS) -> Callable[[Item], str]:
+    """A grouping key for splits and folds: near-twins (and identical files) share it."""
+    groups = near_duplicate_groups({it.sha256: hash_file(it.path, max_pixels) for it in items})
+    return lambda it: groups[it.sha256]

@@ -32,6 +32,7 @@ from moodwatch.settings import Settings
 from trainer.architectures import DEFAULT_ARCHITECTURE, make_model
 from trainer.cleaning import CleanReport, clean_folders
 from trainer.dataset import DatasetError, Item, Split, fingerprint, make_items, split_items
+from trainer.dedupe import near_duplicate_key
 from trainer.evaluation import metrics_from_scores
 from trainer.plots import save_history_plots
 
@@ -289,7 +290,9 @@ def _load(settings: Settings, options: TrainOptions, faces: bool) -> PreparedDat
     data_fingerprint = fingerprint(items)
     if data_fingerprint == options.skip_if_fingerprint:
         raise DataUnchanged(data_fingerprint)
-    split = split_items(items, options.seed)
+    # Near-twins (the same photo resized or recompressed) stay on one side, so the test split
+    # and the promotion decision are not flattered by a copy of a training photo.
+    split = split_items(items, options.seed, group_of=near_duplicate_key(items, settings.max_pixels))
     return PreparedData(clean, split, data_fingerprint,
                      prepare_items(split.train, settings.max_pixels, faces),
                      prepare_items(split.validation, settings.max_pixels, faces),

@@ -41,3 +41,25 @@ def test_moodwatch_train_and_the_nightly_retrain_run_the_same_recipe(tmp_path, m
     assert nightly.epochs == 7 and nightly.patience == trainer.training.RECIPE_PATIENCE
     # The runs differ only in the progress bar and the nightly's "unchanged data" check.
     assert replace(shipped, progress=False, skip_if_fingerprint=None) == nightly
+
+
+def test_cross_validation_measures_the_same_recipe(tmp_path, monkeypatch):
+    """The figures in the README's model section come from benchmarks/crossval.py: they must be
+    figures of the recipe that is shipped and run nightly, not of a cheaper one."""
+    import trainer.crossval
+    from tests.imagegen import make_curated
+
+    seen = []
+
+    def capture(options, *args, **kwargs):
+        seen.append(options)
+        raise DatasetError("captured")
+
+    monkeypatch.setattr(trainer.crossval, "fit_models", capture)
+    monkeypatch.setenv("MOODWATCH_RETRAIN_EPOCHS", "9")
+    data = make_curated(tmp_path / "data", per_class=6)
+    with contextlib.suppress(DatasetError):
+        trainer.crossval.cross_validate(data, "default", k=2)
+    expected = trainer.training.recipe(Settings(), data, progress=False)
+    assert seen and seen[0].epochs == 9
+    assert replace(seen[0], face_epochs=expected.face_epochs) == expected

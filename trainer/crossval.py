@@ -13,13 +13,13 @@ from typing import Any
 import keras
 
 from moodwatch.pipeline import combine_logits
-from moodwatch.settings import DEFAULT_MAX_PIXELS, LABELS
+from moodwatch.settings import DEFAULT_MAX_PIXELS, LABELS, Settings
 from trainer.cleaning import unusable_reason
 from trainer.dataset import Item, make_items, shuffled_groups, split_items
 from trainer.dedupe import near_duplicate_key
 from trainer.evaluation import metrics_from_scores
 from trainer.report import roc_auc
-from trainer.training import TrainOptions, fit_models, labels_of, prepare_items
+from trainer.training import fit_models, labels_of, prepare_items, recipe
 
 
 @dataclass
@@ -53,21 +53,22 @@ def list_items(data_dir: Path, max_pixels: int = DEFAULT_MAX_PIXELS) -> list[Ite
 
 
 def cross_validate(
-    data_dir: Path, architecture: str, k: int = 5, epochs: int = 40, patience: int = 8,
+    data_dir: Path, architecture: str, k: int = 5, epochs: int | None = None, patience: int | None = None,
     batch_size: int = 16, seed: int = 1337, face_base: Path | None = None, face_epochs: int = 3,
     face_weight: float = 0.5, max_pixels: int = DEFAULT_MAX_PIXELS, face_head_only: bool = False,
     near_duplicates: bool = False,
 ) -> list[FoldResult]:
     """Each fold is the test set once; the rest is split 80/20 into training and validation
-    (early stopping and calibration), exactly as `moodwatch train` does with its own split."""
+    (early stopping and calibration), exactly as `moodwatch train` does with its own split, and
+    trained by the same recipe (epochs and patience as the nightly retrain's unless given)."""
     items = list_items(data_dir, max_pixels)
     group_of = near_duplicate_key(items, max_pixels) if near_duplicates else None
     folds = folds_of(items, k, seed, group_of)
     prepared = dict(zip([str(i.path) for i in items],
                         prepare_items(items, max_pixels, faces=face_base is not None), strict=True))
-    options = TrainOptions(data_dir=data_dir, architecture=architecture, epochs=epochs, patience=patience,
-                           batch_size=batch_size, seed=seed, progress=False, face_epochs=face_epochs,
-                           face_weight=face_weight, face_head_only=face_head_only)
+    options = recipe(Settings(), data_dir, architecture=architecture, epochs=epochs, patience=patience,
+                     batch_size=batch_size, seed=seed, progress=False, face_epochs=face_epochs,
+                     face_weight=face_weight, face_head_only=face_head_only)
     results = []
     for i in range(k):
         test = folds[i]

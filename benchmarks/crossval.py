@@ -3,16 +3,22 @@
     python benchmarks/crossval.py ../shared/datasets/web-happy-sad seed default
 
 DEDUPE=1 keeps near-duplicate photos (perceptual hash within a few bits) in one fold.
+SCORES_OUT=F.json also saves every out-of-fold score, truth and scoring regime.
 """
 
+import json
 import os
 import sys
 from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
+import numpy as np  # noqa: E402
+
 from moodwatch import faces  # noqa: E402
 from trainer.crossval import cross_validate, summarise  # noqa: E402
+from trainer.evaluation import metrics_from_scores  # noqa: E402
+from trainer.report import calibration_table, expected_calibration_error, roc_auc  # noqa: E402
 
 
 def main() -> None:
@@ -43,23 +49,32 @@ def main() -> None:
         print(f"{arch}: accuracy {s['accuracy_mean']:.3f} ± {s['accuracy_std']:.3f}  "
               f"F1 {s['f1_mean']:.3f} ± {s['f1_std']:.3f}  ROC AUC {s['roc_auc_mean']:.3f}  "
               f"{s['epoch_s']:.2f}s/epoch", flush=True)
-        import numpy as np
-
-        from trainer.report import calibration_table, expected_calibration_error
-
         y = np.array([t for r in results for t in r.metrics["truth"]])
         sc = np.array([v for r in results for v in r.metrics["scores"]])
         print(f"{arch}: pooled out-of-fold calibration (ECE {expected_calibration_error(y, sc):.3f}):")
-        for row in calibration_table(y, sc):
-            if row["n"]:
-                print(f"    {row['band']}  n {row['n']:>3}  mean conf {row['mean_confidence']:.3f}  "
-                      f"accuracy {row['accuracy']:.3f}", flush=True)
+        print_calibration(y, sc)
         regimes = np.array([g for r in results for g in r.metrics["regimes"]])
         for regime in sorted(set(regimes)):
             sel = regimes == regime
-            right = np.mean((sc[sel] >= 0.5) == (y[sel] == 1))
-            print(f"{arch}: regime {regime}: {sel.sum()} photos ({sel.mean():.0%}), accuracy {right:.3f}, "
-                  f"ECE {expected_calibration_error(y[sel], sc[sel]):.3f}", flush=True)
+            m = metrics_from_scores(y[sel], sc[sel])
+            auc = roc_auc(y[sel], sc[sel]) if len(set(y[sel])) == 2 else float("nan")
+            ece = expected_calibration_error(y[sel], sc[sel])
+            print(f"{arch}: regime {regime}: {sel.sum()} photos ({sel.mean():.0%}), accuracy "
+                  f"{m['accuracy']:.3f}, F1 {m['f1']:.3f}, ROC AUC {auc:.3f}, ECE {ece:.3f}", flush=True)
+            print_calibration(y[sel], sc[sel])
+        if os.environ.get("SCORES_OUT"):  # the out-of-fold scores, to recompute any figure later
+            out = Path(os.environ["SCORES_OUT"])
+            saved = json.loads(out.read_text()) if out.exists() else {}
+            saved[spec] = [{"fold": r.fold, "truth": r.metrics["truth"], "scores": r.metrics["scores"],
+                            "regimes": r.metrics["regimes"]} for r in results]
+            out.write_text(json.dumps(saved))
+
+
+def print_calibration(y: np.ndarray, scores: np.ndarray) -> None:
+    for row in calibration_table(y, scores):
+        if row["n"]:
+            print(f"    {row['band']}  n {row['n']:>3}  mean conf {row['mean_confidence']:.3f}  "
+                  f"accuracy {row['accuracy']:.3f}", flush=True)
 
 
 if __name__ == "__main__":

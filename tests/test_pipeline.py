@@ -70,28 +70,3 @@ def test_calibrate_fits_faces_and_whole_photos_apart():
     c = calibrate(Raw(), [None] * n, y)
     assert c.regimes == {"faces": n // 2, "whole": n // 2}
     assert c.face_temperature < 0.8 and c.temperature > 2.5
-
-
-def test_few_photos_without_a_face_get_the_whole_image_cnns_own_temperature():
-    """With a face in most validation photos, the whole-image regime is too small to fit; its
-    temperature then comes from every photo's whole-image logit, not from the pooled face mixes."""
-    from trainer.training import MIN_PER_REGIME, calibrate
-
-    rng = np.random.default_rng(3)
-    n = 300
-    true_z = rng.normal(0, 2.0, n)
-    y = (rng.random(n) < sigmoid(true_z)).astype(float)
-    has_face = np.arange(n) >= MIN_PER_REGIME - 5  # 15 photos without a face
-    whole = true_z * 4  # the whole-image CNN: four times too sure
-
-    class Raw:
-        combination = Combination(face_weight=1.0)
-
-        def raw(self, prepared):
-            faces = [np.array([z]) if f else None for z, f in zip(true_z, has_face, strict=True)]
-            return whole, faces, [False] * n
-
-    c = calibrate(Raw(), [None] * n, y)
-    assert c.regimes == {"faces": n - 15, "whole": 15}
-    assert 0.7 < c.face_temperature < 1.4  # the face logits are honest
-    assert 2.8 < c.temperature < 5.7  # the whole-image logits are four times too sharp

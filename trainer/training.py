@@ -180,26 +180,22 @@ def calibrate(pipeline: Pipeline, prepared: list[Prepared], y: np.ndarray) -> Co
     """Fit a temperature per regime on the validation split, so confidence means what it says.
 
     Photos with faces and photos read as a whole differ in how often they are right, so each
-    gets its own temperature when the split holds enough of it. Too few photos with faces: they
-    share the pooled temperature. Too few photos without one (the usual case: the detector finds
-    a face in three photos of four): the whole-image CNN's logit, which is all that regime
-    reads, is calibrated on every validation photo's whole-image logit, not on the pooled logits
-    that are mostly the sharper face mixes (that made photos without a face overconfident).
-    Close-ups keep the face model's own calibration (fitted on its 12,000 crops).
+    gets its own temperature when the split holds enough of it; otherwise both share the
+    pooled one. Close-ups keep the face model's own calibration (fitted on its 12,000 crops).
     """
     whole, faces, close = pipeline.raw(prepared)
     base = Combination(face_weight=pipeline.combination.face_weight, temperature=1.0)
     z, regimes = combine_logits(whole, faces, close, base)
     regime = np.array(regimes)
     pooled = regime != "close-up"
-    pooled_t = fit_temperature(z[pooled], y[pooled]) if pooled.sum() >= 10 else 1.0
-
-    def fitted(sel: np.ndarray, logits: np.ndarray = z) -> float | None:
-        return fit_temperature(logits[sel], y[sel]) if sel.sum() >= MIN_PER_REGIME else None
-
-    base.face_temperature = fitted(regime == "faces") or pooled_t
-    base.temperature = (fitted(regime == "whole") or fitted(pooled, np.asarray(whole, np.float64))
-                        or pooled_t)
+    if pooled.sum() >= 10:
+        base.temperature = fit_temperature(z[pooled], y[pooled])
+    by_regime = {r: fit_temperature(z[regime == r], y[regime == r])
+                 for r in ("faces", "whole") if (regime == r).sum() >= MIN_PER_REGIME}
+    if "faces" in by_regime:
+        base.face_temperature = by_regime["faces"]
+    if "whole" in by_regime:
+        base.temperature = by_regime["whole"]
     base.regimes = {r: regimes.count(r) for r in set(regimes)}
     return base
 

@@ -342,15 +342,20 @@ def test_running_watcher_resends_files_whose_job_was_lost(tmp_path, tiny_model_d
         rows.close()
 
 
-def test_a_pool_process_holds_off_sigterm_while_a_batch_runs():
+def test_a_pool_process_holds_off_sigterm_while_a_batch_runs(monkeypatch):
     """systemd's stop (and `kill -- -PGID`) signals every process at once: a pool process that
     died between a batch's commit and its moves would leave recorded files in the inbox."""
     from celery.signals import task_postrun, task_prerun
 
+    import worker.tasks
     from worker.tasks import classify_batch, retrain
 
     before = signal.getsignal(signal.SIGTERM)
     try:
+        # Not a pool process (a solo pool's main process): Celery's own handler stays.
+        task_prerun.send(sender=classify_batch, task_id="t", task=classify_batch, args=[], kwargs={})
+        assert signal.getsignal(signal.SIGTERM) is before
+        monkeypatch.setitem(worker.tasks._state, "pool_process", True)
         task_prerun.send(sender=classify_batch, task_id="t", task=classify_batch, args=[], kwargs={})
         assert signal.getsignal(signal.SIGTERM) is signal.SIG_IGN
         task_postrun.send(sender=classify_batch, task_id="t", task=classify_batch, args=[], kwargs={})

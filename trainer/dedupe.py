@@ -54,7 +54,6 @@ def near_duplicate_groups(hashes: dict[str, int], max_distance: int = MAX_DISTAN
     return {k: root(k) for k in keys}
 
 
-
 def near_duplicate_key(items: list[Item], max_pixels: int = DEFAULT_MAX_PIXELS) -> Callable[[Item], str]:
     """A grouping key for splits and folds: near-twins (and identical files) share it."""
     groups = near_duplicate_groups({it.sha256: hash_file(it.path, max_pixels) for it in items})

@@ -45,6 +45,7 @@ def _load_model_at_start(**_: Any) -> None:
     """A new pool process loads and warms up the model now, not on its first job (which would
     wait tens of seconds), and follows model changes. In a thread: Celery gives this signal's
     handlers 4 s before it takes the process for dead."""
+    _state["pool_process"] = True
     _models().watch()
 
 
@@ -53,14 +54,16 @@ def _hold_off_sigterm(task: Any = None, **_: Any) -> None:
     """A SIGTERM sent to every process at once (systemd's control-group stop, `kill -- -PGID`)
     would kill a pool process between a batch's commit and its files' moves. While a batch runs
     the pool process ignores it: the main process got the same signal, and its warm shutdown
-    waits for the batch and then closes the pool."""
-    if task is not None and task.name == CLASSIFY_TASK:
+    waits for the batch and then closes the pool. Only in a pool process: in a main process
+    (a solo pool) SIGTERM is Celery's own shutdown signal."""
+    if _state.get("pool_process") and task is not None and task.name == CLASSIFY_TASK:
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
 
 
 @task_postrun.connect
 def _take_sigterm_again(**_: Any) -> None:
-    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    if _state.get("pool_process"):
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
 
 
 @app.task(

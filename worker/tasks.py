@@ -57,13 +57,14 @@ def _hold_off_sigterm(task: Any = None, **_: Any) -> None:
     waits for the batch and then closes the pool. Only in a pool process: in a main process
     (a solo pool) SIGTERM is Celery's own shutdown signal."""
     if _state.get("pool_process") and task is not None and task.name == CLASSIFY_TASK:
-        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        _state["sigterm"] = signal.signal(signal.SIGTERM, signal.SIG_IGN)
 
 
 @task_postrun.connect
 def _take_sigterm_again(**_: Any) -> None:
-    if _state.get("pool_process"):
-        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    """The handler the pool process had before the batch (Celery's own choice for its children)."""
+    if "sigterm" in _state:
+        signal.signal(signal.SIGTERM, _state.pop("sigterm"))
 
 
 @app.task(

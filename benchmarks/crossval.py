@@ -57,7 +57,7 @@ def main() -> None:
         for regime in sorted(set(regimes)):
             sel = regimes == regime
             m = metrics_from_scores(y[sel], sc[sel])
-            auc = roc_auc(y[sel], sc[sel]) if len(set(y[sel])) == 2 else float("nan")
+            auc = roc_auc(y[sel], sc[sel])  # nan when the regime holds one class only
             ece = expected_calibration_error(y[sel], sc[sel])
             print(f"{arch}: regime {regime}: {sel.sum()} photos ({sel.mean():.0%}), accuracy "
                   f"{m['accuracy']:.3f}, F1 {m['f1']:.3f}, ROC AUC {auc:.3f}, ECE {ece:.3f}", flush=True)

@@ -21,10 +21,10 @@ import cv2  # noqa: E402
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
 
+from benchmarks.train_face_model import report  # noqa: E402
 from moodwatch.modelio import load_model  # noqa: E402
-from trainer.evaluation import metrics_from_scores  # noqa: E402
+from moodwatch.pipeline import logit, sigmoid  # noqa: E402
 from trainer.face_model import load_face_folder  # noqa: E402
-from trainer.report import roc_auc  # noqa: E402
 
 MESH_SIZE = 192
 # Face-mesh indices: eye corners and lids, brows, lips, nose tip, chin.
@@ -96,23 +96,12 @@ def classifier(n_features: int) -> keras.Model:
     return model
 
 
-def report(name: str, y: np.ndarray, scores: np.ndarray) -> None:
-    m = metrics_from_scores(y, scores)
-    auc = roc_auc(y.astype(int), scores)
-    print(f"{name}: accuracy {m['accuracy']:.3f} F1 {m['f1']:.3f} ROC AUC {auc:.3f} n {m['n']}", flush=True)
-
-
-def logit(p: np.ndarray) -> np.ndarray:
-    p = np.clip(p, 1e-6, 1 - 1e-6)
-    return np.log(p / (1 - p))
-
-
 def fit_mix(a: np.ndarray, b: np.ndarray, y: np.ndarray) -> np.ndarray:
     """Weights (wa, wb, bias) of sigmoid(wa*a + wb*b + bias): logistic regression by Newton steps."""
     x = np.stack([a, b, np.ones_like(a)], 1)
     w = np.array([1.0, 0.0, 0.0])
     for _ in range(25):
-        p = 1 / (1 + np.exp(-x @ w))
+        p = sigmoid(x @ w)
         grad = x.T @ (p - y) + 1e-3 * w
         hess = (x * (p * (1 - p))[:, None]).T @ x + 1e-3 * np.eye(3)
         w -= np.linalg.solve(hess, grad)
@@ -138,11 +127,11 @@ def main() -> None:
     mean, std = ft.mean(0), ft.std(0) + 1e-6
     w = {0: len(yt) / (2 * (yt == 0).sum()), 1: len(yt) / (2 * (yt == 1).sum())}
     cnn = load_model(face_cnn).predict(xv, batch_size=256, verbose=0).reshape(-1)
-    report(f"FER validation, face CNN {face_cnn.name}", yv, cnn)
+    report(f"face CNN {face_cnn.name}", yv, cnn)
     # Each mix is 2-fold cross-fitted on the validation split; the CNN alone goes through the
     # same recalibration, so the comparison is fair.
     half = np.random.default_rng(7).permutation(len(yv)) < len(yv) // 2
-    report("FER validation, face CNN alone, recalibrated by the same cross-fitting", yv,
+    report("face CNN alone, recalibrated by the same cross-fitting", yv,
            cross_fitted_mix(cnn, np.zeros_like(cnn), yv, half))
     for name, cols in (("geometry (17 measures)", slice(0, 17)), ("geometry + 468 points", slice(None))):
         model = classifier(ft[:, cols].shape[1])
@@ -150,9 +139,9 @@ def main() -> None:
                   validation_split=0.1, verbose=0,
                   callbacks=[keras.callbacks.EarlyStopping(patience=5, restore_best_weights=True)])
         geo = model.predict((fv[:, cols] - mean[cols]) / std[cols], verbose=0).reshape(-1)
-        report(f"FER validation, {name} alone", yv, geo)
+        report(f"{name} alone", yv, geo)
         mixed = cross_fitted_mix(cnn, geo, yv, half)
-        report(f"FER validation, face CNN + {name} (cross-fitted mix)", yv, mixed)
+        report(f"face CNN + {name} (cross-fitted mix)", yv, mixed)
 
 
 def cross_fitted_mix(cnn: np.ndarray, geo: np.ndarray, y: np.ndarray, half: np.ndarray) -> np.ndarray:
@@ -160,7 +149,7 @@ def cross_fitted_mix(cnn: np.ndarray, geo: np.ndarray, y: np.ndarray, half: np.n
     for fit_on in (half, ~half):
         wts = fit_mix(logit(cnn[fit_on]), logit(geo[fit_on]), y[fit_on])
         x = np.stack([logit(cnn[~fit_on]), logit(geo[~fit_on]), np.ones((~fit_on).sum())], 1)
-        mixed[~fit_on] = 1 / (1 + np.exp(-x @ wts))
+        mixed[~fit_on] = sigmoid(x @ wts)
     return mixed
 
 

@@ -12,9 +12,10 @@ $(BIN)/moodwatch: pyproject.toml
 	$(BIN)/pip install --quiet -e .
 	touch $@
 
-# The test and lint tools on top (pytest, ruff, Playwright...): only for `make test`.
+# The test and lint tools on top (pytest, ruff, Playwright...) and PyTorch for the face-model
+# trainer's tests: only for `make test`.
 $(VENV)/.dev-installed: $(BIN)/moodwatch
-	$(BIN)/pip install --quiet -e '.[dev]'
+	$(BIN)/pip install --quiet -e '.[dev,face-training]'
 	touch $@
 
 install: $(BIN)/moodwatch

@@ -3,7 +3,8 @@
     python benchmarks/crossval.py ../shared/datasets/web-happy-sad seed default
 
 DEDUPE=1 keeps near-duplicate photos (perceptual hash within a few bits) in one fold.
-SCORES_OUT=F.json also saves every out-of-fold score, truth and scoring regime.
+SCORES_OUT=F.json also saves every out-of-fold score, truth and scoring regime, and each fold's
+raw logits on its validation and test photos (benchmarks/calibration_rules.py reads them).
 """
 
 import json
@@ -66,7 +67,7 @@ def main() -> None:
             out = Path(os.environ["SCORES_OUT"])
             saved = json.loads(out.read_text()) if out.exists() else {}
             saved[spec] = [{"fold": r.fold, "truth": r.metrics["truth"], "scores": r.metrics["scores"],
-                            "regimes": r.metrics["regimes"]} for r in results]
+                            "regimes": r.metrics["regimes"], "raw": r.metrics["raw"]} for r in results]
             out.write_text(json.dumps(saved))
 
 

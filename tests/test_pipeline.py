@@ -70,3 +70,35 @@ def test_calibrate_fits_faces_and_whole_photos_apart():
     c = calibrate(Raw(), [None] * n, y)
     assert c.regimes == {"faces": n // 2, "whole": n // 2}
     assert c.face_temperature < 0.8 and c.temperature > 2.5
+
+
+def test_the_temperature_prior_holds_few_photos_and_yields_to_many():
+    rng = np.random.default_rng(3)
+
+    def sample(n):
+        y = rng.integers(0, 2, n)
+        z = (y * 2 - 1) * 2.0 + rng.normal(0, 1.0, n)
+        y = (rng.random(n) < sigmoid(z)).astype(int)
+        return z * 3, y  # logits three times too sure
+
+    z, y = sample(12)
+    free, held = fit_temperature(z, y), fit_temperature(z, y, prior_sd=0.5)
+    assert abs(np.log(held)) < abs(np.log(free))  # pulled towards T = 1
+    z, y = sample(5000)
+    assert abs(fit_temperature(z, y, prior_sd=0.5) - fit_temperature(z, y)) / fit_temperature(z, y) < 0.1
+
+
+def test_a_regime_with_too_few_photos_borrows_the_whole_image_logits_temperature():
+    from trainer.training import fit_combination
+
+    rng = np.random.default_rng(4)
+    n = 300
+    y = rng.integers(0, 2, n).astype(float)
+    true_z = (y * 2 - 1) * 1.5 + rng.normal(0, 1.0, n)
+    y = (rng.random(n) < sigmoid(true_z)).astype(float)
+    whole = true_z * 4  # the whole-image CNN: four times too sure on every photo
+    faces = [np.array([30.0 * (2 * t - 1)]) if i >= 3 else None for i, t in enumerate(y)]  # faces: all right
+    c = fit_combination(whole, faces, [False] * n, y, face_weight=0.5, prior_sd=None, min_per_regime=5)
+    assert c.regimes == {"faces": n - 3, "whole": 3}
+    # Three photos read whole: their temperature comes from every photo's whole-image logit.
+    assert 3.0 < c.temperature < 5.5

@@ -11,8 +11,9 @@ from pathlib import Path
 from typing import Any
 
 import keras
+import numpy as np
 
-from moodwatch.pipeline import combine_logits
+from moodwatch.pipeline import Pipeline, Prepared, combine_logits
 from moodwatch.settings import DEFAULT_MAX_PIXELS, LABELS, Settings
 from trainer.cleaning import unusable_reason
 from trainer.dataset import Item, make_items, shuffled_groups, split_items
@@ -76,10 +77,10 @@ def cross_validate(
         inner = split_items(rest, seed, fractions=(0.8, 0.2, 0.0001), group_of=group_of)
         train_items = inner.train + inner.test  # the inner split's token test group trains too
         t0 = time.perf_counter()
+        val_prep = [prepared[str(it.path)] for it in inner.validation]
         pipeline, history = fit_models(
             options, [prepared[str(it.path)] for it in train_items], labels_of(train_items),
-            [prepared[str(it.path)] for it in inner.validation], labels_of(inner.validation), face_base,
-            close_up_base=face_base)
+            val_prep, labels_of(inner.validation), face_base, close_up_base=face_base)
         n_epochs = len(history["loss"])
         test_prep = [prepared[str(it.path)] for it in test]
         scores = pipeline.scores(test_prep)
@@ -89,9 +90,21 @@ def cross_validate(
         metrics["scores"] = [float(s) for s in scores]
         metrics["truth"] = [int(v) for v in labels_of(test)]
         metrics["regimes"] = regimes
+        # What calibration sees and what it is applied to, to compare calibration rules offline
+        # on the same trained models (benchmarks/calibration_rules.py).
+        metrics["raw"] = {"validation": raw_rows(pipeline, val_prep, labels_of(inner.validation)),
+                          "test": raw_rows(pipeline, test_prep, labels_of(test))}
         results.append(FoldResult(i, metrics, n_epochs, (time.perf_counter() - t0) / n_epochs))
         keras.backend.clear_session()
     return results
+
+
+def raw_rows(pipeline: Pipeline, prepared: list[Prepared], y: np.ndarray) -> list[dict[str, Any]]:
+    """Per photo: the whole-image logit, the faces' combined logit (None without one), the regime."""
+    whole, faces, close = pipeline.raw(prepared)
+    _, regimes = combine_logits(whole, faces, close, pipeline.combination)
+    return [{"whole": float(w), "face": None if f is None or len(f) == 0 else float(np.mean(f)),
+             "regime": r, "truth": int(t)} for w, f, r, t in zip(whole, faces, regimes, y, strict=True)]
 
 
 def summarise(results: list[FoldResult]) -> dict[str, float]:

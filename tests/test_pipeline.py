@@ -49,14 +49,19 @@ def test_temperature_fixes_overconfidence():
     np.testing.assert_allclose(logit(sigmoid(over / t)), over / t, atol=1e-6)
 
 
+def calibrated_logits(seed: int, n: int) -> tuple[np.ndarray, np.ndarray]:
+    """Logits and labels drawn from them: sigmoid(z) is the true chance of sad."""
+    rng = np.random.default_rng(seed)
+    y = rng.integers(0, 2, n).astype(float)
+    true_z = (y * 2 - 1) * 1.5 + rng.normal(0, 1.0, n)
+    return true_z, (rng.random(n) < sigmoid(true_z)).astype(float)
+
+
 def test_calibrate_fits_faces_and_whole_photos_apart():
     from trainer.training import calibrate
 
-    rng = np.random.default_rng(2)
     n = 400
-    y = rng.integers(0, 2, n).astype(float)
-    true_z = (y * 2 - 1) * 1.5 + rng.normal(0, 1.0, n)
-    y = (rng.random(n) < sigmoid(true_z)).astype(float)
+    true_z, y = calibrated_logits(2, n)
     has_face = np.arange(n) % 2 == 0
     whole = np.where(has_face, 0.0, true_z * 4)  # overconfident whole-image logits
 
@@ -91,11 +96,8 @@ def test_the_temperature_prior_holds_few_photos_and_yields_to_many():
 def test_a_regime_with_too_few_photos_borrows_the_whole_image_logits_temperature():
     from trainer.training import fit_combination
 
-    rng = np.random.default_rng(4)
     n = 300
-    y = rng.integers(0, 2, n).astype(float)
-    true_z = (y * 2 - 1) * 1.5 + rng.normal(0, 1.0, n)
-    y = (rng.random(n) < sigmoid(true_z)).astype(float)
+    true_z, y = calibrated_logits(4, n)
     whole = true_z * 4  # the whole-image CNN: four times too sure on every photo
     faces = [np.array([30.0 * (2 * t - 1)]) if i >= 3 else None for i, t in enumerate(y)]  # faces: all right
     c = fit_combination(whole, faces, [False] * n, y, face_weight=0.5, prior_sd=None, min_per_regime=5)

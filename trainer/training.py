@@ -177,7 +177,7 @@ def fine_tune_faces(face_model: keras.Model, prepared: list[Prepared], y: np.nda
 MIN_PER_REGIME = 5
 # A temperature fitted on 40 validation photos swung from 0.25 to 0.78 between cross-validation
 # folds: log T's prior, N(0, 0.5^2), keeps such a fit near the logits as they are unless the
-# photos say otherwise (README, "Honest confidence").
+# photos say otherwise (README, the model's figures: calibration rules compared).
 TEMPERATURE_PRIOR_SD = 0.5
 
 

@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 import torch
 
+from moodwatch.pipeline import logit
 from trainer.face_torch import FaceNet, Recipe, augment, predict, to_keras, train
 
 
@@ -15,13 +16,31 @@ def test_the_keras_copy_scores_as_the_trained_network():
     x = crops(96)
     y = (x.mean(axis=(1, 2, 3)) > 127).astype(np.float32)  # something to learn, both classes
     net = train(x, y, Recipe(widths=(8, 16), epochs=2, batch=32, lr=0.01))
-    # Training moved the batch-norm statistics away from their start, so they are checked too.
-    assert not torch.allclose(net.features[1].running_var, torch.ones(8))
+    # Batch-norm statistics and scales far from their start, so a wrong epsilon (PyTorch's 1e-5
+    # against Keras's 1e-3), a swapped statistic or a transposed kernel shows in the scores.
+    gen = torch.Generator().manual_seed(5)
+    with torch.no_grad():
+        for bn in (m for m in net.modules() if isinstance(m, torch.nn.BatchNorm2d)):
+            c = bn.num_features
+            bn.running_mean.copy_(torch.rand(c, generator=gen) * 0.3)
+            bn.running_var.copy_(torch.rand(c, generator=gen) * 0.015 + 0.005)
+            bn.weight.copy_(torch.rand(c, generator=gen) + 0.5)
+            bn.bias.copy_(torch.rand(c, generator=gen) * 0.4 - 0.2)
     model = to_keras(net, (8, 16))
-    held_out = crops(40, seed=1)
-    keras_scores = model.predict(held_out, verbose=0).reshape(-1)
-    np.testing.assert_allclose(keras_scores, predict(net, held_out), atol=1e-5)
-    assert np.ptp(keras_scores) > 1e-4  # not a constant that would match anything
+    # Crops from dark to bright: noise alone averages out to the same score for every crop.
+    held_out = (crops(40, seed=1) * np.linspace(0.1, 1, 40)[:, None, None, None]).astype(np.uint8)
+    keras_logits = logit(model.predict(held_out, verbose=0).reshape(-1))
+    torch_logits = logit(predict(net, held_out))
+    assert np.ptp(torch_logits) > 0.5  # scores that differ from crop to crop
+    np.testing.assert_allclose(keras_logits, torch_logits, atol=1e-3 * np.ptp(torch_logits))
+
+
+def test_training_refuses_too_few_crops_or_one_class():
+    x = crops(40)
+    with pytest.raises(ValueError, match="both classes"):
+        train(x, np.zeros(40, np.float32), Recipe(widths=(8,), epochs=1, batch=32))
+    with pytest.raises(ValueError, match="one batch"):
+        train(x[:10], np.arange(10, dtype=np.float32) % 2, Recipe(widths=(8,), epochs=1, batch=32))
 
 
 def test_a_network_of_other_widths_is_refused():

@@ -104,3 +104,18 @@ def test_a_regime_with_too_few_photos_borrows_the_whole_image_logits_temperature
     assert c.regimes == {"faces": n - 3, "whole": 3}
     # Three photos read whole: their temperature comes from every photo's whole-image logit.
     assert 3.0 < c.temperature < 5.5
+
+
+def test_faces_with_too_few_photos_borrow_the_combined_temperature_and_no_face_model_sets_none():
+    from trainer.training import fit_combination
+
+    n = 300
+    true_z, y = calibrated_logits(5, n)
+    whole = true_z * 4
+    faces = [np.array([true_z[i] * 4]) if i < 3 else None for i in range(n)]  # three photos with a face
+    c = fit_combination(whole, faces, [False] * n, y, face_weight=0.5, prior_sd=None, min_per_regime=5)
+    assert c.regimes == {"faces": 3, "whole": n - 3}
+    # From every photo's combined logit (four times too sure), not from three photos.
+    assert c.face_temperature == c.temperature and 2.5 < c.face_temperature < 6
+    whole_only = fit_combination(whole, [None] * n, [False] * n, y, face_weight=0.5)
+    assert whole_only.face_temperature is None and 2.5 < whole_only.temperature < 6

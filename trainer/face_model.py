@@ -14,12 +14,13 @@ from moodwatch.images import decode_rgb
 from moodwatch.settings import LABELS
 
 
-def make_face_model(widths: tuple[int, ...] = (32, 64, 128), label_smoothing: float = 0.0,
+def make_face_model(widths: tuple[int, ...] = (32, 64, 128, 256), label_smoothing: float = 0.0,
                     erasing: bool = False, steps: int | None = None) -> keras.Model:
     """Double-conv blocks with batch normalisation, global pooling, a small dense head.
 
-    widths (32, 64, 128) is the shipped FER model. A fourth block, random erasing, label
-    smoothing and a cosine learning-rate decay over `steps` are the stronger recipe's options.
+    widths (32, 64, 128, 256) is the shipped face CNN (trained by trainer.face_torch, which copies
+    its weights in); (32, 64, 128) the previous one. Random erasing, label smoothing and a cosine
+    learning-rate decay over `steps` are options of the Keras trainer (benchmarks/train_face_model.py).
     """
     inputs = keras.Input((FACE_SIZE, FACE_SIZE, 1), name="face")
     x = layers.Rescaling(1.0 / 255)(inputs)

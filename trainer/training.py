@@ -195,7 +195,8 @@ def fit_combination(whole: np.ndarray, faces: list[np.ndarray | None], close: li
     Photos with faces and photos read as a whole differ in how often they are right, so each
     regime gets its own temperature, fitted on its own photos. A regime with too few of them
     borrows: faces the temperature of every photo's combined logit, photos read whole that of
-    every photo's whole-image logit (they are scored by the whole-image CNN alone). Close-ups
+    every photo's whole-image logit (they are scored by the whole-image CNN alone); close-ups
+    are left out of both. Close-ups
     keep the face model's own calibration (fitted on its 12,000 crops).
     """
     base = Combination(face_weight=face_weight, temperature=1.0)
@@ -207,7 +208,8 @@ def fit_combination(whole: np.ndarray, faces: list[np.ndarray | None], close: li
         return fit_temperature(logits[mask], y[mask], prior_sd) if mask.any() else 1.0
 
     is_faces, is_whole = regime == "faces", regime == "whole"
-    base.face_temperature = fit(z, is_faces if is_faces.sum() >= min_per_regime else pooled)
+    if any(f is not None for f in faces):  # a pipeline with a face model
+        base.face_temperature = fit(z, is_faces if is_faces.sum() >= min_per_regime else pooled)
     base.temperature = (fit(z, is_whole) if is_whole.sum() >= min_per_regime
                         else fit(np.asarray(whole, dtype=np.float64), pooled))
     base.regimes = {r: regimes.count(r) for r in set(regimes)}

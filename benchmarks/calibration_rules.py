@@ -15,7 +15,7 @@ import numpy as np
 
 from moodwatch.pipeline import combine_logits, sigmoid
 from trainer.evaluation import metrics_from_scores
-from trainer.report import expected_calibration_error, roc_auc
+from trainer.report import calibration_table, expected_calibration_error, roc_auc
 from trainer.training import fit_combination
 
 # (prior on log T, fewest photos for a regime's own temperature, face weight)
@@ -45,13 +45,11 @@ def out_of_fold(folds: list[dict], prior_sd: float | None, fewest: int,
 
 def line(name: str, y: np.ndarray, p: np.ndarray) -> str:
     m = metrics_from_scores(y, p)
-    conf = np.maximum(p, 1 - p)
-    top = conf >= 0.95
-    right = (p >= 0.5) == (y == 1)
     auc = roc_auc(y.astype(int), p)
+    top = calibration_table(y, p)[-1]  # the 0.95-1.00 band
+    right = top["accuracy"] if top["n"] else float("nan")
     return (f"{name}: n {len(y)} acc {m['accuracy']:.3f} F1 {m['f1']:.3f} AUC {auc:.3f} "
-            f"ECE {expected_calibration_error(y, p):.3f} top band {top.sum()} at "
-            f"{right[top].mean() if top.any() else float('nan'):.3f}")
+            f"ECE {expected_calibration_error(y, p):.3f} top band {top['n']} at {right:.3f}")
 
 
 def main() -> None:

@@ -32,8 +32,7 @@ def recipe_from_env(epochs: int) -> Recipe:
     return Recipe(widths=tuple(int(w) for w in env("WIDTHS", "32,64,128,256").split(",")),
                   epochs=epochs, batch=int(env("BATCH", "128")), lr=float(env("LR", "0.05")),
                   weight_decay=float(env("WD", "5e-4")), smoothing=float(env("SMOOTH", "0.05")),
-                  erase=float(env("ERASE", "0.5")),
-                  seed=int(env("SEED", "1337")))
+                  erase=float(env("ERASE", "0.5")), seed=int(env("SEED", "1337")))
 
 
 def main() -> None:

@@ -13,7 +13,7 @@ from typing import Any
 import keras
 import numpy as np
 
-from moodwatch.pipeline import Pipeline, Prepared, combine_logits
+from moodwatch.pipeline import Pipeline, Prepared, combine_logits, sigmoid
 from moodwatch.settings import DEFAULT_MAX_PIXELS, LABELS, Settings
 from trainer.cleaning import unusable_reason
 from trainer.dataset import Item, make_items, shuffled_groups, split_items
@@ -83,8 +83,9 @@ def cross_validate(
             val_prep, labels_of(inner.validation), face_base, close_up_base=face_base)
         n_epochs = len(history["loss"])
         test_prep = [prepared[str(it.path)] for it in test]
-        scores = pipeline.scores(test_prep)
-        _, regimes = combine_logits(*pipeline.raw(test_prep), pipeline.combination)
+        # One forward pass gives the scores (as Pipeline.scores), the regimes and the raw logits.
+        test_rows, z, regimes = scored_rows(pipeline, test_prep, labels_of(test))
+        scores = sigmoid(z).astype(np.float32)
         metrics = metrics_from_scores(labels_of(test), scores)
         metrics["roc_auc"] = roc_auc(labels_of(test).astype(int), scores)
         metrics["scores"] = [float(s) for s in scores]
@@ -92,19 +93,22 @@ def cross_validate(
         metrics["regimes"] = regimes
         # What calibration sees and what it is applied to, to compare calibration rules offline
         # on the same trained models (benchmarks/calibration_rules.py).
-        metrics["raw"] = {"validation": raw_rows(pipeline, val_prep, labels_of(inner.validation)),
-                          "test": raw_rows(pipeline, test_prep, labels_of(test))}
+        metrics["raw"] = {"validation": scored_rows(pipeline, val_prep, labels_of(inner.validation))[0],
+                          "test": test_rows}
         results.append(FoldResult(i, metrics, n_epochs, (time.perf_counter() - t0) / n_epochs))
         keras.backend.clear_session()
     return results
 
 
-def raw_rows(pipeline: Pipeline, prepared: list[Prepared], y: np.ndarray) -> list[dict[str, Any]]:
-    """Per photo: the whole-image logit, the faces' combined logit (None without one), the regime."""
+def scored_rows(pipeline: Pipeline, prepared: list[Prepared],
+                y: np.ndarray) -> tuple[list[dict[str, Any]], np.ndarray, list[str]]:
+    """Per photo: the whole-image logit, the faces' combined logit (None without one), the regime
+    and the truth; with the calibrated combined logits and the regimes."""
     whole, faces, close = pipeline.raw(prepared)
-    _, regimes = combine_logits(whole, faces, close, pipeline.combination)
-    return [{"whole": float(w), "face": None if f is None or len(f) == 0 else float(np.mean(f)),
+    z, regimes = combine_logits(whole, faces, close, pipeline.combination)
+    rows = [{"whole": float(w), "face": None if f is None or len(f) == 0 else float(np.mean(f)),
              "regime": r, "truth": int(t)} for w, f, r, t in zip(whole, faces, regimes, y, strict=True)]
+    return rows, z, regimes
 
 
 def summarise(results: list[FoldResult]) -> dict[str, float]:

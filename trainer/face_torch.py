@@ -124,9 +124,10 @@ def warmup_cosine(step: int, warmup: int, total: int) -> float:
 def train(x: np.ndarray, y: np.ndarray, recipe: Recipe,
           on_epoch: Callable[[int, float, FaceNet], None] | None = None) -> FaceNet:
     """Train on uint8 crops x (n, 48, 48, 1) and labels y (1 = sad); class-weighted, as Keras was."""
-    if len(x) < recipe.batch or len(set(np.unique(y))) < 2:
+    classes = np.unique(y).size
+    if len(x) < recipe.batch or classes < 2:
         raise ValueError(f"need at least one batch ({recipe.batch}) of crops of both classes, "
-                         f"got {len(x)} crops of {len(set(np.unique(y)))} class(es)")
+                         f"got {len(x)} crops of {classes} class(es)")
     torch.manual_seed(recipe.seed)
     gen = torch.Generator().manual_seed(recipe.seed)
     net = FaceNet(recipe.widths).to(memory_format=torch.channels_last)

@@ -196,8 +196,8 @@ def fit_combination(whole: np.ndarray, faces: list[np.ndarray | None], close: li
     regime gets its own temperature, fitted on its own photos. A regime with too few of them
     borrows: faces the temperature of every photo's combined logit, photos read whole that of
     every photo's whole-image logit (they are scored by the whole-image CNN alone); close-ups
-    are left out of both. Close-ups
-    keep the face model's own calibration (fitted on its 12,000 crops).
+    are left out of both. Close-ups keep the face model's own calibration (fitted on its 12,000
+    crops).
     """
     base = Combination(face_weight=face_weight, temperature=1.0)
     z, regimes = combine_logits(whole, faces, close, base)

@@ -3,11 +3,13 @@ deleting one."""
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import hashlib
 import logging
 import os
 import re
+import secrets
 import shutil
 import stat
 import tempfile
@@ -134,18 +136,44 @@ def sha256_file(path: str | Path) -> str:
         return hashlib.file_digest(fh, "sha256").hexdigest()
 
 
+def name_max(folder: Path) -> int:
+    """The longest file name, in bytes, the filesystem holding folder allows."""
+    try:
+        return os.pathconf(folder, "PC_NAME_MAX")
+    except (OSError, ValueError):
+        return 255
+
+
+def fitted_name(name: str, limit: int, tail: str = "") -> str:
+    """`name` with `tail` (a numeric suffix) before its extension, shortened to at most `limit`
+    bytes in the filesystem encoding. A shortened name keeps its extension and gets a hash of the
+    whole name, so two long names that share a beginning still get different names."""
+    stem, ext = os.path.splitext(name)
+    if len(os.fsencode(ext)) > 32:  # not an extension anyone relies on: part of the name
+        stem, ext = name, ""
+    whole = f"{stem}{tail}{ext}"
+    if len(os.fsencode(whole)) <= limit:
+        return whole
+    end = f"-{hashlib.sha256(raw_bytes(name)).hexdigest()[:10]}{tail}{ext}"
+    room = limit - len(os.fsencode(end))
+    while stem and len(os.fsencode(stem)) > room:  # whole characters: no UTF-8 sequence cut
+        stem = stem[:-1]
+    return f"{stem}{end}"
+
+
 def unique_destination(folder: Path, name: str) -> Path:
     """A path in folder named `name`, with a numeric suffix if that name is taken.
 
     The name is made printable first: a file whose name is not UTF-8 gets a name that a row can
-    hold exactly (its raw name stays recoverable from the row's ``path_bytes``)."""
+    hold exactly (its raw name stays recoverable from the row's ``path_bytes``). A name too long
+    for the folder's filesystem (a long name with a suffix added, raw bytes escaped to four
+    characters each) is shortened to fit, so no name can make a move fail."""
     folder.mkdir(parents=True, exist_ok=True)
-    name = printable(name)
-    candidate = folder / name
-    stem, suffix = Path(name).stem, Path(name).suffix
+    name, limit = printable(name), name_max(folder)
+    candidate = folder / fitted_name(name, limit)
     n = 1
-    while candidate.exists() or candidate.is_symlink():
-        candidate = folder / f"{stem}-{n}{suffix}"
+    while os.path.lexists(candidate):
+        candidate = folder / fitted_name(name, limit, f"-{n}")
         n += 1
     return candidate
 
@@ -171,11 +199,19 @@ def move_no_clobber(src: Path, folder: Path) -> Path:
     return move_to(src, unique_destination(folder, src.name))
 
 
+# os.link's errors where the filesystems cannot link the two names: another filesystem, or one
+# with no hard links (FAT, some network and FUSE filesystems) or no more links to this file.
+_NO_LINK = (errno.EXDEV, errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EMLINK)
+# What a partial copy is called while it is written: hidden, so the watcher and a person browsing
+# the folder pass it by, and short, so it fits beside any name.
+TEMP_PREFIX, TEMP_SUFFIX = ".moodwatch-", ".moving"
+
+
 def move_to(src: Path, dest: Path) -> Path:
     """Move src to dest, or to a free name beside it if dest was taken meanwhile; returns where
     it went. Never overwrites: a hard link claims the new name atomically (it fails if the name
     exists), then the old name is removed; the file itself is never deleted. A symbolic link is
-    moved as a link, its target untouched."""
+    moved as a link, its target untouched. Across filesystems, see _move_across."""
     while True:
         try:
             os.link(src, dest, follow_symlinks=False)
@@ -185,15 +221,126 @@ def move_to(src: Path, dest: Path) -> Path:
                 break  # a move cut short between the two steps: the new name is already there
             dest = unique_destination(dest.parent, dest.name)
         except OSError as exc:
-            if exc.errno not in (errno.EXDEV, errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EMLINK):
+            if exc.errno not in _NO_LINK:
                 raise
-            # No hard links here (another filesystem, or one that has none): a plain move.
-            if os.path.lexists(dest):
-                dest = unique_destination(dest.parent, dest.name)
-            shutil.move(os.fspath(src), os.fspath(dest))
-            return dest
+            return _move_across(src, dest)
     os.unlink(src)  # the old name only: the file lives on under dest
     return dest
+
+
+def _move_across(src: Path, dest: Path) -> Path:
+    """A move the filesystem cannot do by linking: a complete, synced copy under a hidden
+    temporary name in dest's folder, renamed into place without overwriting, then the source
+    name removed. Whatever fails (a full disk, most often), the partial copy is removed and the
+    source stays as it was: a retry starts afresh and leaves no junk behind."""
+    tmp = _copy_beside(src, dest.parent)
+    try:
+        final = _claim(tmp, dest)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    _fsync_folder(final.parent)  # the new name is on disk before the old one goes
+    try:
+        os.unlink(src)
+    except BaseException:
+        # The source could not be removed (a read-only inbox): the copy is ours and the file is
+        # still where it was, so the copy goes (a retry would only add another).
+        final.unlink(missing_ok=True)
+        raise
+    return final
+
+
+def _copy_beside(src: Path, folder: Path) -> Path:
+    """A copy of src (a link copied as a link) under a fresh hidden name in folder."""
+    folder.mkdir(parents=True, exist_ok=True)
+    if os.path.islink(src):
+        tmp = folder / f"{TEMP_PREFIX}{secrets.token_hex(8)}{TEMP_SUFFIX}"
+        os.symlink(os.readlink(src), tmp)
+        return tmp
+    flags = os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0) | \
+        getattr(os, "O_CLOEXEC", 0)
+    with open(os.open(src, flags), "rb") as inp:
+        if not stat.S_ISREG(os.fstat(inp.fileno()).st_mode):  # a FIFO or device has no bytes to copy
+            raise OSError(errno.EXDEV, "only a regular file or a link can move to another filesystem",
+                          os.fspath(src))
+        fd, name = tempfile.mkstemp(dir=folder, prefix=TEMP_PREFIX, suffix=TEMP_SUFFIX)
+        tmp = Path(name)
+        try:
+            with os.fdopen(fd, "wb") as out:
+                shutil.copyfileobj(inp, out, 1 << 20)
+                out.flush()
+                # Times and mode are a courtesy: a filesystem without them still takes the file.
+                with contextlib.suppress(OSError):
+                    shutil.copystat(src, tmp, follow_symlinks=False)
+                os.fsync(out.fileno())  # the whole copy is on disk before the source name goes
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
+    return tmp
+
+
+def _fsync_folder(folder: Path) -> None:
+    try:
+        fd = os.open(folder, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+    except OSError:
+        return
+    try:
+        with contextlib.suppress(OSError):  # some filesystems cannot sync a folder: no matter
+            os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _claim(tmp: Path, dest: Path) -> Path:
+    """Give tmp (in dest's folder) the name dest, or a free name beside it; never overwrites."""
+    while True:
+        try:
+            os.link(tmp, dest, follow_symlinks=False)
+        except FileExistsError:
+            dest = unique_destination(dest.parent, dest.name)
+            continue
+        except OSError as exc:
+            if exc.errno not in _NO_LINK:
+                raise
+            return _rename_no_clobber(tmp, dest)
+        os.unlink(tmp)  # the temporary name only: the copy lives on under dest
+        return dest
+
+
+def _rename_no_clobber(tmp: Path, dest: Path) -> Path:
+    """On a filesystem without hard links: renameat2(RENAME_NOREPLACE) where the kernel and the
+    filesystem have it; else a rename to a name just seen free (the one case with a window)."""
+    while True:
+        if os.path.lexists(dest):
+            dest = unique_destination(dest.parent, dest.name)
+        done = _renameat2_noreplace(tmp, dest)
+        if done is None:
+            os.rename(tmp, dest)
+            return dest
+        if done:
+            return dest
+
+
+_RENAME_NOREPLACE, _AT_FDCWD = 1, -100
+
+
+def _renameat2_noreplace(src: Path, dest: Path) -> bool | None:
+    """True when renamed, False when dest exists, None when this system cannot tell."""
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        renameat2 = libc.renameat2
+    except (OSError, AttributeError):
+        return None
+    if renameat2(_AT_FDCWD, os.fsencode(src), _AT_FDCWD, os.fsencode(dest), _RENAME_NOREPLACE) == 0:
+        return True
+    err = ctypes.get_errno()
+    if err == errno.EEXIST:
+        return False
+    if err in (errno.EINVAL, errno.ENOSYS, errno.ENOTSUP, errno.EOPNOTSUPP):
+        return None
+    raise OSError(err, os.strerror(err), os.fspath(dest))
 
 
 def outcome_folder(row: dict[str, Any], settings: Settings) -> Path | None:
@@ -224,17 +371,30 @@ def _destination(row: dict[str, Any], folder: Path) -> Path:
     return unique_destination(folder, os.path.basename(row["path"]))
 
 
-def plan_moves(rows: list[dict[str, Any]], settings: Settings) -> list[Move]:
+def plan_moves(rows: list[dict[str, Any]], settings: Settings) -> tuple[list[Move], dict[str, str]]:
     """The recorded files to move out of the inbox: only files inside it are moved (`submit` of a
-    file elsewhere leaves it be), and only to a folder of their outcome."""
-    moves = []
+    file elsewhere leaves it be), and only to a folder of their outcome. Also returns the rows
+    whose move could not even be planned (event id -> where the file still is): one odd file
+    never stops the others."""
+    moves: list[Move] = []
+    unplanned: dict[str, str] = {}
     for row in rows:
         folder = outcome_folder(row, settings)
         src = row["path"]
-        if folder is None or not os.path.lexists(src) or not inside(src, settings.inbox_dir):
-            continue
-        moves.append(Move(row["event_id"], Path(src), _destination(row, folder)))
-    return moves
+        try:
+            if folder is None or not os.path.lexists(src) or not inside(src, settings.inbox_dir):
+                continue
+            moves.append(Move(row["event_id"], Path(src), _destination(row, folder)))
+        except Exception as exc:
+            _cannot_move(src, folder, exc)
+            if row.get("stored_path") != src:
+                unplanned[row["event_id"]] = src
+    return moves, unplanned
+
+
+def _cannot_move(src: str | Path, dest: str | Path | None, exc: Exception) -> None:
+    cause = exc.strerror if isinstance(exc, OSError) and exc.strerror else f"{exc.__class__.__name__}: {exc}"
+    log.warning("could not move %s to %s: %s", printable(str(src)), printable(str(dest)), cause)
 
 
 def move_outcomes(rows: list[dict[str, Any]], settings: Settings, record: Recorder) -> dict[str, str]:
@@ -243,20 +403,18 @@ def move_outcomes(rows: list[dict[str, Any]], settings: Settings, record: Record
     Where a file goes is recorded before it moves, so a crash at any point leaves each row
     pointing at its file, or its file in the inbox with the row naming its destination, which
     the watcher's rescan then finishes. If recording fails, nothing moves. A move that fails is
-    logged with its cause, and its row points back at the inbox, where the file still is.
+    logged with its cause, and its row points back at the inbox, where the file still is; the
+    other files move all the same.
     """
-    moves = plan_moves(rows, settings)
-    if not moves:
-        return {}
-    record({m.event_id: str(m.dest) for m in moves})
+    moves, fixes = plan_moves(rows, settings)
+    if moves:
+        record({m.event_id: str(m.dest) for m in moves})
     moved: dict[str, str] = {}
-    fixes: dict[str, str] = {}
     for m in moves:
         try:
             final = move_to(m.src, m.dest)
-        except OSError as exc:
-            log.warning("could not move %s to %s: %s", printable(str(m.src)), printable(str(m.dest)),
-                        exc.strerror or exc)
+        except Exception as exc:
+            _cannot_move(m.src, m.dest, exc)
             if os.path.lexists(m.src):
                 fixes[m.event_id] = str(m.src)
             continue

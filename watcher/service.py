@@ -3,13 +3,15 @@ rejected ones recorded at once, accepted ones grouped into batch jobs for the wo
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import logging
 import os
+import stat
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -19,6 +21,7 @@ from watchdog.events import FileSystemEvent, FileSystemEventHandler
 from watchdog.observers import Observer
 from watchdog.observers.polling import PollingObserver
 
+from db.errors import describe
 from db.repository import (
     insert_results,
     recorded_event_ids,
@@ -28,7 +31,14 @@ from db.repository import (
     set_stored_paths,
     unmoved_rows,
 )
-from moodwatch.files import event_id_for, inside, move_outcomes, printable
+from moodwatch.files import (
+    FileRefused,
+    event_id_for,
+    inside,
+    move_outcomes,
+    printable,
+    read_regular_file,
+)
 from moodwatch.queue import BROKER_ERRORS
 from moodwatch.settings import Settings
 from watcher.filters import is_ignored
@@ -91,7 +101,9 @@ class Watcher:
         self._handled: dict[str, Handled] = {}
         self._pending: list[dict[str, Any]] = []  # accepted, not yet sent
         self._pending_since = 0.0
-        self._rejects: list[Checked] = []  # rejected, row not yet written
+        # Rejected, row not yet written; by event id, so a rejection kept for retry while the
+        # database is locked is not queued a second time when the rescan finds its file again.
+        self._rejects: dict[str, Checked] = {}
         self._send_retry_at = 0.0
         self._send_backoff = 1.0
         self._rescan_at = 0.0
@@ -166,7 +178,7 @@ class Watcher:
         database outage, a broker restarted without persistence), and its files would then wait
         in the inbox with no row until a restart."""
         self._rescan_at = time.monotonic() + self.settings.rescan_seconds
-        pending = {m["event_id"] for m in self._pending} | {c.event_id for c in self._rejects}
+        pending = {m["event_id"] for m in self._pending} | set(self._rejects)
         for eid, handled in list(self._handled.items()):
             if eid not in pending and not os.path.lexists(handled.path):
                 del self._handled[eid]
@@ -174,7 +186,11 @@ class Watcher:
         if not self.inbox.is_dir():
             return
         found: dict[str, str] = {}  # event id -> path of every file in the inbox
+        bare: list[tuple[str, os.stat_result]] = []  # sub-folders with no file, as they were seen
         for root, dirs, files in os.walk(self.inbox, followlinks=False):
+            if not files and root != str(self.inbox):
+                with contextlib.suppress(OSError):
+                    bare.append((root, os.lstat(root)))
             dirs[:] = [d for d in dirs if not is_ignored(os.path.join(root, d), self.inbox)]
             # Links to folders are not followed, but each one gets its own outcome.
             for path in [os.path.join(root, n) for n in files] + \
@@ -187,6 +203,22 @@ class Watcher:
                 if path not in self.tracker and eid not in self._handled:
                     self.tracker.touch(path)
         self._finish_moves(found)
+        self._remove_emptied(bare)
+
+    def _remove_emptied(self, bare: list[tuple[str, os.stat_result]]) -> None:
+        """Remove the inbox's sub-folders that the moves emptied. Only a folder nobody has
+        touched for the settle time (mtime and ctime as seen by the walk: a folder just created,
+        or just moved in, may be about to be filled), and only if empty: os.rmdir refuses any
+        other, so no file can be lost. Deepest first, so a tree of empty folders goes at once."""
+        settled = time.time() - self.settings.settle_seconds
+        for folder, st in reversed(bare):  # os.walk lists a folder before its sub-folders
+            if max(st.st_mtime, st.st_ctime) > settled or not stat.S_ISDIR(st.st_mode):
+                continue
+            try:
+                os.rmdir(folder)
+            except OSError:  # not empty (a file, a hidden one, arrived or stayed): it stays
+                continue
+            log.info("%s: empty folder removed from the inbox", printable(folder))
 
     def _resend_lost(self, pending: set[str]) -> None:
         """Forget files sent long ago that still have no row, so the walk sends them again
@@ -219,12 +251,16 @@ class Watcher:
         if checked is not None:
             self.take(checked)
 
-    def take(self, checked: Checked) -> None:
-        """Queue an accepted file, or keep a rejected one for its row."""
-        if checked.event_id in self._handled:
+    def take(self, checked: Checked, root: Path | None = None) -> None:
+        """Queue an accepted file, or keep a rejected one for its row. `root` is the folder the
+        file was checked against (the inbox unless said)."""
+        if checked.event_id in self._handled or checked.event_id in self._rejects:
             return
         if checked.rejected:
-            self._rejects.append(checked)
+            if checked.sha256 is None:
+                checked = replace(checked, sha256=_sha256_of(checked, root or self.inbox,
+                                                             self.settings.max_file_bytes))
+            self._rejects[checked.event_id] = checked
             return
         if not self._pending:
             self._pending_since = time.monotonic()
@@ -249,19 +285,21 @@ class Watcher:
     def _write_rejects(self) -> None:
         if not self._rejects or self.sessions is None:
             return
-        rejects, self._rejects = self._rejects, []
-        done = self._already_recorded([c.event_id for c in rejects])
+        rejects, self._rejects = self._rejects, {}
+        done = self._already_recorded(list(rejects))
+        for eid in done:  # recorded by an earlier try whose answer was lost: not written again
+            self._handled[eid] = Handled(rejects.pop(eid).path, time.monotonic(), recorded=True)
         rows = [
             result_row(c.event_id, c.path, datetime.now(UTC), status="rejected", error=c.rejected,
-                       classified_at=datetime.now(UTC))
-            for c in rejects if c.event_id not in done
+                       sha256=c.sha256, classified_at=datetime.now(UTC))
+            for c in rejects.values()
         ]
         try:
             with self.sessions() as session, session.begin():
                 insert_results(session, rows)
         except Exception as exc:
-            log.warning("database unavailable, %d rejection(s) kept for retry: %s", len(rows), exc)
-            self._rejects.extend(rejects)
+            log.warning("database unavailable, %d rejection(s) kept for retry: %s", len(rows), describe(exc))
+            self._rejects = {**rejects, **self._rejects}
             return
         for row in rows:
             self._handled[row["event_id"]] = Handled(row["path"], time.monotonic(), recorded=True)
@@ -276,7 +314,7 @@ class Watcher:
         try:
             move_outcomes(rows, self.settings, self._record_where)
         except Exception as exc:  # recorded first, moved after: the next rescan finishes it
-            log.warning("%d recorded file(s) not moved yet: %s", len(rows), exc)
+            log.warning("%d recorded file(s) not moved yet: %s", len(rows), describe(exc))
 
     def _finish_moves(self, found: dict[str, str]) -> None:
         """Recorded files still in the inbox whose move a crash or an error cut short (older
@@ -333,6 +371,19 @@ def _event_id(path: str) -> str | None:
         return None
 
 
+def _sha256_of(checked: Checked, root: Path, max_bytes: int) -> str | None:
+    """The sha256 of a rejected file's bytes, when it can be read: a regular file, inside the
+    folder it was checked against (a linked folder leading elsewhere is never read), no larger
+    than the limit, and still the arrival that was checked."""
+    try:
+        got = read_regular_file(checked.path, max_bytes)
+    except (FileRefused, OSError):
+        return None
+    if not Path(got.real_path).is_relative_to(root.resolve()):
+        return None
+    return got.sha256 if event_id_for(checked.path, got.stat) == checked.event_id else None
+
+
 def _unchecked(path: str, exc: Exception) -> Checked | None:
     """A rejection for a file the checks failed on unexpectedly; None if it is gone."""
     try:
@@ -343,8 +394,7 @@ def _unchecked(path: str, exc: Exception) -> Checked | None:
 
 
 def _database_unavailable(what: str, exc: Exception) -> None:
-    cause = getattr(exc, "orig", None) or exc  # SQLAlchemy's own text repeats the whole statement
-    log.warning("database unavailable, %s: %s: %s", what, cause.__class__.__name__, cause)
+    log.warning("database unavailable, %s: %s", what, describe(exc))  # no statement, no parameters
 
 
 def celery_sender(settings: Settings) -> Sender:
@@ -419,7 +469,7 @@ def submit_paths(paths: list[Path], settings: Settings, send: Sender,
             continue
         if not in_inbox and not c.rejected:
             outside[c.event_id] = c.path
-        w.take(c)
+        w.take(c, w.inbox if in_inbox else Path(c.path).parent)
     if outside and sessions is not None:
         # Workers read a file outside the inbox only if it was registered here first.
         try:

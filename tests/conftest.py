@@ -62,7 +62,8 @@ def tiny_model_dir(tmp_path_factory) -> Path:
 
     root = tmp_path_factory.mktemp("tiny-model")
     data = make_curated(root / "data", per_class=12)
-    settings = Settings(data_dir=data, model_dir=root / "models")
+    # One folder for shipped and local versions: the tiny model is the registry tests start from.
+    settings = Settings(data_dir=data, model_dir=root / "models", local_model_dir=root / "models")
     train(settings, TrainOptions(data_dir=data, epochs=2, batch_size=8, progress=False))
     return root / "models"
 

@@ -6,6 +6,8 @@ schema without one.
 
 from __future__ import annotations
 
+import fnmatch
+import json
 import os
 import shutil
 import subprocess
@@ -30,7 +32,7 @@ def test_compose_file_validates():
     tool = shutil.which("docker-compose")
     if tool is None:
         missing("docker-compose (Debian package docker-compose) not installed; CI installs it with apt")
-    env = dict(os.environ, MOODWATCH_WEB_TOKEN="x")
+    env = dict(os.environ, MOODWATCH_WEB_TOKEN="x", POSTGRES_PASSWORD="x")  # both required
     out = subprocess.run([tool, "-f", str(COMPOSE), "config", "-q"], capture_output=True, text=True,
                          env=env, cwd=ROOT)
     assert out.returncode == 0, out.stderr
@@ -81,3 +83,71 @@ def test_docker_build_context_leaves_out_the_virtualenv_and_runtime_state():
     copied = [line.split()[1] for line in (ROOT / "Dockerfile").read_text().splitlines()
               if line.startswith("COPY ")]
     assert not any(src.rstrip("/") in ignored for src in copied), "the Dockerfile copies an ignored path"
+
+
+def _dockerfile_copies() -> list[tuple[list[str], str]]:
+    """Each COPY of the Dockerfile (continuation lines joined) as (sources, destination)."""
+    text = (ROOT / "Dockerfile").read_text().replace("\\\n", " ")
+    copies = []
+    for line in text.splitlines():
+        words = line.split()
+        if words[:1] == ["COPY"] and not any(w.startswith("--") for w in words):
+            copies.append((words[1:-1], words[-1]))
+    return copies
+
+
+def _docker_ignores(path: str) -> bool:
+    """.dockerignore's verdict on a path of the context: the last pattern that matches it or one
+    of the folders above it wins; `!` patterns take a path back in."""
+    patterns = [line.strip() for line in (ROOT / ".dockerignore").read_text().splitlines()
+                if line.strip() and not line.startswith("#")]
+    parts = path.split("/")
+    prefixes = ["/".join(parts[:i]) for i in range(1, len(parts) + 1)]
+    ignored = False
+    for pattern in patterns:
+        negated = pattern.startswith("!")
+        pattern = pattern.lstrip("!").rstrip("/")
+        if any(fnmatch.fnmatchcase(p, pattern) or fnmatch.fnmatchcase(p, pattern.removeprefix("**/"))
+               for p in prefixes):
+            ignored = not negated
+    return ignored
+
+
+def _shipped() -> dict:
+    return json.loads((ROOT / "models" / "shipped.json").read_text())
+
+
+def test_the_image_gets_the_shipped_current_version_only():
+    """Versions trained on the building machine stay out of the image and of the build context;
+    the shipped current version, the face CNN it started from and the detector go in."""
+    shipped = _shipped()
+    sources = [src.rstrip("/") for srcs, _ in _dockerfile_copies() for src in srcs]
+    assert "models" not in sources  # the whole folder brought every local version along
+    versions = [s for s in sources if s.startswith("models/v")]
+    assert versions == [f"models/{shipped['current']}"]
+    for needed in ("models/detector", "models/face-fer2013.keras", "models/face-fer2013.provenance.txt",
+                   "models/shipped.json"):
+        assert needed in sources, needed
+    for src in sources:
+        assert not _docker_ignores(src), f"the Dockerfile copies {src}, which .dockerignore leaves out"
+    older = [f"models/{v}" for v in shipped["versions"] if v != shipped["current"]]
+    for left_out in ("models/v20990101T020000000000-default-faces/model.keras", "models/runs.jsonl",
+                     "models/.current.tmp", *older):
+        assert _docker_ignores(left_out), left_out
+    assert not _docker_ignores(f"models/{shipped['current']}/model.keras")
+
+
+def test_shipped_json_lists_the_tracked_versions():
+    """It is how migration tells a shipped version from one trained here: it must name every
+    version git tracks, and the pointer git tracks."""
+    if shutil.which("git") is None or not (ROOT / ".git").exists():
+        missing("git, and the project's git checkout, are needed")
+    tracked = subprocess.run(["git", "ls-files", "models"], cwd=ROOT, capture_output=True, text=True,
+                             check=True).stdout.split()
+    tracked_versions = {p.split("/")[1] for p in tracked if p.startswith("models/v")}
+    shipped = _shipped()
+    assert set(shipped["versions"]) == tracked_versions
+    assert shipped["current"] in tracked_versions
+    head = subprocess.run(["git", "show", "HEAD:models/current"], cwd=ROOT, capture_output=True, text=True)
+    if head.returncode == 0:
+        assert head.stdout.strip() == shipped["current"]

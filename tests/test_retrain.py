@@ -21,6 +21,11 @@ from trainer.training import TrainOptions, train
 pytestmark = pytest.mark.slow
 
 
+def _registry(tmp_path, models):
+    """What a service with data in tmp_path/data and MODEL_DIR models reads and writes."""
+    return Registry(tmp_path / "data" / "models", base=models)
+
+
 @pytest.fixture
 def broker(tmp_path):
     from moodwatch.broker import embedded_url, start_embedded
@@ -31,7 +36,7 @@ def broker(tmp_path):
 
 
 def test_retrain_skips_unchanged_data_and_trains_on_new(tmp_path, broker):
-    settings = Settings(data_dir=tmp_path / "data", model_dir=tmp_path / "models")
+    settings = Settings(data_dir=tmp_path / "data", model_dir=tmp_path / "models", retrain_min_per_class=5)
     make_curated(settings.data_dir, per_class=10)
     first = retrain(settings, broker, epochs=1)
     assert first["outcome"] == "promoted"
@@ -41,9 +46,9 @@ def test_retrain_skips_unchanged_data_and_trains_on_new(tmp_path, broker):
     third = retrain(settings, broker, epochs=1)
     assert third["outcome"] in ("promoted", "trained")
     assert third["version"] != first["version"]
-    runs = Registry(settings.model_dir).runs()
+    runs = Registry.for_settings(settings).runs()
     assert [r["outcome"] for r in runs][1] == "skipped"
-    assert len(runs) == 3 and len(Registry(settings.model_dir).versions()) == 2
+    assert len(runs) == 3 and len(Registry.for_settings(settings).versions()) == 2
 
 
 def test_worse_model_is_not_promoted(tmp_path):
@@ -54,35 +59,35 @@ def test_worse_model_is_not_promoted(tmp_path):
     assert good.promoted and good.metrics["accuracy"] >= 0.75, good.metrics
     # A learning rate of zero leaves the network at its random start: a worse model.
     bad = train(settings, TrainOptions(data_dir=settings.data_dir, epochs=1, learning_rate=0.0,
-                                       progress=False))
+                                       start="scratch", progress=False))
     assert bad.metrics["accuracy"] < good.metrics["accuracy"]
     assert not bad.promoted and "not promoted" in bad.reason
-    assert Registry(settings.model_dir).current_name() == good.version.name
+    assert Registry.for_settings(settings).current_name() == good.version.name
 
 
 def test_lock_held_means_skip(tmp_path, broker):
-    settings = Settings(data_dir=tmp_path / "data", model_dir=tmp_path / "models")
+    settings = Settings(data_dir=tmp_path / "data", model_dir=tmp_path / "models", retrain_min_per_class=5)
     make_curated(settings.data_dir, per_class=6)
     with training_lock(broker) as got:
         assert got
         outcome = retrain(settings, broker, epochs=1)
     assert outcome["outcome"] == "skipped" and "lock" in outcome["reason"]
-    assert Registry(settings.model_dir).versions() == []
+    assert Registry.for_settings(settings).versions() == []
 
 
 def test_two_concurrent_retrains_never_train_together(tmp_path, redis_url):
     """Two processes (two beats' tasks, or beat plus a manual run) start at once: one trains."""
     data, models = tmp_path / "data", tmp_path / "models"
     make_curated(data, per_class=10)
-    env = service_env(data_dir=data, model_dir=models, broker_url=redis_url)
+    env = service_env(data_dir=data, model_dir=models, broker_url=redis_url, retrain_min_per_class="5")
     procs = [subprocess.Popen([sys.executable, "-m", "moodwatch_app.cli", "retrain", "--epochs", "2"],
                               env=env, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
              for _ in range(2)]
     outs = [p.communicate(timeout=300)[0].decode() for p in procs]
     assert all(p.returncode == 0 for p in procs), outs
-    outcomes = sorted(r["outcome"] for r in Registry(models).runs())
+    outcomes = sorted(r["outcome"] for r in _registry(tmp_path, models).runs())
     assert outcomes == ["promoted", "skipped"], outs
-    skipped = [r for r in Registry(models).runs() if r["outcome"] == "skipped"][0]
+    skipped = [r for r in _registry(tmp_path, models).runs() if r["outcome"] == "skipped"][0]
     assert "lock" in skipped["reason"]
 
 
@@ -112,9 +117,11 @@ def test_lock_is_exclusive_across_threads(broker):
 
 def test_an_expired_lock_is_logged_not_raised(broker, caplog):
     """Training outlived the lock: releasing it finds it gone. Said, at info level, not hidden."""
-    with caplog.at_level(logging.INFO, logger="moodwatch.trainer"), training_lock(broker, timeout=1) as got:
+    from trainer.lock import LOCK_NAME, redis_client_for
+
+    with caplog.at_level(logging.INFO, logger="moodwatch.trainer"), training_lock(broker) as got:
         assert got
-        time.sleep(1.5)
+        redis_client_for(broker).delete(LOCK_NAME)  # it expired: the heartbeat renews it now
     assert any(r.levelno == logging.INFO and "had expired" in r.getMessage() for r in caplog.records)
 
 
@@ -142,30 +149,31 @@ def test_the_nightly_schedule_end_to_end(tmp_path, tiny_model_dir):
 
     models = tmp_path / "models"
     shutil.copytree(tiny_model_dir, models)
-    before = Registry(models).current_name()
-    runs_before = len(Registry(models).runs())  # the tiny model's own training run
+    before = _registry(tmp_path, models).current_name()
+    runs_before = len(_registry(tmp_path, models).runs())  # the user registry's: none yet
     data = tmp_path / "data"
     make_curated(data, per_class=8, start=300)  # a tiny curated set the current model never saw
     env = service_env(data_dir=data, model_dir=models, retrain_cron="* * * * *", retrain_epochs="1",
-                      worker_concurrency="1")
+                      worker_concurrency="1", retrain_min_per_class="5")
     env.pop("MOODWATCH_BROKER_URL", None)
     env.pop("MOODWATCH_DATABASE_URL", None)
     log = tmp_path / "run.log"
     proc = start_service(env, log, beat=True)
     try:
-        wait_for(lambda: len(Registry(models).runs()) > runs_before, 300, "a retrain sent by beat", log)
+        wait_for(lambda: len(_registry(tmp_path, models).runs()) > runs_before, 300, "a retrain sent by beat",
+                 log)
     finally:
         stop(proc)
     text = log.read_text(errors="replace")
     assert "Sending due task nightly-retrain (moodwatch.retrain)" in text, text[-3000:]
-    run = Registry(models).runs()[runs_before]
+    run = _registry(tmp_path, models).runs()[runs_before]
     assert run["outcome"] in ("promoted", "trained"), run
-    new = Registry(models).get(run["version"])
+    new = _registry(tmp_path, models).get(run["version"])
     assert new.params()["data_fingerprint"]
-    # The rule: promoted only if at least as good as the current model on the same test files.
+    # The rule: promoted only if better than the current model on the same test files.
     metrics = new.metrics()
     if run["outcome"] == "promoted":
-        assert Registry(models).current_name() == new.name
+        assert _registry(tmp_path, models).current_name() == new.name
     else:
-        assert Registry(models).current_name() == before and "not promoted" in run["reason"]
+        assert _registry(tmp_path, models).current_name() == before and "not promoted" in run["reason"]
     assert "test" in metrics

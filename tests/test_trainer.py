@@ -10,7 +10,7 @@ from moodwatch.settings import Settings
 from tests.imagegen import encode, face_like, make_curated, write_image
 from trainer.cleaning import clean_folders
 from trainer.dataset import DatasetError, Item, make_items, split_items
-from trainer.training import TrainOptions, promotion_decision, train
+from trainer.training import TrainOptions, train
 
 
 def test_cleaning_quarantines_each_kind_of_dodgy_file(tmp_path):
@@ -91,17 +91,6 @@ def test_too_few_images_is_a_clear_error(tmp_path):
         make_items(files)
 
 
-def test_promotion_rule():
-    good = {"accuracy": 0.9, "f1": 0.9}
-    worse = {"accuracy": 0.8, "f1": 0.95}
-    assert promotion_decision(good, None, False)[0]
-    assert promotion_decision(good, dict(good), False)[0]  # as good is enough
-    assert not promotion_decision(worse, good, False)[0]
-    assert promotion_decision(worse, good, True)[0]
-    assert promotion_decision({"accuracy": 0.9, "f1": 0.91}, good, False)[0]
-    assert not promotion_decision({"accuracy": 0.9, "f1": 0.89}, good, False)[0]
-
-
 def test_preprocessing_parity_train_and_serve(tmp_path, tiny_model_dir):
     """The same file reaches the model as the same tensor, and gets the same score, both ways."""
     from moodwatch.images import load_image
@@ -137,7 +126,7 @@ def test_end_to_end_training_and_promotion(tmp_path):
     first = train(settings, TrainOptions(data_dir=data, epochs=2, batch_size=8, progress=False))
 
     v = first.version.path
-    assert first.promoted and Registry(settings.model_dir).current_name() == first.version.name
+    assert first.promoted and Registry.for_settings(settings).current_name() == first.version.name
     assert (v / "model.keras").is_file()
     assert (v / "loss.png").read_bytes()[:4] == b"\x89PNG"
     assert (v / "accuracy.png").read_bytes()[:4] == b"\x89PNG"
@@ -155,9 +144,9 @@ def test_end_to_end_training_and_promotion(tmp_path):
     second = train(settings, TrainOptions(data_dir=data, epochs=1, batch_size=8, progress=False))
     assert second.current_metrics is not None
     assert second.current_metrics["n"] == second.metrics["n"]
-    current = Registry(settings.model_dir).current_name()
+    current = Registry.for_settings(settings).current_name()
     assert (current == second.version.name) == second.promoted
-    assert len(Registry(settings.model_dir).runs()) == 2
+    assert len(Registry.for_settings(settings).runs()) == 2
     # Versions are mirrored into the database's model_versions table.
     from sqlalchemy import select
 
@@ -194,7 +183,7 @@ def test_training_with_a_face_model_ships_it_and_serves_it(tmp_path):
     params = json.loads((second.version.path / "params.json").read_text())
     assert params["face_base"].endswith("face-closeup.keras")
     assert (second.version.path / "face-closeup.keras").read_bytes() == base.read_bytes()
-    classifier = Classifier(Registry(settings.model_dir).require_current(), batch_size=4)
+    classifier = Classifier(Registry.for_settings(settings).require_current(), batch_size=4)
     assert classifier.pipeline.uses_faces and classifier.pipeline.close_up is not None
     close_up = write_image(tmp_path / "closeup.png", face_like("sad", 9, 48))
     big = write_image(tmp_path / "big.jpg", face_like("happy", 9, 400))
@@ -209,7 +198,7 @@ def test_dangling_current_pointer_does_not_block_training(tmp_path):
     (tmp_path / "models").mkdir()
     (tmp_path / "models" / "current").write_text("v-deleted\n")
     result = train(settings, TrainOptions(data_dir=data, epochs=1, batch_size=8, progress=False))
-    assert result.promoted and Registry(settings.model_dir).current_name() == result.version.name
+    assert result.promoted and Registry.for_settings(settings).current_name() == result.version.name
 
 
 def test_a_failed_training_leaves_no_version_folder(tmp_path, monkeypatch):

@@ -95,3 +95,67 @@ def split_items(
             side = split.test if i < n_test else split.validation if i < n_test + n_val else split.train
             side.extend(group)
     return split
+
+
+def stable_side(sha256: str, test_fraction: float, validation_fraction: float) -> str:
+    """A photo's side from its content alone: the same bytes land on the same side in every
+    retrain, however many photos are added, so a current version was never trained on the photos
+    its successor is tested on."""
+    # Hashed again, salted: a photo set chosen by its hashes (people-happy-sad-extra kept the
+    # lowest sha256 first) would otherwise put most of its photos on the test side.
+    u = int(hashlib.sha256(b"moodwatch-split:" + sha256.encode()).hexdigest()[:12], 16) / 16**12
+    if u < test_fraction:
+        return "test"
+    return "validation" if u < test_fraction + validation_fraction else "train"
+
+
+def stable_split(
+    items: list[Item], group_of: Callable[[Item], str] | None = None, *,
+    test_fraction: float = 0.25, validation_fraction: float = 0.15,
+    seen: frozenset[str] = frozenset(),
+) -> Split:
+    """The retrain's split: each photo's side by the hash of its bytes (:func:`stable_side`).
+
+    ``seen`` holds the sha256 of photos the current version was trained or validated on: they
+    (and their near-twins) are never test photos, so both versions are tested on photos neither
+    saw. A train or validation photo that is a near-twin (``group_of``) of a test photo is left
+    out of training altogether: the test side stays what the hashes say.
+    """
+    key = group_of or (lambda it: it.sha256)
+    seen_groups = {key(it) for it in items if it.sha256 in seen}
+    side = {}
+    for it in items:
+        s = stable_side(it.sha256, test_fraction, validation_fraction)
+        if s == "test" and (it.sha256 in seen or key(it) in seen_groups):
+            s = "train"
+        side[it] = s
+    test_groups = {key(it) for it in items if side[it] == "test"}
+    ordered = sorted(items, key=lambda it: (it.label, it.sha256, str(it.path)))
+    split = Split(
+        train=[it for it in ordered if side[it] == "train" and key(it) not in test_groups],
+        validation=[it for it in ordered if side[it] == "validation" and key(it) not in test_groups],
+        test=[it for it in ordered if side[it] == "test"],
+    )
+    def unseen(it: Item) -> bool:
+        return it.sha256 not in seen and key(it) not in seen_groups
+
+    for name in ("test", "validation"):
+        for label in LABELS:
+            _borrow_from_train(split, name, label, unseen if name == "test" else lambda it: True)
+    return split
+
+
+def _borrow_from_train(split: Split, side: str, label: str, eligible: Callable[[Item], bool]) -> None:
+    """A side with no photo of a label (a handful of curated photos) takes the train photo of
+    that label with the lowest hash: deterministic, and only ever needed below the minimum that
+    promotion requires (MOODWATCH_RETRAIN_MIN_PER_CLASS), where nothing is promoted anyway."""
+    target = getattr(split, side)
+    if any(it.label == label for it in target):
+        return
+    candidates = [it for it in split.train if it.label == label and eligible(it)]
+    if not candidates or sum(1 for it in split.train if it.label == label) < 2:
+        raise DatasetError(f"class {label!r} has too few distinct images to split (near-duplicates "
+                           "count once)")
+    chosen = min(candidates, key=lambda it: it.sha256)
+    split.train.remove(chosen)
+    target.append(chosen)

@@ -3,52 +3,15 @@
 from __future__ import annotations
 
 import logging
-from contextlib import contextmanager
 from typing import Any
 
 from moodwatch.registry import Registry
-from moodwatch.settings import Settings
+from moodwatch.settings import LABELS, Settings
 from trainer.dataset import DatasetError
-from trainer.training import DataUnchanged, recipe, train
+from trainer.lock import training_lock
+from trainer.training import DataUnchanged, below_minimum, recipe, train
 
 log = logging.getLogger("moodwatch.trainer")
-LOCK_NAME = "moodwatch:training-lock"
-
-
-def redis_client_for(url: str):
-    import redis
-
-    if url.startswith("redis+socket://"):
-        return redis.Redis(unix_socket_path=url[len("redis+socket://"):])
-    return redis.Redis.from_url(url)
-
-
-@contextmanager
-def training_lock(broker_url: str, timeout: int = 6 * 3600):
-    """Held across processes and machines through the broker's Redis; yields False if taken."""
-    client = redis_client_for(broker_url)
-    lock = client.lock(LOCK_NAME, timeout=timeout, blocking=False)
-    acquired = lock.acquire(blocking=False)
-    try:
-        yield acquired
-    finally:
-        if acquired:
-            _release(lock)
-        client.close()
-
-
-def _release(lock: Any) -> None:
-    """Release the training lock, saying so when it cannot be: an expired lock (training outlived
-    its timeout) is expected and harmless; a broker error leaves it held until it expires."""
-    import redis.exceptions
-
-    try:
-        lock.release()
-    except redis.exceptions.LockNotOwnedError:
-        log.info("the training lock had expired before training ended: nothing to release")
-    except redis.exceptions.RedisError as exc:
-        log.warning("could not release the training lock (%s: %s); it expires by itself",
-                    exc.__class__.__name__, exc)
 
 
 def last_trained_fingerprint(registry: Registry) -> str | None:
@@ -56,16 +19,32 @@ def last_trained_fingerprint(registry: Registry) -> str | None:
     return versions[-1].params().get("data_fingerprint") if versions else None
 
 
-def retrain(settings: Settings, broker_url: str, epochs: int | None = None, force: bool = False
-            ) -> dict[str, Any]:
-    """Train on DATA_DIR/happy and DATA_DIR/sad if they changed; every run is recorded."""
-    registry = Registry(settings.model_dir)
+def curated_counts(settings: Settings) -> dict[str, int]:
+    """Photos in data/happy and data/sad by extension: cheap, before any decoding."""
+    from moodwatch.images import extension_allowed
+
+    return {label: sum(1 for p in (settings.data_dir / label).rglob("*")
+                       if p.is_file() and extension_allowed(p.name))
+            if (settings.data_dir / label).is_dir() else 0 for label in LABELS}
+
+
+def retrain(settings: Settings, broker_url: str, epochs: int | None = None, force: bool = False,
+            progress: bool = False) -> dict[str, Any]:
+    """Train on DATA_DIR/happy and DATA_DIR/sad if they changed and there are enough of them;
+    every run is recorded. ``force`` trains unchanged or too few photos, but the promotion rule
+    still never promotes below the minimum."""
+    registry = Registry.for_settings(settings)
     with training_lock(broker_url) as acquired:
         if not acquired:
             outcome = {"outcome": "skipped", "reason": "another training run holds the lock"}
             registry.record_run(outcome)
             return outcome
-        options = recipe(settings, settings.data_dir, epochs=epochs, progress=False,
+        shortfall = below_minimum(curated_counts(settings), settings.retrain_min_per_class)
+        if shortfall and not force:
+            outcome = {"outcome": "skipped", "reason": f"skipped: {shortfall}"}
+            registry.record_run(outcome)
+            return outcome
+        options = recipe(settings, settings.data_dir, epochs=epochs, progress=progress,
                          skip_if_fingerprint=None if force else last_trained_fingerprint(registry))
         # One pass over the curated files: train() cleans, fingerprints, and stops if unchanged.
         try:
@@ -79,4 +58,6 @@ def retrain(settings: Settings, broker_url: str, epochs: int | None = None, forc
             registry.record_run(outcome)
             return outcome
         return {"outcome": "promoted" if result.promoted else "trained", "reason": result.reason,
-                "version": result.version.name, "accuracy": result.metrics["accuracy"]}
+                "version": result.version.name, "accuracy": result.metrics["accuracy"],
+                "current": (result.current_metrics or {}).get("version"),
+                "decision": result.decision.to_json()}

@@ -28,13 +28,14 @@ from moodwatch.pipeline import (
     prepare_path,
 )
 from moodwatch.registry import Registry, RegistryError, Version, write_json
-from moodwatch.settings import Settings
+from moodwatch.settings import LABELS, Settings
 from trainer.architectures import DEFAULT_ARCHITECTURE, make_model
 from trainer.cleaning import CleanReport, clean_folders
-from trainer.dataset import DatasetError, Item, Split, fingerprint, make_items, split_items
+from trainer.dataset import DatasetError, Item, Split, fingerprint, make_items, split_items, stable_split
 from trainer.dedupe import near_duplicate_key
 from trainer.evaluation import metrics_from_scores
 from trainer.plots import save_history_plots
+from trainer.promotion import Decision, decide
 
 log = logging.getLogger(__name__)
 
@@ -57,16 +58,23 @@ class TrainOptions:
     face_head_only: bool = False
     # Stop before training when the cleaned data has this fingerprint (the nightly job's skip).
     skip_if_fingerprint: str | None = None
+    # Fewer curated photos of a class than this: train if asked, never promote.
+    min_per_class: int = 0
+    # "current": the whole-image CNN starts from the current version's weights and fine-tunes at
+    # FINE_TUNE_LR; "scratch": from random weights (README, nightly retraining: measured).
+    start: str = "current"
 
 
 RECIPE_PATIENCE = 12  # epochs without a better validation loss before training stops
+FINE_TUNE_LR = 1e-4  # a tenth of training from scratch: adapt the current weights, do not undo them
 
 
 def recipe(settings: Settings, data_dir: Path, **changes: Any) -> TrainOptions:
     """The one training recipe: what the nightly retrain runs on the curated folders, and what the
     shipped version was trained with (`moodwatch train --data DIR`). Flags change single fields."""
     options = TrainOptions(data_dir=Path(data_dir), epochs=settings.retrain_epochs,
-                           patience=RECIPE_PATIENCE, seed=settings.seed)
+                           patience=RECIPE_PATIENCE, seed=settings.seed,
+                           min_per_class=settings.retrain_min_per_class)
     return replace(options, **{k: v for k, v in changes.items() if v is not None})
 
 
@@ -83,10 +91,17 @@ class TrainResult:
     version: Version
     metrics: dict[str, Any]
     current_metrics: dict[str, Any] | None
-    promoted: bool
-    reason: str
+    decision: Decision
     clean: CleanReport
     timings: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def promoted(self) -> bool:
+        return self.decision.promoted
+
+    @property
+    def reason(self) -> str:
+        return self.decision.reason
 
 
 class TqdmEpochs(keras.callbacks.Callback):
@@ -110,29 +125,6 @@ def _dataset(x: np.ndarray, y: np.ndarray, batch: int, shuffle: bool, seed: int)
     if shuffle:
         ds = ds.shuffle(len(x), seed=seed, reshuffle_each_iteration=True)
     return ds.batch(batch).prefetch(tf.data.AUTOTUNE)
-
-
-def promotion_decision(
-    new: dict[str, Any], current: dict[str, Any] | None, force: bool
-) -> tuple[bool, str]:
-    """Promote when no model is current, when forced, or when the new one is at least as good.
-
-    "As good" is judged on the same test files: binary accuracy first, F1 to break ties.
-    """
-    if force:
-        return True, "promotion forced (--promote)"
-    if current is None:
-        return True, "no current model"
-    key_new = (round(new["accuracy"], 6), round(new["f1"], 6))
-    key_cur = (round(current["accuracy"], 6), round(current["f1"], 6))
-    if key_new >= key_cur:
-        return True, (
-            f"accuracy {new['accuracy']:.3f} >= current {current['accuracy']:.3f} on the same test files"
-        )
-    return False, (
-        f"not promoted: accuracy {new['accuracy']:.3f} / F1 {new['f1']:.3f} is worse than the "
-        f"current model's {current['accuracy']:.3f} / {current['f1']:.3f} on the same test files"
-    )
 
 
 def _files(items: list[Item]) -> list[dict[str, str]]:
@@ -227,11 +219,15 @@ def close_up_model_for(face_base: Path | None) -> Path | None:
 def fit_models(
     options: TrainOptions, train_prep: list[Prepared], y_train: np.ndarray, val_prep: list[Prepared],
     y_val: np.ndarray, face_base: Path | None, log_dir: Path | None = None,
-    close_up_base: Path | None = None,
+    close_up_base: Path | None = None, init_whole: Path | None = None,
 ) -> tuple[Pipeline, dict[str, list[float]]]:
-    """Train the whole-image CNN, fine-tune the face model, calibrate: a ready pipeline."""
+    """Train the whole-image CNN (from init_whole's weights when given), fine-tune the face
+    model, calibrate: a ready pipeline."""
     keras.utils.set_random_seed(options.seed)
     model = make_model(options.architecture)
+    if init_whole is not None:
+        model.set_weights(load_model(init_whole).get_weights())
+        model.optimizer.learning_rate = FINE_TUNE_LR
     if options.learning_rate is not None:
         model.optimizer.learning_rate = options.learning_rate
     callbacks: list[keras.callbacks.Callback] = [
@@ -299,35 +295,63 @@ class PreparedData:
     test: list[Prepared]
 
 
-def _load(settings: Settings, options: TrainOptions, faces: bool) -> PreparedData:
+def _load(settings: Settings, options: TrainOptions, faces: bool, current: Version | None) -> PreparedData:
     data_dir = Path(options.data_dir)
     clean = clean_folders(data_dir, settings.quarantine_dir, settings.max_pixels)
     items = make_items(clean.files)
     data_fingerprint = fingerprint(items)
     if data_fingerprint == options.skip_if_fingerprint:
         raise DataUnchanged(data_fingerprint)
-    # Near-twins (the same photo resized or recompressed) stay on one side, so the test split
-    # and the promotion decision are not flattered by a copy of a training photo.
-    split = split_items(items, options.seed, group_of=near_duplicate_key(items, settings.max_pixels))
+    # Each photo's side comes from its bytes, so it keeps it across retrains; near-twins of a
+    # test photo stay out of training, and photos the current version learned from are never
+    # test photos (trainer.dataset.stable_split).
+    group_of = near_duplicate_key(items, settings.max_pixels)
+    try:
+        split = stable_split(items, group_of, seen=seen_by(current))
+    except DatasetError as exc:
+        # A handful of photos, mostly near-twins: no stable side for every class. The seeded
+        # split still keeps twins together; such a run is below any sane promotion minimum.
+        log.warning("%s: using a seeded split of these few photos instead of the stable one", exc)
+        split = split_items(items, options.seed, group_of=group_of)
     return PreparedData(clean, split, data_fingerprint,
                      prepare_items(split.train, settings.max_pixels, faces),
                      prepare_items(split.validation, settings.max_pixels, faces),
                      prepare_items(split.test, settings.max_pixels, faces))
 
 
-def _evaluate_current(current: Version | None, y_test: np.ndarray,
-                      test_prep: list[Prepared]) -> dict[str, Any] | None:
-    """The current model's figures on the same test files; None when there is none (or it
+def seen_by(version: Version | None) -> frozenset[str]:
+    """The sha256 of every photo a version was trained or validated on (its params.json)."""
+    if version is None:
+        return frozenset()
+    split = version.params().get("split", {})
+    return frozenset(f["sha256"] for side in ("train", "validation") for f in split.get(side, []))
+
+
+def class_counts(files: list[tuple[Path, str]]) -> dict[str, int]:
+    """Usable curated photos per label (after cleaning, twins included)."""
+    return {label: sum(1 for _, lab in files if lab == label) for label in LABELS}
+
+
+def below_minimum(counts: dict[str, int], minimum: int) -> str | None:
+    """Why there are too few curated photos to promote, or None."""
+    short = {label: n for label, n in counts.items() if n < minimum}
+    if not short:
+        return None
+    said = ", ".join(f"{n} {label}" for label, n in counts.items())
+    return f"too few curated photos to judge a new version: {said}; the minimum is {minimum} per class " \
+           "(MOODWATCH_RETRAIN_MIN_PER_CLASS)"
+
+
+def _score_current(current: Version | None, test_prep: list[Prepared]) -> np.ndarray | None:
+    """The current version's scores on the same test photos; None when there is none (or it
     cannot be read: an unreadable current model must not block a good new one)."""
     if current is None:
         return None
     try:
-        current_metrics = metrics_from_scores(y_test, Pipeline.load(current.path).scores(test_prep))
+        return Pipeline.load(current.path).scores(test_prep)
     except Exception as exc:
         log.warning("could not evaluate current model %s: %s", current.name, exc)
         return None
-    current_metrics["version"] = current.name
-    return current_metrics
 
 
 def _params(options: TrainOptions, face_base: Path | None, data: PreparedData) -> dict[str, Any]:
@@ -364,6 +388,17 @@ def _save_pipeline(pipeline: Any, history: dict[str, Any], version: Version,
     save_history_plots(history, version.path)
 
 
+def whole_start(options: TrainOptions, current: Version | None) -> Path | None:
+    """The whole-image CNN to fine-tune: the current version's, when the recipe starts from it
+    and it has the same architecture (weights of another shape cannot be carried over)."""
+    if options.start != "current" or current is None:
+        return None
+    if current.params().get("architecture") != options.architecture:
+        log.info("current version %s is not %s: training from scratch", current.name, options.architecture)
+        return None
+    return current.model_path
+
+
 def train(settings: Settings, options: TrainOptions) -> TrainResult:
     """Clean, split, fit, evaluate against the current model, write a version, maybe promote.
 
@@ -374,57 +409,82 @@ def train(settings: Settings, options: TrainOptions) -> TrainResult:
     t0 = time.perf_counter()
     if not Path(options.data_dir).is_dir():
         raise DatasetError(f"data folder {options.data_dir} does not exist")
-    registry = Registry(settings.model_dir)
+    registry = Registry.for_settings(settings, migrate=True)  # an older release's local versions
     face_base = None if options.no_faces else (options.face_base or default_face_base(registry))
     current = current_or_none(registry)
     # Face crops are prepared when either the new or the current pipeline uses them.
     faces = face_base is not None or (current is not None and (current.path / FACE_MODEL_FILE).is_file())
-    data = _load(settings, options, faces)
+    data = _load(settings, options, faces, current)
     split = data.split
     y_train, y_val, y_test = labels_of(split.train), labels_of(split.validation), labels_of(split.test)
     timings["load_s"] = time.perf_counter() - t0
+    shortfall = below_minimum(class_counts(data.clean.files), options.min_per_class)
+    init_whole = whole_start(options, current)
+    say(options, f"curated photos: {len(split.train)} train, {len(split.validation)} validation, "
+                 f"{len(split.test)} test (stable split by content hash); starting from "
+                 + (f"{current.name}'s weights" if init_whole else "scratch"))
+    if shortfall:
+        say(options, shortfall + ": training, but this version will not be promoted")
 
     version = registry.new_version_dir(options.architecture + ("-faces" if face_base else ""))
     try:
         t1 = time.perf_counter()
         close_up_base = close_up_model_for(face_base)
         pipeline, history = fit_models(options, data.train, y_train, data.validation, y_val, face_base,
-                                       log_dir=version.path / "tensorboard", close_up_base=close_up_base)
+                                       log_dir=version.path / "tensorboard", close_up_base=close_up_base,
+                                       init_whole=init_whole)
         epochs_run = len(history.get("loss", []))
         timings["train_s"] = time.perf_counter() - t1
         timings["epoch_s"] = timings["train_s"] / max(1, epochs_run)
 
         t2 = time.perf_counter()
-        metrics = metrics_from_scores(y_test, pipeline.scores(data.test))
-        current_metrics = _evaluate_current(current, y_test, data.test)
+        scores = pipeline.scores(data.test)
+        metrics = metrics_from_scores(y_test, scores)
+        current_scores = _score_current(current, data.test)
+        current_metrics = None if current_scores is None else {
+            **metrics_from_scores(y_test, current_scores), "version": current.name}
         timings["evaluate_s"] = time.perf_counter() - t2
-        promoted, reason = promotion_decision(metrics, current_metrics, options.force_promote)
+        decision = decide(y_test, scores, current_scores, enough_data=shortfall is None,
+                          minimum_note=shortfall or "", force=options.force_promote)
+        metrics["ece"] = decision.candidate.ece
+        if current_metrics is not None and decision.current is not None:
+            current_metrics["ece"] = decision.current.ece
 
         _save_pipeline(pipeline, history, version, close_up_base)
         timings["total_s"] = time.perf_counter() - t0
         write_json(version.path / "metrics.json", {
-            "test": metrics, "current_on_same_test": current_metrics, "promoted": promoted,
-            "promotion_reason": reason, "epochs_run": epochs_run,
+            "test": metrics, "current_on_same_test": current_metrics, "promoted": decision.promoted,
+            "promotion_reason": decision.reason, "decision": decision.to_json(), "epochs_run": epochs_run,
+            "started_from": current.name if init_whole else "scratch",
             "history": {k: [float(v) for v in vals] for k, vals in history.items()}, "timings": timings,
         })
         write_json(version.path / "params.json", _params(options, face_base, data))
     except BaseException:
         shutil.rmtree(version.path, ignore_errors=True)  # this run's own, unfinished folder
         raise
-    if promoted:
+    if decision.promoted:
         registry.promote(version)
     _record_in_database(settings, version.name, options.architecture + ("+faces" if face_base else ""),
-                        metrics, promoted)
+                        metrics, decision)
     registry.record_run({
-        "version": version.name, "outcome": "promoted" if promoted else "trained", "reason": reason,
-        "data_fingerprint": data.data_fingerprint, "accuracy": metrics["accuracy"], "f1": metrics["f1"],
+        "version": version.name, "outcome": "promoted" if decision.promoted else "trained",
+        "reason": decision.reason, "data_fingerprint": data.data_fingerprint,
+        "accuracy": metrics["accuracy"], "f1": metrics["f1"], "ece": decision.candidate.ece,
+        "test_n": decision.test_n, "decision": decision.to_json(),
         "seconds": round(timings["total_s"], 1),
     })
-    return TrainResult(version, metrics, current_metrics, promoted, reason, data.clean, timings)
+    return TrainResult(version, metrics, current_metrics, decision, data.clean, timings)
+
+
+def say(options: TrainOptions, line: str) -> None:
+    """A line for the person watching a training run (above its progress bar), and the log."""
+    log.info(line)
+    if options.progress:
+        tqdm.write(line)
 
 
 def _record_in_database(
-    settings: Settings, name: str, architecture: str, metrics: dict, promoted: bool
+    settings: Settings, name: str, architecture: str, metrics: dict, decision: Decision
 ) -> None:
     """Best effort: the registry is the source of truth, the table a convenience for SQL."""
     try:
@@ -435,7 +495,8 @@ def _record_in_database(
         upgrade(settings.database)
         engine = make_engine(settings.database)
         with make_sessionmaker(engine)() as session, session.begin():
-            upsert_model_version(session, name, architecture, metrics, promoted)
+            upsert_model_version(session, name, architecture, {**metrics, "decision": decision.to_json()},
+                                 decision.promoted)
         engine.dispose()
     except Exception as exc:
         log.warning("could not record version %s in the database: %s", name, exc)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +18,8 @@ def load_model(path: Path) -> Any:
     path = Path(path)
     if not path.is_file():
         raise ModelLoadError(f"model file {path} does not exist")
+    if not zipfile.is_zipfile(path):  # Keras says "File not found" of a file cut short
+        raise ModelLoadError(f"cannot load model {path}: not a valid Keras archive (truncated or corrupt)")
     try:
         return keras.saving.load_model(path, safe_mode=True, compile=False)
     except Exception as exc:

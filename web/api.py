@@ -12,20 +12,27 @@ from fastapi import APIRouter, Depends, Query, Response
 from fastapi.responses import StreamingResponse
 from sqlalchemy.orm import Session, sessionmaker
 
+from db.export import write_csv_rows
 from db.repository import RESULT_COLUMNS, ResultFilter, agreement_by_model, as_dict, query_results, stats
+from web.schemas import Label, MaxConf, MinConf, Model, ModelsOut, ResultOut, Since, Stats, Status, Until
 from web.state import API_PAGE, WebState, db, filters, web_state
 
 router = APIRouter(prefix="/api", tags=["api"])
 
 
-@router.get("/results")
-def api_results(response: Response, label: str | None = None, status: str | None = None,
-                min_conf: float | None = None, max_conf: float | None = None,
-                since: str | None = Query(None, description="ISO date or time"),
-                until: str | None = None, model: str | None = None,
-                before: int | None = Query(None, description="rows older than this id: the "
-                                           "X-Next-Before header of the previous page"),
-                limit: int = Query(50, ge=1, le=API_PAGE, description=f"rows, at most {API_PAGE}"),
+NEXT_PAGE = {"X-Next-Before": {"description": "Present when more rows match: pass it as `before` "
+                                "for the next page.", "schema": {"type": "integer"}}}
+
+
+@router.get("/results", summary="List results, newest first", operation_id="listResults",
+            response_model=list[ResultOut], responses={200: {"headers": NEXT_PAGE}})
+def api_results(response: Response, label: Label = None, status: Status = None,
+                min_conf: MinConf = None, max_conf: MaxConf = None, since: Since = None,
+                until: Until = None, model: Model = None,
+                before: int | None = Query(None, description="Only rows older than this id: the "
+                                           "X-Next-Before header of the previous page.", examples=[4211]),
+                limit: int = Query(50, ge=1, le=API_PAGE, examples=[100],
+                                   description=f"Rows in this page, at most {API_PAGE}."),
                 session: Session = Depends(db)) -> list[dict[str, Any]]:
     """One page of results, newest first. Page on with the X-Next-Before header; all of
     them at once: /api/results.csv."""
@@ -37,10 +44,13 @@ def api_results(response: Response, label: str | None = None, status: str | None
     return [as_dict(r) for r in rows]
 
 
-@router.get("/results.csv", response_class=StreamingResponse)
-def api_results_csv(label: str | None = None, status: str | None = None,
-                    min_conf: float | None = None, max_conf: float | None = None,
-                    since: str | None = None, until: str | None = None, model: str | None = None,
+@router.get("/results.csv", response_class=StreamingResponse, summary="Export every matching result as CSV",
+            operation_id="exportResultsCsv",
+            responses={200: {"content": {"text/csv": {}},
+                             "description": "A header line, then one line per row: the columns of "
+                             "/api/results, newest first."}})
+def api_results_csv(label: Label = None, status: Status = None, min_conf: MinConf = None,
+                    max_conf: MaxConf = None, since: Since = None, until: Until = None, model: Model = None,
                     state: WebState = Depends(web_state)):
     """Every matching row as CSV, streamed a page at a time (memory stays flat)."""
     f = filters(label, status, min_conf, max_conf, since, until, model, None, API_PAGE)
@@ -56,7 +66,7 @@ def _csv_pages(sessions: sessionmaker, f: ResultFilter) -> Iterator[str]:
     while True:
         with sessions() as session:
             page = [as_dict(r) for r in query_results(session, f)]
-        writer.writerows(page)
+        write_csv_rows(writer, page)  # no cell a spreadsheet would run as a formula
         yield buffer.getvalue()
         buffer.seek(0)
         buffer.truncate()
@@ -65,13 +75,18 @@ def _csv_pages(sessions: sessionmaker, f: ResultFilter) -> Iterator[str]:
         f = replace(f, before_id=page[-1]["id"])
 
 
-@router.get("/stats")
+@router.get("/stats", summary="Count results by status and label", operation_id="getStats",
+            response_model=Stats)
 def api_stats(session: Session = Depends(db)) -> dict[str, Any]:
+    """Rows per status and label over the whole table, and the last hour's throughput."""
     return stats(session)
 
 
-@router.get("/models")
+@router.get("/models", summary="List model versions and training runs",
+            operation_id="listModels", response_model=ModelsOut)
 def api_models(session: Session = Depends(db), state: WebState = Depends(web_state)) -> dict[str, Any]:
+    """Every version with its test figures and how often people agreed with it; the current
+    version; every training run, trained or skipped."""
     agreement = agreement_by_model(session)
     registry = state.registry
     return {

@@ -19,9 +19,9 @@ from fastapi.responses import HTMLResponse
 from fastapi.templating import Jinja2Templates
 from sqlalchemy.orm import Session, sessionmaker
 
+from db.errors import describe
 from db.models import Result
 from db.repository import ResultFilter, stats
-from moodwatch.redact import mask
 from moodwatch.registry import Registry
 from moodwatch.settings import LABELS, STATUSES, Settings
 
@@ -77,7 +77,7 @@ class WebState:
                 value = collect(self.settings, ping_timeout=0.5)
             except Exception as exc:  # the strip must not take the page down; it names the error
                 log.exception("status strip")
-                value = {"error": mask(f"status unavailable: {exc.__class__.__name__}: {exc}")}
+                value = {"error": f"status unavailable: {describe(exc)}"}  # no SQL, no password
             with self.sessions() as s:
                 value["per_minute"] = stats(s)["per_minute_last_hour"]
             self.status_at, self.status_value = now, value

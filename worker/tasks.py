@@ -10,12 +10,13 @@ import logging
 import signal
 from typing import Any
 
+from celery.exceptions import SoftTimeLimitExceeded
 from celery.signals import task_postrun, task_prerun, worker_process_init
 from sqlalchemy.exc import InterfaceError, OperationalError
 
 from db.engine import make_engine, make_sessionmaker
 from moodwatch.modelio import ModelLoadError
-from moodwatch.queue import CLASSIFY_TASK, RETRAIN_TASK, make_celery
+from moodwatch.queue import CLASSIFY_TASK, RETRAIN_TASK, classify_time_limits, make_celery
 from moodwatch.registry import Registry, RegistryError
 from moodwatch.settings import get_settings
 from worker.inference import ModelCache
@@ -24,6 +25,7 @@ from worker.processing import process_batch
 log = logging.getLogger("moodwatch.worker")
 settings = get_settings()
 app = make_celery(settings)
+SOFT_TIME_LIMIT, HARD_TIME_LIMIT = classify_time_limits(settings)
 
 _state: dict[str, Any] = {}
 
@@ -36,7 +38,7 @@ def _sessions():
 
 def _models() -> ModelCache:
     if "models" not in _state:
-        _state["models"] = ModelCache(Registry(settings.model_dir), settings.batch_size)
+        _state["models"] = ModelCache(Registry.for_settings(settings), settings.batch_size)
     return _state["models"]
 
 
@@ -79,6 +81,8 @@ def _take_sigterm_again(**_: Any) -> None:
     retry_backoff_max=30,
     retry_jitter=True,
     max_retries=settings.job_retries,
+    soft_time_limit=SOFT_TIME_LIMIT,
+    time_limit=HARD_TIME_LIMIT,
 )
 def classify_batch(self, items: Any, move_files: Any = True, dedupe: Any = True) -> dict[str, int]:
     """Classify a batch of files; database outages are retried with backoff."""
@@ -87,14 +91,27 @@ def classify_batch(self, items: Any, move_files: Any = True, dedupe: Any = True)
         return {"refused": 1}
     move_files, dedupe = move_files is not False, dedupe is not False  # booleans, whatever was sent
     unreachable: list[dict[str, Any]] = []
-    counts = process_batch(items, settings, _sessions(), _models().get(), move_files=move_files,
-                           dedupe=dedupe, retry_sink=unreachable)
+    try:
+        counts = process_batch(items, settings, _sessions(), _models().get(), move_files=move_files,
+                               dedupe=dedupe, retry_sink=unreachable)
+    except SoftTimeLimitExceeded as exc:
+        # Not a slow decode (the batch's own limit ends those, with rows): something else stalled,
+        # the model still loading or a database or file system not answering. The rows are one
+        # transaction, written whole or not at all, and a rerun skips those written: the job is
+        # retried like a database outage, and once its retries are spent the watcher's rescan
+        # sends its files again, as for any job that was lost.
+        log.warning("a batch of %d file(s) ran past its %g s time limit outside decoding (the model "
+                    "still loading, a database or file system not answering?); retrying it",
+                    len(items), SOFT_TIME_LIMIT)
+        raise self.retry(exc=exc, countdown=min(30, 2 ** self.request.retries)) from exc
     if unreachable:
         # A new job, so that any worker (on any machine) may take it, after a pause.
         attempt = max(m["attempts"] for m in unreachable)
         app.send_task(CLASSIFY_TASK, args=[unreachable], kwargs={"move_files": move_files, "dedupe": dedupe},
                       countdown=5 * 2**attempt)
-        log.warning("%d file(s) not reachable from this worker; handed back to the queue", len(unreachable))
+        log.warning("%d file(s) handed back to the queue (%d not reachable from this worker, %d not "
+                    "decoded before the batch's time limit)", len(unreachable), counts.get("retried", 0),
+                    counts.get("requeued", 0))
     return counts
 
 

@@ -77,3 +77,16 @@ def test_cli_export_quotes_formula_cells(tmp_path, db_with_hostile_names):
 def test_csv_cell_leaves_other_values_alone():
     assert csv_cell(-0.5) == -0.5 and csv_cell(None) is None and csv_cell("a=b") == "a=b"
     assert [csv_cell(v) for v in ("=x", "\tx", "\rx")] == ["'=x", "'\tx", "'\rx"]
+
+
+def test_evaluate_csv_quotes_formula_cells(tmp_path):
+    """`moodwatch evaluate --csv` writes file names a person chose, and errors that quote them."""
+    import csv
+
+    from trainer.report import Evaluated, write_csv
+
+    out = tmp_path / "eval.csv"
+    write_csv([Evaluated('=HYPERLINK("http://x","y").jpg', "happy", 0.2, None),
+               Evaluated("ok.jpg", "sad", None, "@SUM(1)")], out)
+    rows = list(csv.reader(out.open()))
+    assert rows[1][0] == '\'=HYPERLINK("http://x","y").jpg' and rows[2][-1] == "'@SUM(1)"

@@ -10,6 +10,7 @@ from typing import Any
 
 import numpy as np
 
+from db.export import csv_cell
 from moodwatch.images import extension_allowed
 from moodwatch.modelio import is_sad
 from moodwatch.settings import LABELS
@@ -101,10 +102,10 @@ def write_csv(results: list[Evaluated], path: Path) -> None:
         w = csv.writer(fh)
         w.writerow(["file", "truth", "predicted", "confidence", "score_sad", "correct", "error"])
         for r in results:
-            w.writerow([r.path, r.truth, r.predicted or "",
+            w.writerow([csv_cell(r.path), r.truth, r.predicted or "",
                         "" if r.confidence is None else f"{r.confidence:.4f}",
                         "" if r.score is None else f"{r.score:.4f}",
-                        "" if r.score is None else int(r.predicted == r.truth), r.error or ""])
+                        "" if r.score is None else int(r.predicted == r.truth), csv_cell(r.error or "")])
 
 
 def format_report(name: str, m: dict[str, Any], images_per_s: float | None = None) -> str:

@@ -361,6 +361,30 @@ class Move:
 Recorder = Callable[[dict[str, str]], None]  # writes event id -> where the file is, in the rows
 
 
+def kept_folder(src: str, outcome: Path, settings: Settings) -> Path:
+    """The folder under the outcome folder that keeps src's place in the inbox: a file from
+    inbox/trip/day1/ goes to processed/<label>/trip/day1/ (MOODWATCH_KEEP_FOLDERS; else flat).
+
+    The relative folder is taken from where src really lies (linked folders resolved), so `..`
+    or a linked folder can name nothing outside the inbox; each part is made printable and
+    shortened to fit like a file name. A part that already exists as a link or a file, under
+    the outcome folder, is never followed or replaced: the file goes flat into the outcome
+    folder instead, and nothing is created outside it."""
+    if not settings.keep_folders:
+        return outcome
+    relative = Path(located(src)).parent.relative_to(settings.inbox_dir.resolve())
+    folder = outcome
+    for part in relative.parts:
+        if part in ("", ".", ".."):  # never from a resolved path; refused all the same
+            return outcome
+        folder = folder / fitted_name(printable(part), name_max(outcome))  # 255 until it exists
+        if os.path.lexists(folder) and (os.path.islink(folder) or not folder.is_dir()):
+            log.warning("%s is not a plain folder: %s goes to %s without its sub-folders",
+                        printable(str(folder)), printable(src), printable(str(outcome)))
+            return outcome
+    return folder
+
+
 def _destination(row: dict[str, Any], folder: Path) -> Path:
     """Where the row says the file goes, if a move was cut short; else a free name."""
     stored = row.get("stored_path")
@@ -384,6 +408,7 @@ def plan_moves(rows: list[dict[str, Any]], settings: Settings) -> tuple[list[Mov
         try:
             if folder is None or not os.path.lexists(src) or not inside(src, settings.inbox_dir):
                 continue
+            folder = kept_folder(src, folder, settings)
             moves.append(Move(row["event_id"], Path(src), _destination(row, folder)))
         except Exception as exc:
             _cannot_move(src, folder, exc)

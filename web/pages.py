@@ -1,5 +1,7 @@
 """The server-rendered pages: gallery, review queue, rejected and failed files, one result,
-models, and the API's description."""
+stats, models, and the API's description; the charts they show.
+
+Times on the pages are the server's local time with its zone named (the API's are UTC)."""
 
 from __future__ import annotations
 
@@ -7,16 +9,20 @@ from datetime import UTC, datetime
 from typing import Any
 
 from fastapi import APIRouter, Depends, Form, HTTPException, Request
-from fastapi.responses import HTMLResponse, RedirectResponse
+from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from sqlalchemy.orm import Session
 
 from db.models import Result
-from db.repository import ResultFilter, agreement_by_model, query_results, review_queue
+from db.repository import ResultFilter, agreement_by_model, query_results, review_queue, stats
 from moodwatch.curation import label_file
 from moodwatch.images import ImageRejected
+from moodwatch.registry import RegistryError
 from moodwatch.settings import LABELS
+from web import charts
+from web.schemas import as_utc
 from web.state import (
     PAGE,
+    TEMPLATES,
     WebState,
     check_before,
     check_csrf,
@@ -30,9 +36,26 @@ from web.state import (
 from web.thumbs import owned_file
 
 router = APIRouter(include_in_schema=False)
+SVG = "image/svg+xml"
 
 
-@router.get("/", response_class=HTMLResponse)
+def local_time(value: datetime | str | None) -> str:
+    """A stored time (UTC) as the server's local time with its zone: 2026-11-29 15:03:12 CET."""
+    if isinstance(value, str):
+        try:
+            value = datetime.fromisoformat(value)
+        except ValueError:
+            return value
+    if not isinstance(value, datetime):  # none, or a field a run did not record
+        return str(value or "")
+    local = as_utc(value).astimezone()
+    return local.strftime("%Y-%m-%d %H:%M:%S ") + (local.strftime("%Z") or local.strftime("%z"))
+
+
+TEMPLATES.env.filters["localtime"] = local_time
+
+
+@router.get("/", response_class=HTMLResponse, summary="Results gallery with filters")
 def gallery(request: Request, label: str | None = None, status: str | None = None,
             min_conf: str | None = None, max_conf: str | None = None, since: str | None = None,
             until: str | None = None, model: str | None = None, before: str | None = None,
@@ -53,12 +76,12 @@ def gallery(request: Request, label: str | None = None, status: str | None = Non
         "models": [v.name for v in state.registry.versions()], "shown": shown})
 
 
-@router.get("/review", response_class=HTMLResponse)
+@router.get("/review", response_class=HTMLResponse, summary="Review queue: least confident first")
 def review(request: Request, session: Session = Depends(db)):
     return render(request, "review.html", {"rows": review_queue(session)})
 
 
-@router.post("/review/{result_id}")
+@router.post("/review/{result_id}", summary="Record a person's label for a result")
 def review_post(request: Request, result_id: int, choice: str = Form(...), csrf: str = Form(...),
                 next: str = Form("/review"), session: Session = Depends(db),
                 state: WebState = Depends(web_state)):
@@ -88,7 +111,7 @@ def _label(state: WebState, row: Result, choice: str) -> None:
         raise HTTPException(422, f"the file is not a usable image: {exc.reason}") from None
 
 
-@router.get("/rejected", response_class=HTMLResponse)
+@router.get("/rejected", response_class=HTMLResponse, summary="Rejected and failed files")
 def rejected(request: Request, before: int | None = None, session: Session = Depends(db)):
     """Every file without a label: rejected (not a usable image) and failed (not readable)."""
     check_before(before)
@@ -100,7 +123,7 @@ def rejected(request: Request, before: int | None = None, session: Session = Dep
                                              "next_before": rows[PAGE - 1].id if more else None})
 
 
-@router.get("/results/{result_id}", response_class=HTMLResponse)
+@router.get("/results/{result_id}", response_class=HTMLResponse, summary="One result")
 def detail(request: Request, result_id: int, session: Session = Depends(db),
            state: WebState = Depends(web_state)):
     row = get_row(session, result_id)
@@ -112,7 +135,7 @@ def detail(request: Request, result_id: int, session: Session = Depends(db),
                                            "faces": faces})
 
 
-@router.get("/models", response_class=HTMLResponse)
+@router.get("/models", response_class=HTMLResponse, summary="Model versions, calibration, training runs")
 def models_page(request: Request, session: Session = Depends(db), state: WebState = Depends(web_state)):
     registry = state.registry
     return render(request, "models.html", {
@@ -120,7 +143,32 @@ def models_page(request: Request, session: Session = Depends(db), state: WebStat
         "runs": list(reversed(registry.runs()))[:50], "agreement": agreement_by_model(session)})
 
 
-@router.get("/api/docs", response_class=HTMLResponse)
+@router.get("/stats", response_class=HTMLResponse, summary="Counts and charts of the results")
+def stats_page(request: Request, session: Session = Depends(db)):
+    return render(request, "stats.html", {"stats": stats(session), "chart": _stats_svg(session)})
+
+
+@router.get("/charts/stats.svg", summary="Per-hour and confidence charts as SVG")
+def stats_chart(session: Session = Depends(db)):
+    return Response(_stats_svg(session), media_type=SVG)
+
+
+def _stats_svg(session: Session) -> str:
+    figure = charts.stats_figure(charts.hourly_counts(session), charts.confidence_histogram(session))
+    return charts.svg(figure)
+
+
+@router.get("/charts/calibration/{version}.svg", summary="A version's reliability diagram as SVG")
+def calibration_chart(version: str, session: Session = Depends(db), state: WebState = Depends(web_state)):
+    try:
+        v = state.registry.get(version)
+    except RegistryError:
+        raise HTTPException(404, "no such model version") from None
+    figure = charts.calibration_figure(charts.calibration_for(session, v.name, v.metrics()))
+    return Response(charts.svg(figure), media_type=SVG)
+
+
+@router.get("/api/docs", response_class=HTMLResponse, summary="The JSON API's description")
 def api_docs(request: Request):
     # Rendered here from the OpenAPI description: Swagger UI would load scripts from a CDN,
     # which the pages' own Content-Security-Policy (rightly) blocks.
@@ -133,11 +181,17 @@ def endpoints(schema: dict[str, Any]) -> list[dict[str, Any]]:
     for path, methods in schema.get("paths", {}).items():
         for method, op in methods.items():
             params = [{"name": p["name"], "where": p.get("in", ""), "required": p.get("required", False),
-                       "type": _type_of(p.get("schema", {})), "description": p.get("description", "")}
+                       "type": _type_of(p.get("schema", {})), "description": p.get("description", ""),
+                       "example": _example(p)}
                       for p in op.get("parameters", [])]
             out.append({"method": method.upper(), "path": path, "parameters": params,
-                        "description": op.get("description") or op.get("summary", "")})
+                        "summary": op.get("summary", ""), "description": op.get("description", "")})
     return out
+
+
+def _example(param: dict[str, Any]) -> str:
+    examples = param.get("schema", {}).get("examples") or [param.get("example", "")]
+    return str(examples[0])
 
 
 def _type_of(schema: dict[str, Any]) -> str:

@@ -34,6 +34,8 @@ CSRF_COOKIE = "mw_csrf"
 TOKEN_COOKIE = "mw_token"
 PAGE = 48
 STATUS_SECONDS = 5.0  # the status strip is collected at most this often (it pings the workers)
+WORKER_LABELS = {"ready": "ready", "loading": "loading the model", "unavailable": "cannot serve",
+                 "none": "none"}  # moodwatch.heartbeat.overall's states
 
 
 @dataclass
@@ -78,6 +80,9 @@ class WebState:
             except Exception as exc:  # the strip must not take the page down; it names the error
                 log.exception("status strip")
                 value = {"error": f"status unavailable: {describe(exc)}"}  # no SQL, no password
+            # The strip says in a word whether a worker has its model loaded; the whole line
+            # (host, pid, last heartbeat) is the word's title.
+            value["worker_label"] = WORKER_LABELS.get(value.get("worker_state", ""), "?")
             with self.sessions() as s:
                 value["per_minute"] = stats(s)["per_minute_last_hour"]
             self.status_at, self.status_value = now, value

@@ -17,6 +17,29 @@ def normalise_url(url: str) -> str:
     return u.render_as_string(hide_password=False)
 
 
+class NoDatabaseError(LookupError):
+    """A command that only reads found no database: it must not create an empty one."""
+
+
+def sqlite_file(url: str) -> Path | None:
+    """The file of a file-backed SQLite URL; None for any other database."""
+    u = make_url(url)
+    if u.get_backend_name() == "sqlite" and u.database and u.database != ":memory:":
+        return Path(u.database)
+    return None
+
+
+def require_existing(url: str) -> None:
+    """For read-only commands (results, stats, status): opening a missing SQLite file would
+    create it, and an empty database would answer "no rows" for a service that is elsewhere."""
+    path = sqlite_file(url)
+    if path is not None and not path.is_file():
+        raise NoDatabaseError(
+            f"no database at {path}: nothing has run with this data folder yet (`moodwatch run` "
+            "creates it); check MOODWATCH_DATA_DIR or MOODWATCH_DATABASE_URL"
+        )
+
+
 def make_engine(url: str) -> Engine:
     url = normalise_url(url)
     u = make_url(url)
@@ -42,3 +65,24 @@ def make_engine(url: str) -> Engine:
 
 def make_sessionmaker(engine: Engine) -> sessionmaker:
     return sessionmaker(engine, expire_on_commit=False)
+
+
+def database_problem(url: str) -> str | None:
+    """Why the database cannot be read, or None (what `moodwatch status` checks). A missing
+    SQLite file is reported, never created."""
+    from sqlalchemy import text
+    from sqlalchemy.exc import SQLAlchemyError
+
+    try:
+        require_existing(url)
+    except NoDatabaseError as exc:
+        return str(exc)
+    engine = make_engine(url)
+    try:
+        with engine.connect() as conn:
+            conn.execute(text("SELECT 1"))
+    except SQLAlchemyError as exc:
+        return f"database unreachable (MOODWATCH_DATABASE_URL): {getattr(exc, 'orig', None) or exc}"
+    finally:
+        engine.dispose()
+    return None

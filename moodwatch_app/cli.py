@@ -11,10 +11,11 @@ import logging
 import os
 import sys
 from pathlib import Path
+from typing import Any
 
 import click
 
-from moodwatch.settings import LABELS, STATUSES, get_settings
+from moodwatch.settings import LABELS, MAX_BATCH_SIZE, MAX_SEED, STATUSES, get_settings
 from moodwatch_app.clierrors import Cli
 from moodwatch_app.clierrors import fail as _fail
 
@@ -56,10 +57,14 @@ def main(verbose: bool) -> None:
               help="Model architecture: default or seed (default: default).")
 @click.option("--epochs", type=click.IntRange(min=1), default=None,
               help="Most epochs (default: MOODWATCH_RETRAIN_EPOCHS; early stopping may end sooner).")
-@click.option("--batch-size", type=int, default=None, help="Default: the recipe's (16).")
-@click.option("--patience", type=int, default=None, help="Early-stopping patience in epochs (default 12).")
-@click.option("--seed", type=int, default=None, help="Split and training seed (default: MOODWATCH_SEED).")
-@click.option("--promote", is_flag=True, help="Make this version current even if it is worse.")
+@click.option("--batch-size", type=click.IntRange(1, MAX_BATCH_SIZE), default=None,
+              help="Default: the recipe's (16).")
+@click.option("--patience", type=click.IntRange(min=0), default=None,
+              help="Early-stopping patience in epochs (default 12).")
+@click.option("--seed", type=click.IntRange(0, MAX_SEED), default=None,
+              help="Split and training seed (default: MOODWATCH_SEED).")
+@click.option("--promote", is_flag=True,
+              help="Make this version current even if it is worse (never below the curated minimum).")
 @click.option("--face-model", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
               help="Face model (.keras) to fine-tune (default: the current version's, if it has one).")
 @click.option("--no-faces", is_flag=True, help="Whole-image model only, no face detection.")
@@ -67,8 +72,11 @@ def main(verbose: bool) -> None:
               help="Fine-tuning epochs of the face model (default: the recipe's, 3).")
 @click.option("--face-tune", type=click.Choice(["all", "head"]), default="all", show_default=True,
               help="Fine-tune every layer of the face model, or its dense head only.")
+@click.option("--start", type=click.Choice(["current", "scratch"]), default="current", show_default=True,
+              help="Fine-tune the current version's whole-image CNN, or train one from scratch.")
+@click.option("--json", "as_json", is_flag=True, help="Print the outcome as JSON instead of a table.")
 def train(data_dir, architecture, epochs, batch_size, patience, seed, promote, face_model, no_faces,
-          face_epochs, face_tune) -> None:
+          face_epochs, face_tune, start, as_json) -> None:
     """Clean the curated folders, train a new model version, evaluate it, maybe promote it.
 
     Without flags it runs the nightly retrain's recipe on DIR (trainer.training.recipe).
@@ -85,30 +93,27 @@ def train(data_dir, architecture, epochs, batch_size, patience, seed, promote, f
     options = recipe(settings, data_dir or settings.data_dir, architecture=architecture, epochs=epochs,
                      batch_size=batch_size, patience=patience, seed=seed, force_promote=promote,
                      face_base=face_model, no_faces=no_faces, face_epochs=face_epochs,
-                     face_head_only=face_tune == "head")
+                     face_head_only=face_tune == "head", start=start, progress=not as_json)
     try:
         result = run_training(settings, options)
     except (DatasetError, ValueError) as exc:
         _fail(str(exc))
+        return
+    if as_json:
+        click.echo(json.dumps({"version": result.version.name, "decision": result.decision.to_json(),
+                               "test": result.metrics, "timings": result.timings}, indent=2, default=str))
         return
     m = result.metrics
     click.echo(f"cleaning: {result.clean.summary()}")
     for src, dest, reason in result.clean.quarantined:
         click.echo(f"  quarantined {src} -> {dest}: {reason}")
     click.echo(f"version: {result.version.name}  ({result.version.path})")
-    click.echo(
-        f"test ({m['n']} images): accuracy {m['accuracy']:.3f}  precision {m['precision']:.3f}  "
-        f"recall {m['recall']:.3f}  F1 {m['f1']:.3f}"
-    )
     cm = m["confusion_matrix"]["rows_true_cols_predicted"]
-    click.echo(f"confusion (rows true happy/sad, cols predicted happy/sad): {cm}")
-    if result.current_metrics:
-        c = result.current_metrics
-        click.echo(f"current {c['version']} on the same test files: "
-                   f"accuracy {c['accuracy']:.3f}  F1 {c['f1']:.3f}")
+    click.echo(f"confusion on the test photos (rows true happy/sad, cols predicted happy/sad): {cm}")
     t = result.timings
     click.echo(f"time: {t['total_s']:.1f}s total, {t['epoch_s']:.2f}s per epoch")
-    click.echo(("promoted: " if result.promoted else "") + result.reason)
+    click.echo(_decision_table(result.decision.to_json(), result.version.name,
+                               (result.current_metrics or {}).get("version")))
 
 
 @main.command()
@@ -124,7 +129,7 @@ def models(as_json: bool) -> None:
 
     settings = get_settings()
     _require_folder(settings.model_dir, "MOODWATCH_MODEL_DIR")
-    registry = Registry(settings.model_dir)
+    registry = Registry.for_settings(settings)
     current = registry.current_name()
     rows = []
     for version in registry.versions():
@@ -137,27 +142,30 @@ def models(as_json: bool) -> None:
             "precision": metrics.get("precision"),
             "recall": metrics.get("recall"),
             "f1": metrics.get("f1"),
+            "ece": metrics.get("ece"),
             "test_images": metrics.get("n"),
         })
     if as_json:
         click.echo(json.dumps({"versions": rows, "runs": registry.runs()}, indent=2))
         return
     if not rows:
-        click.echo(f"no model versions in {registry.root}")
+        click.echo(f"no model versions in {registry.describe()}")
     for r in rows:
         def fig(key: str, r=r) -> str:
             return "-" if r[key] is None else f"{r[key]:.3f}"
 
         click.echo(
             f"{'*' if r['current'] else ' '} {r['version']:<44} {r['architecture']:<13} "
-            f"acc {fig('accuracy')}  prec {fig('precision')}  rec {fig('recall')}  F1 {fig('f1')}"
+            f"acc {fig('accuracy')}  prec {fig('precision')}  rec {fig('recall')}  F1 {fig('f1')}  "
+            f"ECE {fig('ece')}  n {r['test_images'] if r['test_images'] is not None else '-'}"
         )
     runs = registry.runs()
     if runs:
         click.echo("\ntraining runs (newest last):")
         for run in runs[-10:]:
+            tested = f"n {run['test_n']}" if run.get("test_n") else ""
             click.echo(f"  {run.get('at', '?')[:19]}  {run.get('outcome', '?'):<9} "
-                       f"{run.get('version') or '-':<44} {run.get('reason', '')}")
+                       f"{run.get('version') or '-':<44} {tested:<6} {run.get('reason', '')}")
 
 
 @main.command()
@@ -176,7 +184,7 @@ def classify(files, as_json: bool, model_version: str | None) -> None:
     from worker.inference import Classifier
 
     settings = get_settings()
-    registry = Registry(settings.model_dir)
+    registry = Registry.for_settings(settings)
     try:
         version = registry.get(model_version) if model_version else registry.require_current()
         classifier = Classifier(version, batch_size=min(32, max(1, len(files))))
@@ -221,7 +229,7 @@ def evaluate(data_dir, model_version, csv_path, as_json) -> None:
     from worker.inference import Classifier
 
     settings = get_settings()
-    registry = Registry(settings.model_dir)
+    registry = Registry.for_settings(settings)
     try:
         files = labelled_files(data_dir)
         version = registry.get(model_version) if model_version else registry.require_current()
@@ -287,7 +295,8 @@ def _parse_since(value: str | None):
 @click.option("--status", type=click.Choice(STATUSES), help="Only this status.")
 @click.option("--since", help="Received since an ISO time or a span ago (30m, 2h, 7d).")
 @click.option("--model", "model_version", help="Only rows classified by this model version.")
-@click.option("--limit", default=50, show_default=True, help="Most rows, newest first; 0 = all.")
+@click.option("--limit", type=click.IntRange(min=0), default=50, show_default=True,
+              help="Most rows, newest first; 0 = all.")
 @click.option("--format", "fmt", type=click.Choice(["table", "csv", "json"]), default="table",
               show_default=True)
 def results(label, status, since, model_version, limit, fmt) -> None:
@@ -297,13 +306,15 @@ def results(label, status, since, model_version, limit, fmt) -> None:
     Example:
         moodwatch results --label sad --since 2h --format csv
     """
+    from db.engine import require_existing
     from db.migrate import open_database
     from db.repository import RESULT_COLUMNS, ResultFilter, as_dict, query_results
 
-    settings = get_settings()
-    sessions = open_database(settings.database)
     f = ResultFilter(label=label, status=status, since=_parse_since(since), model=model_version,
                      limit=limit)
+    settings = get_settings()
+    require_existing(settings.database)  # read-only: never an empty database of its own
+    sessions = open_database(settings.database)
     with sessions() as session:
         rows = [as_dict(r) for r in query_results(session, f)]
     if fmt == "json":
@@ -311,9 +322,11 @@ def results(label, status, since, model_version, limit, fmt) -> None:
     elif fmt == "csv":
         import csv
 
+        from db.export import write_csv_rows
+
         writer = csv.DictWriter(sys.stdout, fieldnames=RESULT_COLUMNS)
         writer.writeheader()
-        writer.writerows(rows)
+        write_csv_rows(writer, rows)  # no cell a spreadsheet would run as a formula
     else:
         click.echo(_results_table(rows))
 
@@ -338,19 +351,29 @@ def _results_table(rows: list[dict]) -> str:
 
 @main.command()
 @click.option("--json", "as_json", is_flag=True)
-def stats(as_json: bool) -> None:
+@click.option("--chart", "chart", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              metavar="FILE.png", help="Also write a chart: classified photos per hour by label, and "
+              "the confidence histogram.")
+def stats(as_json: bool, chart: Path | None) -> None:
     """Counts per label and status, and throughput over the last hour.
 
     \b
     Example:
         moodwatch stats --json
+        moodwatch stats --chart stats.png
     """
+    from db.engine import require_existing
     from db.migrate import open_database
     from db.repository import stats as compute
 
+    if chart is not None and chart.suffix.lower() != ".png":
+        _fail(f"--chart writes a PNG: name the file something.png, not {chart.name}")
     settings = get_settings()
+    require_existing(settings.database)  # read-only: never an empty database of its own
     with open_database(settings.database)() as session:
         s = compute(session)
+        if chart is not None:
+            _write_stats_chart(session, chart)
     if as_json:
         click.echo(json.dumps(s, indent=2))
         return
@@ -360,10 +383,20 @@ def stats(as_json: bool) -> None:
     for k, v in sorted(s["by_label"].items()):
         click.echo(f"  label  {k:<11} {v}")
     click.echo(f"last hour: {s['last_hour']} classified ({s['per_minute_last_hour']}/min)")
+    if chart is not None:
+        click.echo(f"chart: {chart}")
+
+
+def _write_stats_chart(session: Any, path: Path) -> None:
+    """The stats page's chart as a PNG (matplotlib loads only when one is asked for)."""
+    from web import charts
+
+    figure = charts.stats_figure(charts.hourly_counts(session), charts.confidence_histogram(session))
+    charts.png(figure, path)
 
 
 @main.command()
-@click.option("-c", "--concurrency", type=int, default=None,
+@click.option("-c", "--concurrency", type=click.IntRange(1, 256), default=None,
               help="Worker processes (default: MOODWATCH_WORKER_CONCURRENCY, 2).")
 @click.option("-Q", "--queues", default="classify,training", show_default=True)
 @click.option("--loglevel", default="INFO", show_default=True)
@@ -397,10 +430,14 @@ def worker(concurrency, queues, loglevel, hostname) -> None:
 @main.command()
 @click.option("--images", type=click.Path(exists=True, file_okay=False, path_type=Path),
               help="Cycle through the photos under this folder (default: generated images).")
-@click.option("--count", default=1000, show_default=True, help="Images to push through.")
-@click.option("--workers", default=1, show_default=True, help="Worker nodes to start.")
-@click.option("-c", "--concurrency", default=2, show_default=True, help="Processes per worker.")
-@click.option("--batch", default=None, type=int, help="Images per job (default: MOODWATCH_BATCH_SIZE).")
+@click.option("--count", type=click.IntRange(min=1), default=1000, show_default=True,
+              help="Images to push through.")
+@click.option("--workers", type=click.IntRange(min=1), default=1, show_default=True,
+              help="Worker nodes to start.")
+@click.option("-c", "--concurrency", type=click.IntRange(1, 256), default=2, show_default=True,
+              help="Processes per worker.")
+@click.option("--batch", type=click.IntRange(1, MAX_BATCH_SIZE), default=None,
+              help="Images per job (default: MOODWATCH_BATCH_SIZE).")
 @click.option("--database-url", default=None,
               help="Database for the bench rows (default: a temporary SQLite file).")
 def bench(images, count, workers, concurrency, batch, database_url) -> None:
@@ -434,7 +471,8 @@ def _stop_on_signals():
     import threading
 
     stop = threading.Event()
-    for sig in (signal.SIGINT, signal.SIGTERM):
+    # SIGHUP too: a closed terminal stops the service the same clean way as Ctrl-C.
+    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
         signal.signal(sig, lambda *_: stop.set())
     return stop
 
@@ -450,10 +488,12 @@ def watch(polling: bool) -> None:
         MOODWATCH_INBOX=/srv/photos moodwatch watch --polling
     """
     from db.migrate import open_database
+    from moodwatch.servicelock import hold_role
     from watcher.service import InotifyLimitError, Watcher, celery_sender
 
     settings = get_settings()
     _require_folder(settings.inbox_dir, "MOODWATCH_INBOX")
+    hold_role(settings.data_dir, "watch")  # one watcher per data folder: no photo sent twice
     sessions = open_database(settings.database)
     watcher = Watcher(settings, celery_sender(settings), sessions, polling=polling)
     try:
@@ -511,14 +551,23 @@ def status(as_json: bool) -> None:
     Example:
         moodwatch status
     """
+    from db.engine import database_problem
+    from moodwatch.redact import mask
     from moodwatch.status import collect
+    from moodwatch_app.clierrors import one_line
 
-    s = collect(get_settings())
+    settings = get_settings()
+    s = collect(settings)
+    problem = database_problem(settings.database)
+    if problem:
+        s["database_error"] = problem = one_line(mask(problem))
     if as_json:
         click.echo(json.dumps(s, indent=2))
-        return
-    for key, value in s.items():
-        click.echo(f"{key.replace('_', ' ')}: {value}")
+    else:
+        for key, value in s.items():
+            click.echo(f"{key.replace('_', ' ')}: {value}")
+    if problem:
+        _fail(problem)  # the rest is shown, but a service without its database is not healthy
 
 
 @main.command()
@@ -538,10 +587,14 @@ def run(polling: bool, no_web: bool, no_beat: bool) -> None:
         MOODWATCH_DATABASE_URL=postgresql://postgres@db/moodwatch moodwatch run
     """
     from moodwatch.home import load_settings
+    from moodwatch.registry import Registry
     from moodwatch_app.supervisor import run_all
 
-    sys.exit(run_all(load_settings(starting_service=True), _stop_on_signals(), polling=polling,
-                     web=not no_web, beat=not no_beat, say=click.echo))
+    settings = load_settings(starting_service=True)
+    # Before any child reads the registry: what an older release trained into MODEL_DIR moves out.
+    Registry.for_settings(settings, migrate=True)
+    sys.exit(run_all(settings, _stop_on_signals(), polling=polling, web=not no_web, beat=not no_beat,
+                     say=click.echo))
 
 
 @main.command()
@@ -554,8 +607,10 @@ def beat(loglevel: str) -> None:
         MOODWATCH_RETRAIN_CRON="30 3 * * *" moodwatch beat
     """
     from moodwatch.queue import make_celery
+    from moodwatch.servicelock import hold_role
 
     settings = get_settings()
+    hold_role(settings.data_dir, "beat")  # before make_celery, which may start the embedded Redis
     app = make_celery(settings)
     schedule = settings.data_dir / ".beat-schedule"
     schedule.parent.mkdir(parents=True, exist_ok=True)
@@ -565,9 +620,11 @@ def beat(loglevel: str) -> None:
 @main.command()
 @click.option("--epochs", type=click.IntRange(min=1), default=None,
               help="Most epochs (default: MOODWATCH_RETRAIN_EPOCHS).")
-@click.option("--force", is_flag=True, help="Train even if the curated data is unchanged.")
+@click.option("--force", is_flag=True,
+              help="Train even if the curated data is unchanged or below the minimum (never promoted then).")
 @click.option("--enqueue", is_flag=True, help="Send it to the workers' training queue instead.")
-def retrain(epochs: int | None, force: bool, enqueue: bool) -> None:
+@click.option("--json", "as_json", is_flag=True, help="Print the outcome as JSON instead of a table.")
+def retrain(epochs: int | None, force: bool, enqueue: bool, as_json: bool) -> None:
     """Run the nightly retrain now: locked, skipped when data/happy and data/sad are unchanged.
 
     \b
@@ -585,15 +642,34 @@ def retrain(epochs: int | None, force: bool, enqueue: bool) -> None:
     from trainer.retrain import retrain as run_retrain
 
     outcome = run_retrain(settings, app.conf.broker_url, epochs=epochs or settings.retrain_epochs,
-                          force=force)
-    click.echo(json.dumps(outcome, indent=2))
+                          force=force, progress=not as_json)
+    if as_json:
+        click.echo(json.dumps(outcome, indent=2, default=str))
+    elif "decision" in outcome:
+        click.echo(_decision_table(outcome["decision"], outcome["version"], outcome.get("current")))
+    else:
+        click.echo(f"{outcome['outcome']}: {outcome['reason']}")
+
+
+def _decision_table(decision: dict[str, Any], candidate: str, current: str | None) -> str:
+    """Candidate against current on the same test photos, then the decision in one line."""
+    lines = [f"{'':<10} {'version':<44} {'accuracy':>8} {'F1':>6} {'ECE':>6} {'n':>5}"]
+    for role, name, fig in (("candidate", candidate, decision["candidate"]),
+                            ("current", current, decision.get("current"))):
+        if fig:
+            lines.append(f"{role:<10} {name or '-':<44} {fig['accuracy']:>8.3f} {fig['f1']:>6.3f} "
+                         f"{fig['ece']:>6.3f} {fig['n']:>5}")
+    return "\n".join([*lines, decision["reason"]])
 
 
 @main.command()
 @click.argument("file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
-@click.argument("label", type=click.Choice(LABELS))
+# metavar: click names a bad choice by its metavar, and the default one, '{happy|sad}', read as
+# a placeholder in the one-line error.
+@click.argument("label", type=click.Choice(LABELS), metavar="LABEL")
 def label(file: Path, label: str) -> None:
     """Copy a photo into data/happy or data/sad: training data for the next nightly retrain.
+    LABEL is happy or sad.
 
     \b
     Example:
@@ -612,7 +688,8 @@ def label(file: Path, label: str) -> None:
 @main.command()
 @click.option("--host", default="127.0.0.1", show_default=True,
               help="Address to bind; anything but loopback requires MOODWATCH_WEB_TOKEN.")
-@click.option("--port", type=int, default=None, help="Port (default: MOODWATCH_WEB_PORT, 8088).")
+@click.option("--port", type=click.IntRange(1, 65535), default=None,
+              help="Port (default: MOODWATCH_WEB_PORT, 8088).")
 def web(host: str, port: int | None) -> None:
     """Serve the review page: gallery, review queue, rejected files, models, JSON API.
 
@@ -630,7 +707,7 @@ def web(host: str, port: int | None) -> None:
     if not loopback and len(settings.web_token or "") < MIN_WEB_TOKEN:
         _fail(f"binding to {host} exposes the review page: set MOODWATCH_WEB_TOKEN to a random value "
               f"of at least {MIN_WEB_TOKEN} characters first (e.g. `openssl rand -hex 16`)")
-    app = create_app(settings, token=settings.web_token)
+    app = create_app(settings, token=settings.web_token, host=host)
     uvicorn.run(app, host=host, port=port or settings.web_port, log_level="warning")
 
 

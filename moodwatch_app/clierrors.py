@@ -29,11 +29,25 @@ def fail(message: str) -> NoReturn:
 
 
 def _settings_error(exc: Any) -> str:
-    """pydantic's report on MOODWATCH_* variables, one clause a variable."""
+    """pydantic's report on MOODWATCH_* variables, one clause a variable, with the range a
+    numeric one allows. A check of several settings together (the inbox's place) has no single
+    variable: its message names them."""
+    from moodwatch.redact import mask
+    from moodwatch.settings import allowed_range
+
     parts = []
     for err in exc.errors():
-        name = "MOODWATCH_" + "_".join(str(p) for p in err.get("loc", ())).upper()
-        parts.append(f"{name}={err.get('input')!r}: {err.get('msg')}")
+        message = str(err.get("msg", "")).removeprefix("Value error, ")
+        loc = [str(p) for p in err.get("loc", ())]
+        if not loc:
+            parts.append(message)
+            continue
+        field = "_".join(loc)
+        bounds = allowed_range(field)
+        allowed = f" (allowed: {bounds})" if bounds else ""
+        # The input is shown masked: a database or broker URL may carry a password.
+        shown = mask(repr(err.get("input")))
+        parts.append(f"MOODWATCH_{field.upper()}={shown}: {message}{allowed}")
     return "bad setting: " + "; ".join(parts)
 
 

@@ -26,6 +26,7 @@ def _embedded_env(tmp_path, tiny_model_dir) -> dict[str, str]:
 def test_status_with_the_service_down_starts_no_broker(tmp_path, tiny_model_dir):
     env = _embedded_env(tmp_path, tiny_model_dir)
     redis_dir = tmp_path / "data" / ".redis"
+    assert _cli(env, "db", "upgrade").returncode == 0  # status fails on a missing database
     out = _cli(env, "status", "--json")
     leaked = redis_servers_in(redis_dir)
     kill_pids(leaked)

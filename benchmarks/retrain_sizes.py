@@ -32,8 +32,8 @@ import numpy as np  # noqa: E402
 from moodwatch.pipeline import Pipeline  # noqa: E402
 from moodwatch.registry import Registry  # noqa: E402
 from moodwatch.settings import LABELS, Settings  # noqa: E402
-from trainer.report import labelled_files  # noqa: E402
 from trainer.promotion import Figures  # noqa: E402
+from trainer.report import labelled_files  # noqa: E402
 from trainer.training import prepare_items, recipe, train  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -79,27 +79,33 @@ def main() -> None:
     current_figs = {name: figures(current, files, base.max_pixels) for name, files in outside.items()}
     for size in sizes:
         for start in starts:
-            with tempfile.TemporaryDirectory(prefix=f"retrain{size}-") as tmp:
-                data = Path(tmp) / "data"
-                draw(source, size, seed=size, into=data)
-                extra = {"retrain_min_per_class": int(os.environ["MIN_PER_CLASS"])} \
-                    if os.environ.get("MIN_PER_CLASS") else {}
-                settings = Settings(data_dir=data, model_dir=ROOT / "models", **extra)
-                t0 = time.perf_counter()
-                result = train(settings, recipe(settings, data, start=start, progress=False))
-                seconds = time.perf_counter() - t0
-                candidate = Pipeline.load(result.version.path)
-                row = {"size": size, "start": start, "promoted": result.promoted,
-                       "reason": result.reason, "test_n": result.decision.test_n,
-                       "candidate_test": result.decision.candidate.__dict__,
-                       "current_test": result.decision.current.__dict__ if result.decision.current else None,
-                       "seconds": round(seconds, 1), "outside": {}}
-                for name, files in outside.items():
-                    cand = figures(candidate, files, settings.max_pixels)
-                    row["outside"][name] = {"candidate": cand.__dict__, "current": current_figs[name].__dict__}
-                with open(out, "a") as fh:
-                    fh.write(json.dumps(row) + "\n")
-                print_row(row)
+            row = retrain_once(source, size, start, outside, current_figs)
+            with open(out, "a") as fh:
+                fh.write(json.dumps(row) + "\n")
+            print_row(row)
+
+
+def retrain_once(source: Path, size: int, start: str, outside: dict[str, list[tuple[str, str]]],
+                 current_figs: dict[str, Figures]) -> dict:
+    """One nightly recipe run on a fresh draw; its decision and both versions' outside figures."""
+    with tempfile.TemporaryDirectory(prefix=f"retrain{size}-") as tmp:
+        data = Path(tmp) / "data"
+        draw(source, size, seed=size, into=data)
+        extra = {"retrain_min_per_class": int(os.environ["MIN_PER_CLASS"])} \
+            if os.environ.get("MIN_PER_CLASS") else {}
+        settings = Settings(data_dir=data, model_dir=ROOT / "models", **extra)
+        t0 = time.perf_counter()
+        result = train(settings, recipe(settings, data, start=start, progress=False))
+        decision = result.decision
+        row = {"size": size, "start": start, "promoted": result.promoted, "reason": result.reason,
+               "test_n": decision.test_n, "candidate_test": decision.candidate.__dict__,
+               "current_test": decision.current.__dict__ if decision.current else None,
+               "seconds": round(time.perf_counter() - t0, 1), "outside": {}}
+        candidate = Pipeline.load(result.version.path)
+        for name, files in outside.items():
+            row["outside"][name] = {"candidate": figures(candidate, files, settings.max_pixels).__dict__,
+                                    "current": current_figs[name].__dict__}
+        return row
 
 
 def print_row(row: dict) -> None:

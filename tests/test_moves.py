@@ -21,6 +21,7 @@ from moodwatch.files import move_outcomes, name_max, unique_destination
 from moodwatch.settings import Settings
 from tests.conftest import missing
 from tests.imagegen import face_like, write_image
+from tests.test_watcher_unit import _run_until
 from watcher.service import Watcher
 
 
@@ -38,14 +39,6 @@ def _watcher(tmp_path: Path, sessions=None, **kw) -> tuple[Settings, object, Wat
     return settings, sessions, Watcher(settings, lambda batch: None, sessions)
 
 
-def _run_until(w: Watcher, cond, timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        w.step()
-        if cond():
-            return
-        time.sleep(0.05)
-    raise AssertionError("condition not met")
 
 
 def _rows(sessions) -> dict[str, Result]:

@@ -2,20 +2,23 @@
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
+# pip's own banners (a newer pip is out, running as root) are nothing a user of `make run` acts
+# on: the install is into this project's virtual environment. Its errors still show.
+PIP := PIP_ROOT_USER_ACTION=ignore $(BIN)/pip --quiet --disable-pip-version-check
 
 .PHONY: run test install install-dev lint bench
 
 # The runtime only: what `moodwatch run` needs.
 $(BIN)/moodwatch: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e .
+	$(PIP) install --upgrade pip
+	$(PIP) install -e .
 	touch $@
 
 # The test and lint tools on top (pytest, ruff, Playwright...) and PyTorch for the face-model
 # trainer's tests: only for `make test`.
 $(VENV)/.dev-installed: $(BIN)/moodwatch
-	$(BIN)/pip install --quiet -e '.[dev,face-training]'
+	$(PIP) install -e '.[dev,face-training]'
 	touch $@
 
 install: $(BIN)/moodwatch

@@ -2,7 +2,8 @@
 
 `prepare_bytes` is the one preprocessing function (train and serve): the 256x256 RGB image and,
 for versions that use faces, the face crops. `Pipeline` turns prepared images into calibrated
-P(sad). TensorFlow is imported only when a Pipeline is built.
+P(sad). TensorFlow is imported only when a Pipeline runs a Keras model: `Pipeline.load` serves
+each CNN by its LiteRT conversion where the version holds one (moodwatch.litert), without it.
 
 How a photo is scored (versions with a face model):
 - faces found: the mean of the face model's logits over the faces (largest four, weighted by
@@ -17,6 +18,7 @@ the confidence mean what it says.
 from __future__ import annotations
 
 import json
+import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -25,6 +27,24 @@ import numpy as np
 
 from moodwatch.faces import FACE_SIZE, FaceInputs, check_detector, detection_settings, face_inputs
 from moodwatch.images import DEFAULT_MAX_PIXELS, IMAGE_SIZE, decode_rgb, resize
+from moodwatch.litert import LiteModel, vouched_lite_file
+
+
+class _KerasTracingNotes(logging.Filter):
+    """Drops TensorFlow's "triggered tf.function retracing" warning about Keras's own training,
+    evaluation and prediction functions (TensorFlowTrainer._make_function): every model traces
+    its own once, the warning counts all models' together (by code object), and a retrain or a
+    comparison of versions makes several. Nothing a user can act on; any other function's
+    retracing is still said."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        return not ("triggered tf.function retracing" in message
+                    and "TensorFlowTrainer._make_function" in message)
+
+
+# On TensorFlow's logger, which TensorFlow then uses as it is: set before any model is fitted.
+logging.getLogger("tensorflow").addFilter(_KerasTracingNotes())
 
 PIPELINE_FILE = "pipeline.json"
 FACE_MODEL_FILE = "face.keras"
@@ -125,14 +145,32 @@ def fit_temperature(z: np.ndarray, y: np.ndarray, prior_sd: float | None = None)
     return best_t
 
 
+class _Traced:
+    """A tf.function with a fixed signature, called through its one concrete function (traced on
+    the first call). Each Pipeline traces its functions once, but every Pipeline's share one
+    Python code object, and tf.function's retracing detector counts by code object: a few
+    Pipelines built in a row (an evaluation, a retrain's comparison, cross-validation folds)
+    made it warn "triggered tf.function retracing" about tracing that is not excessive. A
+    concrete function is not counted."""
+
+    def __init__(self, function: Any):
+        self._function = function
+        self._concrete: Any = None
+
+    def __call__(self, x: np.ndarray) -> Any:
+        import tensorflow as tf
+
+        if self._concrete is None:
+            self._concrete = self._function.get_concrete_function()
+        return self._concrete(tf.convert_to_tensor(x, tf.uint8))
+
+
 class Pipeline:
     """Loaded models of one version, with compiled forward passes (whole images in fixed
     batches, face crops in one call of any size)."""
 
     def __init__(self, whole_model: Any, face_model: Any = None, close_up_model: Any = None,
                  combination: Combination | None = None, batch_size: int = 32):
-        import tensorflow as tf
-
         self.batch_size = batch_size
         self.whole = whole_model
         self.face = face_model
@@ -142,13 +180,17 @@ class Pipeline:
             check_detector()  # a missing or corrupt detector file fails the load, not every photo
 
         def compiled(model, shape, batch):
+            if isinstance(model, LiteModel):  # a forward pass already, without TensorFlow
+                return model
+            import tensorflow as tf
+
             spec = tf.TensorSpec([batch, *shape], tf.uint8)
 
-            @tf.function(input_signature=[spec], reduce_retracing=True, autograph=False)
+            @tf.function(input_signature=[spec], autograph=False)
             def forward(x):
                 return model(x, training=False)
 
-            return forward
+            return _Traced(forward)
 
         self._whole_fn = compiled(self.whole, (IMAGE_SIZE, IMAGE_SIZE, 3), batch_size)
         # A batch of photos holds any number of faces (about one a photo): one traced function
@@ -159,33 +201,50 @@ class Pipeline:
                           if self.close_up is not None else self._face_fn)
 
     @classmethod
-    def load(cls, folder: Path, batch_size: int = 32) -> Pipeline:
-        """A registry version's pipeline; the face models are there only in versions that use faces."""
+    def load(cls, folder: Path, batch_size: int = 32, runtime: str = "auto") -> Pipeline:
+        """A registry version's pipeline; the face models are there only in versions that use faces.
+
+        runtime "auto": each CNN on LiteRT where the version holds its vouched-for conversion
+        (moodwatch.litert), else on Keras; "keras": Keras only (parity checks, comparisons)."""
         from moodwatch.modelio import load_model
 
+        if runtime not in ("auto", "keras"):
+            raise ValueError(f"unknown runtime {runtime!r} (auto or keras)")
         folder = Path(folder)
 
-        def optional(name: str) -> Any:
-            return load_model(folder / name) if (folder / name).is_file() else None
+        def load_one(name: str) -> Any:
+            lite = vouched_lite_file(folder, name) if runtime == "auto" else None
+            return LiteModel(lite) if lite is not None else load_model(folder / name)
 
-        return cls(load_model(folder / "model.keras"), optional(FACE_MODEL_FILE),
+        def optional(name: str) -> Any:
+            return load_one(name) if (folder / name).is_file() else None
+
+        return cls(load_one("model.keras"), optional(FACE_MODEL_FILE),
                    optional(CLOSE_UP_MODEL_FILE), Combination.load(folder), batch_size)
 
     @property
     def uses_faces(self) -> bool:
         return self.face is not None
 
+    @property
+    def runtime(self) -> str:
+        """What runs the CNNs: "litert", "keras" or "mixed" (some models have no conversion)."""
+        kinds = {isinstance(m, LiteModel) for m in (self.whole, self.face, self.close_up) if m is not None}
+        return "mixed" if len(kinds) > 1 else ("litert" if kinds == {True} else "keras")
+
     def _run(self, fn, x: np.ndarray, batch: int | None) -> np.ndarray:
-        """Scores of x through fn: in fixed batches padded with zeros, or at once (batch None)."""
+        """Scores of x through fn: in fixed batches padded with zeros, or at once (batch None).
+        A LiteRT model takes a short last batch as it is: resizing its input costs 0.1 ms, where
+        padding a job of 5 photos to 32 costs 27 forward passes."""
         if batch is None:
-            return fn(x).numpy().reshape(-1).astype(np.float32)
+            return np.asarray(fn(x)).reshape(-1).astype(np.float32)
         out = np.empty(len(x), dtype=np.float32)
         for start in range(0, len(x), batch):
             chunk = x[start : start + batch]
             n = len(chunk)
-            if n < batch:
+            if n < batch and not isinstance(fn, LiteModel):
                 chunk = np.concatenate([chunk, np.zeros((batch - n, *chunk.shape[1:]), np.uint8)])
-            out[start : start + n] = fn(chunk).numpy().reshape(-1)[:n]
+            out[start : start + n] = np.asarray(fn(chunk)).reshape(-1)[:n]
         return out
 
     def whole_scores(self, images: np.ndarray) -> np.ndarray:

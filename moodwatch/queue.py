@@ -5,9 +5,13 @@ Senders (watcher, CLI) use task names only, so they never import the worker or T
 
 from __future__ import annotations
 
+import warnings
+
 import kombu.exceptions
 import redis.exceptions
 from celery import Celery
+from celery.exceptions import CPendingDeprecationWarning, SecurityWarning
+from celery.signals import celeryd_after_setup
 
 from moodwatch.broker import client_name, start_or_join_broker
 from moodwatch.settings import Settings
@@ -25,7 +29,26 @@ CLASSIFY_QUEUE = "classify"
 TRAINING_QUEUE = "training"
 
 
+def quiet_celery() -> None:
+    """Silence Celery's warnings that no user of moodwatch can act on (each process that makes
+    the app; idempotent). Every other warning, and every error, still shows."""
+    # Running as root (containers do): Celery's real concern is unpickling messages as root, and
+    # it refuses to start then; this app accepts JSON only, so the warning has nothing to act on.
+    warnings.filterwarnings("ignore", message="You're running the worker with superuser privileges",
+                            category=SecurityWarning)
+    # At every reconnect: a default changes in Celery 6; the setting is chosen above.
+    warnings.filterwarnings("ignore", message=r"\s*In Celery 5.1 we introduced an optional breaking change",
+                            category=CPendingDeprecationWarning)
+
+
+@celeryd_after_setup.connect
+def _quiet_after_log_setup(**_: object) -> None:
+    # A worker's log set-up puts an 'always' filter for Celery's deprecation warnings in front.
+    quiet_celery()
+
+
 def make_celery(settings: Settings) -> Celery:
+    quiet_celery()
     # Making the app may start the embedded Redis: every sender and worker needs a broker.
     app = Celery("moodwatch", broker=start_or_join_broker(settings), set_as_current=True)
     app.conf.update(
@@ -47,6 +70,13 @@ def make_celery(settings: Settings) -> Celery:
             "unacked_restore_throttle": 1,
         },
         broker_connection_retry_on_startup=True,
+        # Celery 5's behaviour, on purpose: a batch that runs on through a lost connection
+        # finishes (its rows and moves are one unit) and is redelivered, then deduplicated. Celery
+        # warns at every reconnect while this is False (quiet_celery silences that warning).
+        worker_cancel_long_running_tasks_on_connection_loss=False,
+        # With one job prefetched per process there is nothing to reduce after a reconnect, and
+        # Redis's per-consumer QoS skipped it anyway, saying so at every reconnect.
+        worker_enable_prefetch_count_reduction=False,
         task_default_queue=CLASSIFY_QUEUE,
         task_routes={
             CLASSIFY_TASK: {"queue": CLASSIFY_QUEUE},

@@ -9,6 +9,9 @@ Children die with the parent: each asks the kernel for a SIGTERM when its parent
 `kill -9`, the OOM killer), the same clean stop as above, and the worker's pool processes follow
 their worker (Celery gives them a parent-death SIGKILL of their own). One `run` per data folder:
 see moodwatch.servicelock.
+
+It says it is running when its worker has the model loaded and warmed up (the worker's heartbeat,
+moodwatch.heartbeat), and "loading the model" until then.
 """
 
 from __future__ import annotations
@@ -24,6 +27,8 @@ import threading
 import time
 from dataclasses import dataclass, field
 
+from redis.exceptions import RedisError
+
 from moodwatch.broker import (
     embedded_running,
     embedded_url,
@@ -31,6 +36,7 @@ from moodwatch.broker import (
     start_embedded,
     stop_embedded,
 )
+from moodwatch.heartbeat import READY, UNAVAILABLE, Beat, read_all, redis_client, this_host
 from moodwatch.redact import mask
 from moodwatch.servicelock import hold_run
 from moodwatch.settings import Settings, child_env
@@ -145,6 +151,39 @@ def _keep_broker(settings: Settings) -> None:
                 client.pid, client.socket_file, settings.embedded_redis_path)
 
 
+class Readiness:
+    """Whether this run's worker has loaded its model, from the heartbeat its pool processes keep
+    in the broker (moodwatch.heartbeat): "running" is said when a photo dropped now is classified
+    now, not 30-75 s before. Why it cannot serve (no model yet, a broken one) is said once per
+    reason, so a user waiting for the banner knows what to do."""
+
+    def __init__(self, broker_url: str, worker: Child, say):
+        self.client = redis_client(broker_url, timeout=1.0)
+        self.worker = worker
+        self.say = say
+        self.announced = False
+        self._problem: str | None = None
+
+    def check(self) -> Beat | None:
+        """This run's worker's first ready record, once (None before and after)."""
+        if self.worker.proc is None:
+            return None
+        try:
+            mine = [b for b in read_all(self.client)
+                    if b.host == this_host() and b.worker_pid == self.worker.proc.pid]
+        except (RedisError, OSError):  # the broker is restarting: asked again next round
+            return None
+        ready = [b for b in mine if b.state == READY]
+        if ready:
+            self.announced = True
+            return ready[0]
+        problem = next((b.problem for b in mine if b.state == UNAVAILABLE and b.problem), None)
+        if problem and problem != self._problem:
+            self.say(f"  not ready: {problem} (the worker tries again when the model changes)")
+        self._problem = problem or self._problem
+        return None
+
+
 def run_all(settings: Settings, stop: threading.Event, polling: bool = False, web: bool = True,
             beat: bool = True, say=print) -> int:
     from db.migrate import upgrade  # the parent migrates once, before any child starts
@@ -169,17 +208,25 @@ def run_all(settings: Settings, stop: threading.Event, polling: bool = False, we
         children.append(Child("web", ["web"], env=env))
     for child in children:
         child.start()
-    say(f"moodwatch is running. Drop photos into {settings.inbox_dir.resolve()}")
-    say("  results:  moodwatch results    (or SQL on " + mask(settings.database) + ")")
-    if web:
-        say(f"  review:   http://127.0.0.1:{settings.web_port}/")
-    say(f"  commands from any folder reach this service through {record}")
-    say("  stop:     Ctrl-C")
+    say("moodwatch is starting: loading the model (a minute or more on a busy machine; photos "
+        "dropped meanwhile wait in the queue)...")
+    readiness = Readiness(url, children[0], say)
+
+    def banner(ready: Beat) -> None:
+        say(f"moodwatch is running (model {ready.model}). Drop photos into {settings.inbox_dir.resolve()}")
+        say("  results:  moodwatch results    (or SQL on " + mask(settings.database) + ")")
+        if web:
+            say(f"  review:   http://127.0.0.1:{settings.web_port}/")
+        say(f"  commands from any folder reach this service through {record}")
+        say("  stop:     Ctrl-C")
+
     while not stop.is_set():
         if not settings.broker_url:
             _keep_broker(settings)
         for child in children:
             child.tend()
+        if not readiness.announced and (ready := readiness.check()) is not None:
+            banner(ready)
         stop.wait(0.5)
     say("stopping: the watcher sends what it holds, the worker finishes its jobs...")
     # All at once: what the watcher still holds goes to the broker, where it waits for the next

@@ -21,6 +21,8 @@ def _commands():
     out = []
     for name, cmd in main.commands.items():
         if hasattr(cmd, "commands"):
+            if cmd.invoke_without_command:  # a command of its own too (`moodwatch models`)
+                out.append((name, cmd))
             out += [(f"{name} {sub}", subcmd) for sub, subcmd in cmd.commands.items()]
         else:
             out.append((name, cmd))
@@ -305,7 +307,8 @@ def test_run_status_and_logs_never_show_a_password(tmp_path, tiny_model_dir, pg_
                                  "--no-beat"], env=env, stdout=fh, stderr=subprocess.STDOUT, cwd=ROOT,
                                 start_new_session=True)
     try:
-        wait_for(lambda: "moodwatch is running" in log.read_text(errors="replace"), 60, "start", log)
+        # The banner waits for the worker's model (loaded and warmed up): a minute on a busy machine.
+        wait_for(lambda: "moodwatch is running" in log.read_text(errors="replace"), 180, "start", log)
         write_image(tmp_path / "data" / "inbox" / "a.jpg", face_like("happy", 1))
         wait_for(lambda: "a.jpg: classified" in log.read_text(errors="replace"), 120, "a row", log)
         time.sleep(1)

@@ -27,10 +27,12 @@ from moodwatch.pipeline import (
     fit_temperature,
     prepare_path,
 )
+from moodwatch.publication import publish_promotion
 from moodwatch.registry import Registry, RegistryError, Version, write_json
 from moodwatch.settings import LABELS, Settings
 from trainer.architectures import DEFAULT_ARCHITECTURE, make_model
 from trainer.cleaning import CleanReport, clean_folders
+from trainer.convert import convert_version
 from trainer.dataset import DatasetError, Item, Split, fingerprint, make_items, split_items, stable_split
 from trainer.dedupe import near_duplicate_key
 from trainer.evaluation import metrics_from_scores
@@ -243,6 +245,7 @@ def fit_models(
         _dataset(x_train, y_train, options.batch_size, True, options.seed),
         validation_data=_dataset(x_val, y_val, options.batch_size, False, options.seed),
         epochs=options.epochs, callbacks=callbacks, verbose=0,
+        shuffle=False,  # the dataset shuffles itself (each epoch); fit's own flag is ignored for one
     )
     face_model = None
     if face_base is not None:
@@ -385,6 +388,7 @@ def _save_pipeline(pipeline: Any, history: dict[str, Any], version: Version,
         if close_up_base is not None:
             shutil.copyfile(close_up_base, version.path / CLOSE_UP_MODEL_FILE)
     write_json(version.path / PIPELINE_FILE, pipeline.combination.to_json())
+    convert_version(version.path, strict=False)  # LiteRT copies to serve; Keras where one fails
     save_history_plots(history, version.path)
 
 
@@ -464,6 +468,7 @@ def train(settings: Settings, options: TrainOptions) -> TrainResult:
         raise
     if decision.promoted:
         registry.promote(version)
+        publish_promotion(settings, version)  # workers on other machines follow (moodwatch.publication)
     _record_in_database(settings, version.name, options.architecture + ("+faces" if face_base else ""),
                         metrics, decision)
     registry.record_run({

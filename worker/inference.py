@@ -238,8 +238,8 @@ class ModelCache:
         except Exception as exc:  # e.g. a shape the checks could not see: the model cannot serve
             classifier.close()
             raise ModelLoadError(f"model {version.name} failed its warm-up: {first_line(exc)}") from exc
-        log.info("model %s loaded and warmed up in %.1fs (pid %d)", version.name,
-                 time.perf_counter() - t0, os.getpid())
+        log.info("model %s loaded and warmed up in %.1fs on %s (pid %d)", version.name,
+                 time.perf_counter() - t0, classifier.pipeline.runtime, os.getpid())
         return classifier
 
     def _report(self, problem: str | None) -> None:
@@ -299,6 +299,15 @@ class ModelCache:
                 if held is None:
                     raise
         return held
+
+    def readiness(self) -> tuple[str, str | None, str | None]:
+        """(state, model serving, why none can) for the worker's heartbeat (moodwatch.heartbeat):
+        ready while a version serves (the old one, while a new one fails), else loading until a
+        load has failed, then unavailable. Reads two attributes: never waits on a load."""
+        held, problem = self._classifier, self._problem
+        if held is not None:
+            return "ready", held.version.name, None
+        return ("unavailable", None, problem) if problem else ("loading", None, None)
 
     def watch(self) -> threading.Thread:
         """Load and warm up the current model now, then follow the pointer, in the background."""

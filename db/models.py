@@ -75,3 +75,20 @@ class ModelVersion(Base):
     f1: Mapped[float | None] = mapped_column(Float)
     promoted: Mapped[bool] = mapped_column(default=False)
     metrics: Mapped[dict | None] = mapped_column(JSON)
+
+
+class ModelPublication(Base):
+    """A model version's serving files, published so a worker on another machine can fetch them
+    (moodwatch.publication): one tar archive and its sha256. The current version is the one
+    promoted last (the greatest promoted_at); a version published but never promoted has none."""
+
+    __tablename__ = "model_publications"
+
+    name: Mapped[str] = mapped_column(String(80), primary_key=True)
+    archive: Mapped[bytes] = mapped_column(LargeBinary)
+    sha256: Mapped[str] = mapped_column(String(64))
+    size: Mapped[int] = mapped_column(Integer)
+    published_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    promoted_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+    __table_args__ = (Index("ix_model_publications_promoted_at", "promoted_at"),)

@@ -132,6 +132,17 @@ def unmoved_rows(session: Session, event_ids: list[str], before: datetime) -> li
     return out
 
 
+def outcomes_of(session: Session, event_ids: list[str]) -> list[dict[str, Any]]:
+    """The rows these events have, whatever their status or age (the fields a move needs): how
+    the watcher of the broker transport learns that the files it sent are recorded."""
+    out = []
+    for chunk in _chunks(event_ids):
+        stmt = (select(Result.event_id, Result.status, Result.label, Result.stored_path)
+                .where(Result.event_id.in_(chunk)))
+        out += [dict(r._mapping) for r in session.execute(stmt)]
+    return out
+
+
 def rows_for_arrivals(session: Session, event_ids: Iterable[str], hashes: Iterable[str]) -> list[Result]:
     """Rows of these arrivals, or of files with these bytes (both columns are indexed)."""
     ids, shas = list(event_ids), [h for h in hashes if h]
@@ -278,3 +289,59 @@ def upsert_model_version(session: Session, name: str, architecture: str | None, 
     row.promoted = promoted
     row.metrics = {k: v for k, v in metrics.items() if k not in ("scores", "truth")}
     session.merge(row)
+
+
+# Model versions published for workers on other machines (moodwatch.publication).
+
+def publish_model(session: Session, name: str, archive: bytes, sha256: str, promote: bool) -> None:
+    """Store (or replace) a version's archive; promote: make it the current version too."""
+    from db.models import ModelPublication
+
+    now = datetime.now(UTC)
+    row = session.get(ModelPublication, name) or ModelPublication(name=name)
+    row.archive, row.sha256, row.size, row.published_at = archive, sha256, len(archive), now
+    if promote:
+        row.promoted_at = now
+    session.merge(row)
+
+
+def promote_published(session: Session, name: str) -> bool:
+    """Make a version already published current; False when it is not published."""
+    from db.models import ModelPublication
+
+    done = session.execute(update(ModelPublication).where(ModelPublication.name == name)
+                           .values(promoted_at=datetime.now(UTC)))
+    return done.rowcount > 0
+
+
+def published_current(session: Session) -> tuple[str, str] | None:
+    """(name, sha256) of the version promoted last, without its archive (asked every few seconds)."""
+    from db.models import ModelPublication
+
+    row = session.execute(
+        select(ModelPublication.name, ModelPublication.sha256)
+        .where(ModelPublication.promoted_at.is_not(None))
+        .order_by(ModelPublication.promoted_at.desc(), ModelPublication.name.desc()).limit(1)
+    ).first()
+    return None if row is None else (row.name, row.sha256)
+
+
+def published_archive(session: Session, name: str) -> tuple[bytes, str] | None:
+    """(archive, sha256 recorded at publication) of a version, or None."""
+    from db.models import ModelPublication
+
+    row = session.execute(select(ModelPublication.archive, ModelPublication.sha256)
+                          .where(ModelPublication.name == name)).first()
+    return None if row is None else (bytes(row.archive), row.sha256)
+
+
+def published_names(session: Session) -> list[str]:
+    from db.models import ModelPublication
+
+    return list(session.scalars(select(ModelPublication.name).order_by(ModelPublication.name)))
+
+
+def count_by_status(session: Session) -> dict[str, int]:
+    """Rows per status, every status present (0 where none): what /metrics shows."""
+    found = dict(session.execute(select(Result.status, func.count()).group_by(Result.status)).all())
+    return {status: int(found.get(status, 0)) for status in STATUSES}

@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 from functools import lru_cache
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -97,8 +98,36 @@ class Settings(BaseSettings):
     detector_dir: Path | None = Field(
         None, description="Folder of the BlazeFace .tflite files; default models/detector beside the code."
     )
+    # README "More machines": shared, every process sees the inbox at the same path; broker, the
+    # watcher sends each file's bytes through Redis and moves the files itself.
+    transport: Literal["shared", "broker"] = Field(
+        "shared", description="How a worker gets a file: `shared` reads its path, `broker` gets its "
+        "bytes through Redis (workers on machines without the inbox)."
+    )
+    claim_ttl_seconds: int = Field(
+        3600, ge=10, le=7 * 86400,
+        description="Seconds a file's bytes wait in Redis for a worker (broker transport); "
+        "an orphan then expires and the watcher sends the file again.",
+    )
+    max_inflight_bytes: int = Field(
+        256 * 1024 * 1024, ge=1, le=64 * 1024**3,
+        description="Bytes of files the watcher has in Redis at once (broker transport); it waits at this.",
+    )
+    max_inflight_jobs: int = Field(
+        32, ge=1, le=100_000,
+        description="Batch jobs the watcher has sent and not yet seen recorded (broker transport).",
+    )
+    # README, "Models on other machines": a worker with no shared disk takes its models from the
+    # database, where promotion publishes them (moodwatch.publication).
+    model_source: Literal["folder", "database"] = Field(
+        "folder", description="Where a worker takes its model: the registry folders, or the database."
+    )
+    model_cache_dir: Path | None = Field(
+        None, description="Where a database-sourced worker keeps the versions it fetched; default "
+                          "DATA_DIR/model-cache."
+    )
 
-    @field_validator("data_dir", "model_dir", "inbox", "local_model_dir")
+    @field_validator("data_dir", "model_dir", "inbox", "local_model_dir", "model_cache_dir")
     @classmethod
     def _absolute(cls, value: Path | None) -> Path | None:
         # Relative to the folder a command runs in, once: jobs and children carry these paths.
@@ -138,6 +167,14 @@ class Settings(BaseSettings):
             raise ValueError(problem)
         return self
 
+    @model_validator(mode="after")
+    def _broker_needs_a_shared_database(self) -> Settings:
+        # Workers on other machines write their rows there: a SQLite file lives on one machine.
+        if self.transport == "broker" and self.database.startswith("sqlite"):
+            raise ValueError("MOODWATCH_TRANSPORT=broker needs a database every machine reaches: set "
+                             "MOODWATCH_DATABASE_URL=postgresql://... (SQLite is a file on one machine)")
+        return self
+
     @property
     def database(self) -> str:
         if self.database_url:
@@ -156,6 +193,11 @@ class Settings(BaseSettings):
     def user_model_dir(self) -> Path:
         """The user registry: everything training writes. Never MODEL_DIR, which git tracks."""
         return self.local_model_dir if self.local_model_dir is not None else self.data_dir / "models"
+
+    @property
+    def model_cache(self) -> Path:
+        """A database-sourced worker's copies of published versions (moodwatch.publication)."""
+        return self.model_cache_dir if self.model_cache_dir is not None else self.data_dir / "model-cache"
 
     @property
     def processed_dir(self) -> Path:
@@ -183,6 +225,7 @@ def _folders_beside_the_inbox(settings: Settings) -> dict[str, Path]:
         **{f"the curated folder DATA_DIR/{label}": settings.data_dir / label for label in LABELS},
         "the model folder (MOODWATCH_MODEL_DIR)": settings.model_dir,
         "the user model folder (MOODWATCH_LOCAL_MODEL_DIR, default DATA_DIR/models)": settings.user_model_dir,
+        "the model cache (MOODWATCH_MODEL_CACHE_DIR, default DATA_DIR/model-cache)": settings.model_cache,
     }
 
 

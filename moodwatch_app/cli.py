@@ -116,15 +116,19 @@ def train(data_dir, architecture, epochs, batch_size, patience, seed, promote, f
                                (result.current_metrics or {}).get("version")))
 
 
-@main.command()
+@main.group(invoke_without_command=True)
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
-def models(as_json: bool) -> None:
+@click.pass_context
+def models(ctx: click.Context, as_json: bool) -> None:
     """List model versions with their test metrics; * marks the current one.
 
     \b
     Example:
         moodwatch models
+        moodwatch models publish      # for workers on other machines
     """
+    if ctx.invoked_subcommand is not None:
+        return
     from moodwatch.registry import Registry
 
     settings = get_settings()
@@ -166,6 +170,38 @@ def models(as_json: bool) -> None:
             tested = f"n {run['test_n']}" if run.get("test_n") else ""
             click.echo(f"  {run.get('at', '?')[:19]}  {run.get('outcome', '?'):<9} "
                        f"{run.get('version') or '-':<44} {tested:<6} {run.get('reason', '')}")
+
+
+@models.command("publish")
+@click.argument("version", required=False)
+def models_publish(version: str | None) -> None:
+    """Publish a version (default: the current one) to the database, for workers with
+    MOODWATCH_MODEL_SOURCE=database. The current version becomes theirs too; promotion
+    publishes on its own, so this is for versions from before, or the shipped one.
+
+    \b
+    Example:
+        MOODWATCH_DATABASE_URL=postgresql://moodwatch@db/moodwatch moodwatch models publish
+    """
+    from sqlalchemy.exc import SQLAlchemyError
+
+    from db.migrate import open_database
+    from moodwatch.publication import PublicationError, publish
+    from moodwatch.redact import mask
+    from moodwatch.registry import RegistryError
+    from moodwatch_app.clierrors import one_line
+
+    settings = get_settings()
+    try:
+        published, current = publish(settings, open_database(settings.database), version)
+    except (RegistryError, PublicationError, OSError) as exc:
+        _fail(str(exc))
+        return
+    except SQLAlchemyError as exc:
+        _fail(one_line(mask(f"cannot publish to the database: {getattr(exc, 'orig', None) or exc}")))
+        return
+    click.echo(f"published {published.name}" + (" (current for database-sourced workers)" if current
+                                                 else " (not current: promote it to serve it)"))
 
 
 @main.command()
@@ -401,18 +437,24 @@ def _write_stats_chart(session: Any, path: Path) -> None:
 @click.option("-Q", "--queues", default="classify,training", show_default=True)
 @click.option("--loglevel", default="INFO", show_default=True)
 @click.option("-n", "--hostname", default=None, help="Celery node name (default worker@%h).")
-def worker(concurrency, queues, loglevel, hostname) -> None:
+@click.option("--metrics-port", type=click.IntRange(1, 65535), default=None,
+              help="Serve this node's Prometheus metrics on this port (default: none).")
+@click.option("--metrics-host", default="0.0.0.0", show_default=True,
+              help="Address the metrics endpoint binds.")
+def worker(concurrency, queues, loglevel, hostname, metrics_port, metrics_host) -> None:
     """Run a Celery worker: batched classification, and the training queue.
 
     \b
     Example:
-        MOODWATCH_BROKER_URL=redis://localhost:6379/0 moodwatch worker -c 2
+        MOODWATCH_BROKER_URL=redis://localhost:6379/0 moodwatch worker -c 2 --metrics-port 9108
     """
     import os
 
     from db.migrate import upgrade
 
     settings = get_settings()
+    if metrics_port is not None:
+        _start_worker_metrics(settings, metrics_port, metrics_host)
     concurrency = concurrency or settings.worker_concurrency
     # Each pool process runs its own TensorFlow: share the cores instead of oversubscribing them.
     os.environ.setdefault("TF_NUM_INTRAOP_THREADS", str(max(1, (os.cpu_count() or 2) // concurrency)))
@@ -425,6 +467,23 @@ def worker(concurrency, queues, loglevel, hostname) -> None:
     if hostname:
         argv += ["-n", hostname]
     app.worker_main(argv)
+
+
+def _start_worker_metrics(settings: Any, port: int, host: str) -> None:
+    """The node's metrics endpoint, in this (the worker's main) process. prometheus_client's
+    multiprocess folder is set before anything imports it (worker.tasks does): the pool
+    processes Celery forks write their figures there, and this process serves their sum."""
+    import tempfile
+
+    if "prometheus_client" in sys.modules:  # its value class is chosen when it is imported
+        _fail("internal: prometheus_client was imported before its multiprocess folder was set")
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="moodwatch-metrics-")  # fresh
+    from moodwatch.metrics import serve_worker_metrics
+
+    try:
+        serve_worker_metrics(settings, port, host)
+    except OSError as exc:
+        _fail(f"cannot serve metrics on {host}:{port}: {exc.strerror or exc}")
 
 
 @main.command()

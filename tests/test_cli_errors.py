@@ -34,6 +34,7 @@ def _a_file(tmp: Path) -> Path:
 BAD_INPUT: dict[str, Case] = {
     "train": lambda t: (["train", "--data", str(t / "nope")], {}, "does not exist"),
     "models": lambda t: (["models"], {"MOODWATCH_MODEL_DIR": str(_a_file(t))}, "not a folder"),
+    "models publish": lambda t: (["models", "publish", "vnope"], {}, "no model version 'vnope'"),
     "classify": lambda t: (["classify", str(_pdf(t))], {}, "no current model"),
     "evaluate": lambda t: (["evaluate", "--data", str(t / "nope")], {}, "does not exist"),
     "db upgrade": lambda t: (["db", "upgrade"], {"MOODWATCH_DATABASE_URL": "nonsense"}, "database URL"),

@@ -19,6 +19,7 @@ from fastapi import FastAPI, HTTPException, Request
 from fastapi.responses import JSONResponse, Response
 
 from db.migrate import open_database
+from moodwatch.metrics import web_registry
 from moodwatch.registry import Registry
 from moodwatch.settings import Settings
 from web import api, media, pages
@@ -49,6 +50,11 @@ def create_app(settings: Settings, token: str | None = None, host: str | None = 
     app.middleware("http")(_guard(token, hosts))
     for module in (pages, media, api):
         app.include_router(module.router)
+    # Prometheus scrapes it like any client: behind the Host check and the token (a scrape
+    # config's `authorization` or `params: {token: [...]}`), README "Monitoring".
+    web = app.state.web
+    app.state.metrics = web_registry(settings, web.sessions, web.registry.current_name)
+    app.add_api_route("/metrics", _metrics, methods=["GET"], include_in_schema=False)
     app.exception_handler(HTTPException)(_http_error)
     return app
 
@@ -116,6 +122,14 @@ def _guard(token: str | None, hosts: HostCheck | None = None):
         return response
 
     return guard
+
+
+def _metrics(request: Request) -> Response:
+    """Prometheus's text format. A plain def: FastAPI runs it in a thread, as the database and
+    broker reads must not hold the event loop."""
+    from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+    return Response(generate_latest(request.app.state.metrics), media_type=CONTENT_TYPE_LATEST)
 
 
 async def _http_error(request: Request, exc: HTTPException):

@@ -7,17 +7,23 @@ in the parent: TensorFlow is not fork-safe. The model is loaded when the pool pr
 from __future__ import annotations
 
 import logging
+import os
 import signal
+import time
 from typing import Any
 
 from celery.exceptions import SoftTimeLimitExceeded
-from celery.signals import task_postrun, task_prerun, worker_process_init
+from celery.signals import task_postrun, task_prerun, worker_process_init, worker_process_shutdown
 from sqlalchemy.exc import InterfaceError, OperationalError
 
 from db.engine import make_engine, make_sessionmaker
+from moodwatch import metrics
+from moodwatch.claims import worker_claims
+from moodwatch.heartbeat import Heartbeat
 from moodwatch.modelio import ModelLoadError
+from moodwatch.publication import registry_for_worker
 from moodwatch.queue import CLASSIFY_TASK, RETRAIN_TASK, classify_time_limits, make_celery
-from moodwatch.registry import Registry, RegistryError
+from moodwatch.registry import RegistryError
 from moodwatch.settings import get_settings
 from worker.inference import ModelCache
 from worker.processing import process_batch
@@ -38,7 +44,8 @@ def _sessions():
 
 def _models() -> ModelCache:
     if "models" not in _state:
-        _state["models"] = ModelCache(Registry.for_settings(settings), settings.batch_size)
+        # The folders, or the database's publications (MOODWATCH_MODEL_SOURCE=database).
+        _state["models"] = ModelCache(registry_for_worker(settings, _sessions()), settings.batch_size)
     return _state["models"]
 
 
@@ -48,7 +55,18 @@ def _load_model_at_start(**_: Any) -> None:
     wait tens of seconds), and follows model changes. In a thread: Celery gives this signal's
     handlers 4 s before it takes the process for dead."""
     _state["pool_process"] = True
-    _models().watch()
+    models = _models()
+    models.watch()
+    # Readiness for `moodwatch run` (its banner), `moodwatch status` and the page's status strip.
+    _state["heartbeat"] = Heartbeat(app.conf.broker_url, metrics.tracking_model(models.readiness)).start()
+
+
+@worker_process_shutdown.connect
+def _stop_heartbeat(**_: Any) -> None:
+    """A pool process that stops says so at once (a dead one's record expires on its own)."""
+    if "heartbeat" in _state:
+        _state.pop("heartbeat").stop()
+    metrics.mark_dead(os.getpid())  # its model series leaves the node's /metrics with it
 
 
 @task_prerun.connect
@@ -91,9 +109,11 @@ def classify_batch(self, items: Any, move_files: Any = True, dedupe: Any = True)
         return {"refused": 1}
     move_files, dedupe = move_files is not False, dedupe is not False  # booleans, whatever was sent
     unreachable: list[dict[str, Any]] = []
+    started = time.monotonic()
     try:
         counts = process_batch(items, settings, _sessions(), _models().get(), move_files=move_files,
-                               dedupe=dedupe, retry_sink=unreachable)
+                               dedupe=dedupe, retry_sink=unreachable,
+                               claims=worker_claims(settings, app.conf.broker_url))
     except SoftTimeLimitExceeded as exc:
         # Not a slow decode (the batch's own limit ends those, with rows): something else stalled,
         # the model still loading or a database or file system not answering. The rows are one
@@ -104,6 +124,7 @@ def classify_batch(self, items: Any, move_files: Any = True, dedupe: Any = True)
                     "still loading, a database or file system not answering?); retrying it",
                     len(items), SOFT_TIME_LIMIT)
         raise self.retry(exc=exc, countdown=min(30, 2 ** self.request.retries)) from exc
+    metrics.observe_batch(items, counts, time.monotonic() - started)
     if unreachable:
         # A new job, so that any worker (on any machine) may take it, after a pause.
         attempt = max(m["attempts"] for m in unreachable)

@@ -1,5 +1,9 @@
 """The watcher loop: events and rescans feed a stability tracker; settled files are validated,
-rejected ones recorded at once, accepted ones grouped into batch jobs for the workers."""
+rejected ones recorded at once, accepted ones grouped into batch jobs for the workers.
+
+With MOODWATCH_TRANSPORT=broker the watcher is the inbox's only reader and mover: it puts each
+file's bytes in Redis (moodwatch.claims) within a bound on what is in flight, and moves each file
+as soon as its row appears."""
 
 from __future__ import annotations
 
@@ -24,6 +28,7 @@ from watchdog.observers.polling import PollingObserver
 from db.errors import describe
 from db.repository import (
     insert_results,
+    outcomes_of,
     recorded_event_ids,
     register_submissions,
     result_row,
@@ -31,6 +36,7 @@ from db.repository import (
     set_stored_paths,
     unmoved_rows,
 )
+from moodwatch.claims import ClaimStore, open_claims
 from moodwatch.files import (
     FileRefused,
     event_id_for,
@@ -39,6 +45,7 @@ from moodwatch.files import (
     printable,
     read_regular_file,
 )
+from moodwatch.jobs import FileJob, claim_key
 from moodwatch.queue import BROKER_ERRORS
 from moodwatch.settings import Settings
 from watcher.filters import is_ignored
@@ -53,7 +60,10 @@ INOTIFY_HELP = (
     "or run `moodwatch watch --polling`."
 )
 
-Sender = Callable[[list[dict[str, Any]]], None]
+Sender = Callable[[list[dict[str, Any]]], None]  # sends one batch job: FileJob.wire() of each file
+# How often the watcher of the broker transport asks which files it sent are recorded (and moves
+# them): a file leaves the inbox within about this long of its row.
+POLL_SECONDS = 1.0
 
 
 class InotifyLimitError(RuntimeError):
@@ -67,6 +77,15 @@ class Handled:
     path: str
     since: float  # when it was sent (or recorded)
     recorded: bool = False  # known to have its row: never sent again
+
+
+@dataclass(frozen=True)
+class InFlight:
+    """A file whose bytes the watcher put in Redis and whose row it has not seen yet."""
+
+    path: str
+    size: int
+    job: int  # the number of the batch job that carried it
 
 
 class _Handler(FileSystemEventHandler):
@@ -86,8 +105,11 @@ class _Handler(FileSystemEventHandler):
 
 class Watcher:
     def __init__(self, settings: Settings, send: Sender, sessions: sessionmaker | None,
-                 polling: bool = False):
+                 polling: bool = False, claims: ClaimStore | None = None):
         self.settings = settings
+        if claims is None and settings.transport == "broker":
+            claims = open_claims(settings)
+        self.claims = claims if settings.transport == "broker" else None
         self.inbox = settings.inbox_dir
         self.send = send
         self.sessions = sessions
@@ -99,7 +121,7 @@ class Watcher:
         # the inbox (so a long-running watcher does not grow without bound), or once it has been
         # in flight longer than MOODWATCH_RESEND_SECONDS with no row (so it is sent again).
         self._handled: dict[str, Handled] = {}
-        self._pending: list[dict[str, Any]] = []  # accepted, not yet sent
+        self._pending: list[FileJob] = []  # accepted, not yet sent
         self._pending_since = 0.0
         # Rejected, row not yet written; by event id, so a rejection kept for retry while the
         # database is locked is not queued a second time when the rescan finds its file again.
@@ -108,6 +130,11 @@ class Watcher:
         self._send_backoff = 1.0
         self._rescan_at = 0.0
         self._observer = None
+        # Broker transport: sent files by event id until their rows (or their keys' loss) are seen.
+        self._inflight: dict[str, InFlight] = {}
+        self._jobs_sent = 0
+        self._poll_at = 0.0
+        self._waiting = False  # the in-flight bound holds the pending files back (said once)
 
     # events -------------------------------------------------------------------------------
     def notice(self, path: str) -> None:
@@ -161,6 +188,8 @@ class Watcher:
         for path in self.tracker.due():
             self._handle(path)
         self._write_rejects()
+        if self._inflight and now >= self._poll_at:
+            self._settle_inflight()
         if self._pending and (
             len(self._pending) >= self.settings.batch_size
             or now - self._pending_since >= self.settings.batch_wait
@@ -178,7 +207,7 @@ class Watcher:
         database outage, a broker restarted without persistence), and its files would then wait
         in the inbox with no row until a restart."""
         self._rescan_at = time.monotonic() + self.settings.rescan_seconds
-        pending = {m["event_id"] for m in self._pending} | set(self._rejects)
+        pending = {m.event_id for m in self._pending} | set(self._rejects)
         for eid, handled in list(self._handled.items()):
             if eid not in pending and not os.path.lexists(handled.path):
                 del self._handled[eid]
@@ -264,12 +293,8 @@ class Watcher:
             return
         if not self._pending:
             self._pending_since = time.monotonic()
-        self._pending.append({
-            "event_id": checked.event_id,
-            "path": checked.path,
-            "sha256": checked.sha256,
-            "received_at": datetime.now(UTC).isoformat(),
-        })
+        self._pending.append(FileJob(event_id=checked.event_id, path=checked.path, sha256=checked.sha256,
+                                     received_at=datetime.now(UTC)))
         self._handled[checked.event_id] = Handled(checked.path, time.monotonic())
 
     def _already_recorded(self, ids: list[str]) -> set[str]:
@@ -318,11 +343,13 @@ class Watcher:
 
     def _finish_moves(self, found: dict[str, str]) -> None:
         """Recorded files still in the inbox whose move a crash or an error cut short (older
-        than MOODWATCH_RESEND_SECONDS, so a worker moving one right now is left alone): move
-        them where their rows say, or to their outcome folder."""
+        than MOODWATCH_RESEND_SECONDS, so a worker moving one right now is left alone; with the
+        broker transport no worker moves files, so any age): move them where their rows say, or
+        to their outcome folder."""
         if not found or self.sessions is None:
             return
-        before = datetime.now(UTC) - timedelta(seconds=self.settings.resend_seconds)
+        before = datetime.now(UTC) - timedelta(
+            seconds=0 if self.claims is not None else self.settings.resend_seconds)
         try:
             with self.sessions() as session:
                 rows = unmoved_rows(session, list(found), before)
@@ -337,12 +364,13 @@ class Watcher:
         if not self._pending or (now < self._send_retry_at and not force):
             return
         while self._pending:
-            batch = self._pending[: self.settings.batch_size]
-            done = self._already_recorded([m["event_id"] for m in batch])
-            to_send = [m for m in batch if m["event_id"] not in done]
+            batch = self._within_bound(self._pending[: self.settings.batch_size])
+            if not batch:
+                return  # the in-flight bound is reached: wait for rows (_settle_inflight)
+            done = self._already_recorded([m.event_id for m in batch])
+            to_send = [m for m in batch if m.event_id not in done]
             try:
-                if to_send:
-                    self.send(to_send)
+                sent = self._send(to_send) if to_send else []
             except BROKER_ERRORS as exc:
                 self._send_retry_at = now + self._send_backoff
                 log.warning("broker unreachable (%s: %s): %d file(s) kept, retrying in %.0fs",
@@ -356,11 +384,133 @@ class Watcher:
                 return
             self._send_backoff = 1.0
             del self._pending[: len(batch)]
-            for m in to_send:
-                log.info("%s: queued", printable(m["path"]))
-                if m["event_id"] in self._handled:  # the resend clock starts when it is sent
-                    self._handled[m["event_id"]].since = time.monotonic()
+            self._note_sent(sent)
+            if done and self.claims is not None:  # recorded before a restart: this side moves them
+                self._finish_moves({m.event_id: m.path for m in batch if m.event_id in done})
         self._pending_since = now
+
+    def _send(self, jobs: list[FileJob]) -> list[FileJob]:
+        """Send one batch job; returns the files it carried."""
+        if self.claims is not None:
+            jobs = self._stage(jobs)
+        if jobs:
+            self.send([m.wire() for m in jobs])
+        return jobs
+
+    def _note_sent(self, sent: list[FileJob]) -> None:
+        for m in sent:
+            log.info("%s: queued", printable(m.path))
+            if m.event_id in self._handled:  # the resend clock starts when it is sent
+                self._handled[m.event_id].since = time.monotonic()
+            if self.claims is not None:
+                self._inflight[m.event_id] = InFlight(m.path, m.size or 0, self._jobs_sent)
+        self._jobs_sent += 1
+
+    # broker transport ---------------------------------------------------------------------
+    def in_flight(self) -> tuple[int, int, int]:
+        """Files, bytes and batch jobs sent whose rows have not been seen yet."""
+        files = self._inflight.values()
+        return len(files), sum(f.size for f in files), len({f.job for f in files})
+
+    def _within_bound(self, batch: list[FileJob]) -> list[FileJob]:
+        """The first files of batch that fit under MOODWATCH_MAX_INFLIGHT_BYTES and _JOBS (all of
+        them in shared mode). With nothing in flight the first file always goes, whatever its
+        size: a file larger than the bound must not wait forever."""
+        if self.claims is None:
+            return batch
+        _files, held, jobs = self.in_flight()
+        room = self.settings.max_inflight_bytes - held
+        out: list[FileJob] = []
+        if jobs < self.settings.max_inflight_jobs:
+            for m in batch:
+                size = _size_now(m.path)
+                if size > room and (out or self._inflight):
+                    break
+                room -= size
+                out.append(m)
+        if not out and not self._waiting:
+            log.info("%d file(s), %d bytes in %d job(s) in flight (MOODWATCH_MAX_INFLIGHT_BYTES, "
+                     "_JOBS): waiting for their rows before sending more", *self.in_flight())
+        self._waiting = not out
+        return out
+
+    def _stage(self, jobs: list[FileJob]) -> list[FileJob]:
+        """Put each file's bytes under its claim key (one round trip); returns the files with
+        their claims. A file that changed or vanished since it was checked is left out: a
+        changed file is a new arrival the watcher sees again."""
+        staged, blobs = [], {}
+        for m in jobs:
+            data = _bytes_of(m, self.settings.max_file_bytes)
+            if data is None:
+                log.info("%s: changed or gone since it was checked; not sent", printable(m.path))
+                continue
+            key = claim_key(m.event_id)
+            blobs[key] = data
+            staged.append(m.model_copy(update={"claim": key, "size": len(data)}))
+        if blobs:
+            self.claims.put(blobs)
+        return staged
+
+    def _settle_inflight(self) -> None:
+        """Files sent whose rows appeared: no longer in flight, and moved now (the crash-safe
+        order of move_outcomes). Files whose keys are gone with no row were lost (their bytes
+        expired, Redis restarted empty): no longer in flight, and sent again by the rescan."""
+        self._poll_at = time.monotonic() + POLL_SECONDS
+        if self.sessions is None or self.claims is None:
+            return
+        ids = list(self._inflight)
+        try:
+            # Keys first, rows second: a worker deletes a key only after its rows are committed,
+            # so a key seen gone before the rows were read, with no row, has no row coming.
+            gone = self.claims.missing([claim_key(e) for e in ids])
+            with self.sessions() as session:
+                rows = outcomes_of(session, ids)
+        except BROKER_ERRORS as exc:
+            log.warning("broker unreachable, cannot tell which sent files are done: %s", exc)
+            return
+        except Exception as exc:  # the database is away: nothing can be told; try next time
+            _database_unavailable("cannot tell which sent files are recorded", exc)
+            return
+        todo = [{**r, "path": self._inflight.pop(r["event_id"]).path} for r in rows]
+        for r in todo:
+            if r["event_id"] in self._handled:
+                self._handled[r["event_id"]].recorded = True
+        lost = [e for e in ids if claim_key(e) in gone and e in self._inflight]
+        for eid in lost:
+            log.warning("%s: its bytes left Redis with no row (expired, or Redis restarted); "
+                        "sending it again", printable(self._inflight.pop(eid).path))
+            self._handled.pop(eid, None)
+        if lost:
+            self.request_rescan()
+        if todo:
+            self._move(todo)
+
+    def send_all(self, timeout: float) -> None:
+        """Send everything pending, waiting for room under the in-flight bound (`submit`)."""
+        deadline = time.monotonic() + timeout
+        self.drain()
+        while self._pending and self._inflight and time.monotonic() < deadline:
+            time.sleep(POLL_SECONDS)
+            self._settle_inflight()
+            self._flush(time.monotonic(), force=True)
+
+
+def _size_now(path: str) -> int:
+    try:
+        return os.lstat(path).st_size
+    except OSError:
+        return 0  # gone: staging leaves it out
+
+
+def _bytes_of(job: FileJob, max_bytes: int) -> bytes | None:
+    """The file's bytes, read safely, if it is still the arrival that was checked."""
+    try:
+        got = read_regular_file(job.path, max_bytes)
+    except (FileRefused, OSError):
+        return None
+    if event_id_for(job.path, got.stat) != job.event_id or got.sha256 != job.sha256:
+        return None
+    return got.data
 
 
 def _event_id(path: str) -> str | None:
@@ -478,7 +628,7 @@ def submit_paths(paths: list[Path], settings: Settings, send: Sender,
         except Exception as exc:
             raise RuntimeError(f"could not register {len(outside)} file(s) from outside the inbox: "
                                f"is the database up? ({exc.__class__.__name__})") from exc
-    w.drain()
+    w.send_all(timeout=settings.claim_ttl_seconds)
     if w._pending or w._rejects:
         raise RuntimeError(f"{len(w._pending)} file(s) could not be queued and "
                            f"{len(w._rejects)} rejection(s) not recorded: is the broker/database up?")

@@ -2,9 +2,11 @@
 classify, write rows.
 
 Nothing in a message is trusted: anyone who can write to the broker can write one. Each item is
-validated on its own (a malformed one gets its own `failed` row and the others go on), the
-watcher's checks are applied again (ignore patterns, extension, inside the inbox or registered by
-`submit`), the file is read once, safely, and hashed here; the message's hash is never used.
+validated on its own (a malformed one gets its own `failed` row and the others go on) and the
+watcher's checks on its name are applied again. Shared transport: the path must be inside the
+inbox or registered by `submit`, the file is read once, safely, and hashed here; the message's
+hash is never used. Broker transport: no path is ever opened; the bytes come from the job's claim
+in Redis and must have the size and sha256 the message says (moodwatch.claims).
 
 Plain functions with their dependencies passed in, so tests call them without Celery.
 """
@@ -15,11 +17,11 @@ import hashlib
 import json
 import logging
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
-from pydantic import BaseModel, ConfigDict, Field, StrictStr, ValidationError, field_validator
+from pydantic import ValidationError
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -34,15 +36,18 @@ from db.repository import (
     set_stored_paths,
     submitted_paths,
 )
+from moodwatch.claims import ClaimStore
 from moodwatch.files import FileRefused, inside, move_outcomes, printable, read_regular_file
 from moodwatch.filters import is_ignored
 from moodwatch.images import extension_allowed
+from moodwatch.jobs import UNREACHABLE_ATTEMPTS, FileJob, claim_key
+from moodwatch.queue import BROKER_ERRORS
 from moodwatch.settings import Settings
 from worker.inference import Prediction
 
+__all__ = ["UNREACHABLE_ATTEMPTS", "ClassifierLike", "Job", "process_batch"]
+
 log = logging.getLogger("moodwatch.worker")
-# How many workers try to reach a file before it gets its `failed` row.
-UNREACHABLE_ATTEMPTS = 3
 
 
 class ClassifierLike(Protocol):
@@ -53,33 +58,34 @@ class ClassifierLike(Protocol):
                        time_limit: float | None = None) -> list[Prediction]: ...
 
 
-class JobItem(BaseModel):
-    """One item of a classify job, as the watcher sends it; extra fields are ignored."""
-
-    model_config = ConfigDict(extra="ignore")
-
-    event_id: StrictStr = Field(pattern=r"^[0-9a-f]{40}$")
-    # The path is checked by path_problem: it may carry the surrogate escapes of a name that is
-    # not UTF-8, which pydantic's core cannot take.
-    received_at: datetime | None = None
-    attempts: int = 0
-
-    @field_validator("attempts")
-    @classmethod
-    def _clamp(cls, value: int) -> int:
-        # A forged count must not buy hundreds of redeliveries nor skip them all.
-        return min(max(value, 0), UNREACHABLE_ATTEMPTS - 1)
-
-
 @dataclass
 class Job:
-    event_id: str
-    path: str
-    received_at: datetime
-    attempts: int = 0  # workers that could not reach the file so far
-    message: dict[str, Any] | None = None
-    sha256: str | None = None  # of the bytes this worker read, never the message's word for it
+    """One file of the batch: the message as validated, and the bytes this worker got."""
+
+    item: FileJob
+    received_at: datetime  # aware: the message's time, or when this worker took the job
+    sha256: str | None = None  # of the bytes this worker got, never the message's word for it
     data: bytes | None = None  # those bytes, until they are classified
+
+    @property
+    def event_id(self) -> str:
+        return self.item.event_id
+
+    @property
+    def path(self) -> str:
+        return self.item.path
+
+    @property
+    def attempts(self) -> int:
+        return self.item.attempts
+
+
+class _Lost:
+    """A claim whose bytes are gone (expired, a Redis restarted empty): no row; the watcher, which
+    still holds the file, sees the key gone with no row and sends the file again."""
+
+
+LOST = _Lost()
 
 
 @dataclass
@@ -87,41 +93,39 @@ class Triage:
     rows: list[dict[str, Any]] = field(default_factory=list)  # outcomes known without the model
     jobs: list[Job] = field(default_factory=list)  # files read, to classify
     retried: int = 0
+    lost: int = 0
 
 
-def path_problem(path: Any) -> str | None:
-    if not isinstance(path, str):
-        return "path: not a string"
-    if not 0 < len(path) <= 4096:
-        return "path: empty or longer than 4096 characters"
-    return "path: NUL byte in path" if "\x00" in path else None
+def _refused_row(item: Any, kind: str, error: str, now: datetime) -> dict[str, Any]:
+    """The `failed` row of an item that is not what it claims. It never takes the event id the
+    item claims (a forged item must not block a real file's event): its id is derived from the
+    item itself, so a redelivery finds it."""
+    digest = hashlib.sha256(json.dumps(item, sort_keys=True, default=str).encode()).hexdigest()
+    path = item.get("path") if isinstance(item, dict) else None
+    return result_row(f"{kind}-{digest[:30]}", path if isinstance(path, str) else "(no path)", now,
+                      status="failed", error=error[:500], classified_at=now)
 
 
 def parse_item(item: Any, now: datetime) -> Job | dict[str, Any]:
-    """A job, or the `failed` row of an item that is malformed.
-
-    A malformed item's row never takes the event id it claims (a forged item must not block a
-    real file's event): its id is derived from the item itself, so a redelivery finds it."""
-    reasons = []
+    """A job, or the `failed` row of an item that is malformed."""
     try:
-        ok = JobItem.model_validate(item)
+        ok = FileJob.model_validate(item)
     except ValidationError as exc:
         reasons = [f"{'.'.join(map(str, e['loc'])) or 'item'}: {e['msg']}" for e in exc.errors()]
-    path = item.get("path") if isinstance(item, dict) else None
-    if isinstance(item, dict) and (problem := path_problem(path)):
-        reasons.append(problem)
-    if reasons:
-        digest = hashlib.sha256(json.dumps(item, sort_keys=True, default=str).encode()).hexdigest()
-        return result_row(f"malformed-{digest[:30]}", path if isinstance(path, str) else "(no path)", now,
-                          status="failed", error=f"malformed job item: {'; '.join(reasons)}"[:500],
-                          classified_at=now)
-    when = ok.received_at or now
-    return Job(ok.event_id, path, when if when.tzinfo else when.replace(tzinfo=UTC), ok.attempts,
-               {**item, "attempts": ok.attempts})
+        return _refused_row(item, "malformed", f"malformed job item: {'; '.join(reasons)}", now)
+    return Job(ok, ok.arrived if ok.received_at else now)
 
 
 def _row(job: Job, **fields: Any) -> dict[str, Any]:
     return result_row(job.event_id, job.path, job.received_at, sha256=job.sha256, **fields)
+
+
+def _name_refusal(path: str, root: Any = None) -> str | None:
+    if is_ignored(path, root):
+        return "refused: a hidden or temporary file (the watcher waits until it is renamed)"
+    if not extension_allowed(path):
+        return "refused: the file type is not accepted"
+    return None
 
 
 def refusal(job: Job, settings: Settings, submitted: dict[str, str]) -> str | None:
@@ -129,15 +133,11 @@ def refusal(job: Job, settings: Settings, submitted: dict[str, str]) -> str | No
     in_inbox = inside(job.path, settings.inbox_dir)
     if not in_inbox and submitted.get(job.event_id) != printable(job.path):
         return "refused: the path is neither in the inbox nor a file `moodwatch submit` registered"
-    if is_ignored(job.path, settings.inbox_dir.resolve() if in_inbox else None):
-        return "refused: a hidden or temporary file (the watcher waits until it is renamed)"
-    if not extension_allowed(job.path):
-        return "refused: the file type is not accepted"
-    return None
+    return _name_refusal(job.path, settings.inbox_dir.resolve() if in_inbox else None)
 
 
-def _read(job: Job, settings: Settings, submitted: dict[str, str], now: datetime) -> dict[str, Any] | None:
-    """Read the job's file once, safely; its row when it cannot be classified, else None."""
+def _read(job: Job, settings: Settings, submitted: dict[str, str], now: datetime) -> Job | dict[str, Any]:
+    """The job with its file's bytes, read once, safely; or its row when it cannot be classified."""
     try:
         got = read_regular_file(job.path, settings.max_file_bytes)
     except FileRefused as exc:
@@ -151,13 +151,61 @@ def _read(job: Job, settings: Settings, submitted: dict[str, str], now: datetime
         # A folder on the way was swapped for a link after the check above.
         return _row(job, status="failed", error="refused: the file opened lies outside the inbox",
                     classified_at=now)
-    job.sha256, job.data = got.sha256, got.data
-    return None
+    return replace(job, sha256=got.sha256, data=got.data)
+
+
+def _receive(job: Job, claims: ClaimStore, settings: Settings, now: datetime) -> Job | dict[str, Any] | _Lost:
+    """The job with the bytes its claim holds, checked against the message's size and sha256;
+    its row when they cannot be classified; LOST when they are gone. The size is asked first, so
+    no claim larger than MOODWATCH_MAX_FILE_BYTES is ever fetched."""
+    item = job.item
+    if item.claim is None:
+        return _row(job, status="failed", classified_at=now, error="refused: a job without its bytes "
+                    "(this worker has MOODWATCH_TRANSPORT=broker: give the watcher the same)")
+    size = claims.size(item.claim)
+    if size == 0:
+        return LOST
+    if size > settings.max_file_bytes:
+        return _row(job, status="rejected", classified_at=now,
+                    error=f"file too large: {size:,} bytes (limit {settings.max_file_bytes:,})")
+    data = claims.get(item.claim) if size == item.size else b""
+    if data is None:
+        return LOST
+    sha = hashlib.sha256(data).hexdigest()
+    if len(data) != item.size or sha != item.sha256:
+        log.warning("%s: the bytes received do not match the job (forged or damaged); refused",
+                    printable(job.path))
+        return _refused_row(item.wire(), "mismatch", "refused: the bytes received do not have the job's "
+                            f"size and sha256 ({len(data) or size:,} bytes, not {item.size:,})", now)
+    return replace(job, sha256=sha, data=data)
+
+
+def _triage_claims(jobs: list[Job], claims: ClaimStore, settings: Settings, now: datetime) -> Triage:
+    """Broker transport: refuse what the watcher would not send, take the rest's bytes from
+    their claims. No path is opened: the inbox is on the watcher's machine."""
+    out = Triage()
+    for job in jobs:
+        reason = _name_refusal(job.path)
+        got = _row(job, status="failed", error=reason, classified_at=now) if reason \
+            else _receive(job, claims, settings, now)
+        if reason:
+            log.warning("%s: %s", printable(job.path), reason)
+        if got is LOST:
+            log.warning("%s: its bytes are no longer in Redis (expired, or Redis restarted); the "
+                        "watcher sends it again", printable(job.path))
+            out.lost += 1
+        elif isinstance(got, Job):
+            out.jobs.append(got)
+        else:
+            out.rows.append(got)
+    return out
 
 
 def triage(jobs: list[Job], settings: Settings, sessions: sessionmaker, now: datetime,
-           retry_sink: list[dict[str, Any]] | None) -> Triage:
+           retry_sink: list[dict[str, Any]] | None, claims: ClaimStore | None = None) -> Triage:
     """Refuse what the watcher would not send, hand unreachable files on, read the rest."""
+    if claims is not None:
+        return _triage_claims(jobs, claims, settings, now)
     with sessions() as session:
         submitted = submitted_paths(session, [j.event_id for j in jobs
                                               if not inside(j.path, settings.inbox_dir)])
@@ -171,27 +219,39 @@ def triage(jobs: list[Job], settings: Settings, sessions: sessionmaker, now: dat
         if retry_sink is not None and not os.path.lexists(job.path) \
                 and job.attempts + 1 < UNREACHABLE_ATTEMPTS:
             # Maybe this worker lacks the mount: hand the file to any worker, later.
-            retry_sink.append({**(job.message or {}), "attempts": job.attempts + 1})
+            retry_sink.append(job.item.handed_back().wire())
             out.retried += 1
             continue
         # The bytes held for a batch are bounded: batch size x MOODWATCH_MAX_FILE_BYTES.
-        row = _read(job, settings, submitted, now)
-        if row is not None:
-            out.rows.append(row)
+        got = _read(job, settings, submitted, now)
+        if isinstance(got, Job):
+            out.jobs.append(got)
         else:
-            out.jobs.append(job)
+            out.rows.append(got)
     return out
 
 
 def skip_recorded(parsed: list[Job | dict[str, Any]],
-                  sessions: sessionmaker) -> tuple[list[Job], list[dict[str, Any]]]:
+                  sessions: sessionmaker) -> tuple[list[Job], list[dict[str, Any]], set[str]]:
     """The jobs and the malformed items' rows whose events have no row yet (a redelivered job
-    adds nothing)."""
+    adds nothing), and the jobs' event ids that are recorded already."""
     jobs = [p for p in parsed if isinstance(p, Job)]
     bad = [p for p in parsed if not isinstance(p, Job)]
     with sessions() as session:
         done = recorded_event_ids(session, [j.event_id for j in jobs] + [r["event_id"] for r in bad])
-    return [j for j in jobs if j.event_id not in done], [r for r in bad if r["event_id"] not in done]
+    return ([j for j in jobs if j.event_id not in done], [r for r in bad if r["event_id"] not in done],
+            {j.event_id for j in jobs if j.event_id in done})
+
+
+def release_claims(claims: ClaimStore | None, event_ids: set[str]) -> None:
+    """Delete the bytes of files whose rows are committed. Failing that (Redis away), they expire."""
+    if claims is None or not event_ids:
+        return
+    try:
+        claims.delete(claim_key(e) for e in sorted(event_ids))
+    except BROKER_ERRORS as exc:
+        log.warning("could not delete the bytes of %d recorded file(s) from Redis (%s); they expire",
+                    len(event_ids), exc)
 
 
 def process_batch(
@@ -202,11 +262,14 @@ def process_batch(
     move_files: bool = True,
     dedupe: bool = True,
     retry_sink: list[dict[str, Any]] | None = None,
+    claims: ClaimStore | None = None,
 ) -> dict[str, int]:
     """Classify a batch and record one row per event; returns counts by status.
 
     Safe to run twice on the same messages: recorded events are skipped and inserts ignore
-    event ids that are already there, so a redelivered job adds no second row.
+    event ids that are already there, so a redelivered job adds no second row. With `claims`
+    (broker transport) the bytes come from Redis, are deleted once their rows are committed, and
+    no file is moved here: the watcher, which holds the inbox, moves it when it sees the row.
     """
     if len(messages) > settings.batch_size:
         # The watcher never sends more; a larger job is forged or misconfigured, and its files,
@@ -215,30 +278,32 @@ def process_batch(
                   "and the workers the same batch size)", len(messages), settings.batch_size)
         return {"refused": len(messages)}
     now = datetime.now(UTC)
-    jobs, bad = skip_recorded([parse_item(m, now) for m in messages], sessions)
+    jobs, bad, recorded = skip_recorded([parse_item(m, now) for m in messages], sessions)
     if not jobs and not bad:
+        release_claims(claims, recorded)  # a redelivery, or a resend of a file recorded meanwhile
         return {"skipped": len(messages)}
 
-    checked = triage(jobs, settings, sessions, now, retry_sink)
+    checked = triage(jobs, settings, sessions, now, retry_sink, claims)
     batch = classify(checked.jobs, settings, sessions, classifier, dedupe)
     requeued = hand_back_unstarted(batch, retry_sink, settings, now)
     batch.rows = bad + checked.rows + batch.rows
     added = record(batch, sessions, dedupe)
     rows = batch.rows
+    # After the commit; rows with ids of their own (malformed, mismatched) release no claim.
+    release_claims(claims, recorded | ({r["event_id"] for r in rows} & {j.event_id for j in jobs}))
 
     counts: dict[str, int] = {}
     for row in rows:
         counts[row["status"]] = counts.get(row["status"], 0) + 1
         outcome = f"{row['label']} ({row['confidence']:.0%})" if row["label"] else f"({row['error']})"
         log.info("%s: %s %s", printable(row["path"]), row["status"], printable(outcome))
-    if move_files:
+    if move_files and claims is None:
         # After the commit: a file leaves the inbox only once its row exists, and only the
         # rows this run added move files (a redelivered twin running at once moves nothing).
         _move([r for r in rows if r["event_id"] in added], settings, sessions)
-    if checked.retried:
-        counts["retried"] = checked.retried
-    if requeued:
-        counts["requeued"] = requeued
+    for name, n in (("retried", checked.retried), ("requeued", requeued), ("lost", checked.lost)):
+        if n:
+            counts[name] = n
     return counts
 
 
@@ -246,9 +311,10 @@ def hand_back_unstarted(batch: Classified, retry_sink: list[dict[str, Any]] | No
                         now: datetime) -> int:
     """The files whose decode had not begun when the batch's time limit came (every decode thread
     was held by slow ones) go back to the queue as they came, for a later job; returns how many.
-    With nowhere to send them (no retry_sink), each gets a `failed` row instead."""
+    Their claims stay: the later job takes the same bytes. With nowhere to send them (no
+    retry_sink), each gets a `failed` row instead."""
     if retry_sink is not None:
-        retry_sink.extend(dict(job.message or {}) for job in batch.unstarted)
+        retry_sink.extend(job.item.wire() for job in batch.unstarted)
         return len(batch.unstarted)
     batch.rows.extend(_row(job, status="failed", classified_at=now,
                            error=f"not decoded: the batch's time limit ({settings.batch_time_limit:g} s) "

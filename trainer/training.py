@@ -442,18 +442,9 @@ def train(settings: Settings, options: TrainOptions) -> TrainResult:
         timings["epoch_s"] = timings["train_s"] / max(1, epochs_run)
 
         t2 = time.perf_counter()
-        scores = pipeline.scores(data.test)
-        metrics = metrics_from_scores(y_test, scores)
-        current_scores = _score_current(current, data.test)
-        current_metrics = None if current_scores is None else {
-            **metrics_from_scores(y_test, current_scores), "version": current.name}
+        metrics, current_metrics, decision = _judge(pipeline, current, data.test, y_test, shortfall,
+                                                    options.force_promote)
         timings["evaluate_s"] = time.perf_counter() - t2
-        decision = decide(y_test, scores, current_scores, enough_data=shortfall is None,
-                          minimum_note=shortfall or "", force=options.force_promote)
-        metrics["ece"] = decision.candidate.ece
-        if current_metrics is not None and decision.current is not None:
-            current_metrics["ece"] = decision.current.ece
-
         _save_pipeline(pipeline, history, version, close_up_base)
         timings["total_s"] = time.perf_counter() - t0
         write_json(version.path / "metrics.json", {
@@ -466,19 +457,41 @@ def train(settings: Settings, options: TrainOptions) -> TrainResult:
     except BaseException:
         shutil.rmtree(version.path, ignore_errors=True)  # this run's own, unfinished folder
         raise
+    _register(settings, registry, version, options.architecture + ("+faces" if face_base else ""),
+              metrics, decision, data.data_fingerprint, timings["total_s"])
+    return TrainResult(version, metrics, current_metrics, decision, data.clean, timings)
+
+
+def _judge(pipeline: Pipeline, current: Version | None, test: list[Prepared], y_test: np.ndarray,
+           shortfall: str | None, force: bool) -> tuple[dict[str, Any], dict[str, Any] | None, Decision]:
+    """The candidate's and the current version's figures on the same test photos, and the
+    promotion decision (trainer.promotion)."""
+    scores = pipeline.scores(test)
+    metrics = metrics_from_scores(y_test, scores)
+    current_scores = _score_current(current, test)
+    decision = decide(y_test, scores, current_scores, enough_data=shortfall is None,
+                      minimum_note=shortfall or "", force=force)
+    metrics["ece"] = decision.candidate.ece
+    current_metrics = None
+    if current_scores is not None and decision.current is not None:
+        current_metrics = {**metrics_from_scores(y_test, current_scores), "version": current.name,
+                           "ece": decision.current.ece}
+    return metrics, current_metrics, decision
+
+
+def _register(settings: Settings, registry: Registry, version: Version, architecture: str,
+              metrics: dict[str, Any], decision: Decision, data_fingerprint: str, seconds: float) -> None:
+    """Promote by the decision, and record the run: registry, run log, database."""
     if decision.promoted:
         registry.promote(version)
         publish_promotion(settings, version)  # workers on other machines follow (moodwatch.publication)
-    _record_in_database(settings, version.name, options.architecture + ("+faces" if face_base else ""),
-                        metrics, decision)
+    _record_in_database(settings, version.name, architecture, metrics, decision)
     registry.record_run({
         "version": version.name, "outcome": "promoted" if decision.promoted else "trained",
-        "reason": decision.reason, "data_fingerprint": data.data_fingerprint,
+        "reason": decision.reason, "data_fingerprint": data_fingerprint,
         "accuracy": metrics["accuracy"], "f1": metrics["f1"], "ece": decision.candidate.ece,
-        "test_n": decision.test_n, "decision": decision.to_json(),
-        "seconds": round(timings["total_s"], 1),
+        "test_n": decision.test_n, "decision": decision.to_json(), "seconds": round(seconds, 1),
     })
-    return TrainResult(version, metrics, current_metrics, decision, data.clean, timings)
 
 
 def say(options: TrainOptions, line: str) -> None:

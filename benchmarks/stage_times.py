@@ -1,11 +1,15 @@
 """Per-image time of each serving stage, Keras against LiteRT, on one core (issue 24).
 
     .venv/bin/python benchmarks/stage_times.py [--images DIR] [--count N] [--version FOLDER]
-        [--accuracy-images DIR] [--accuracy-count N]
+        [--accuracy-images DIR] [--accuracy-count N] [--serving-only]
 
 The same photos go through each stage in turn, timed over all of them: read, decode, resize to
-256 px, face detection, face crops, the face CNN (every crop of 32 photos in one call, as
-Pipeline.raw calls it) and the whole-image CNN (batches of 32, as the worker). The CNN stages
+256 px, the face detector's input (letterbox), face detection (BlazeFace on that input, boxes,
+tiles where the whole photo showed none), face crops, the face CNN (every crop of 32 photos in
+one call, as Pipeline.raw calls it) and the whole-image CNN (batches of 32, as the worker). Each
+stage's CPU time is printed beside its wall time: on a busy machine the CPU time is the stage's
+cost, the wall time also holds the other processes' turns. --serving-only: the CNNs as served
+(Pipeline.load), no comparison of runtimes and no accuracy table. The CNN stages
 run on the version's Keras models, on its LiteRT conversions (1 and 2 XNNPACK threads) and on
 quantized conversions (float16, dynamic-range int8: the whole-image CNN alone, then all three),
 the pipelines taking turns; then each pipeline's accuracy and largest score difference from Keras
@@ -22,7 +26,6 @@ os.environ.setdefault("TF_NUM_INTEROP_THREADS", "1")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 import argparse  # noqa: E402
-import platform  # noqa: E402
 import sys  # noqa: E402
 import tempfile  # noqa: E402
 import time  # noqa: E402
@@ -35,8 +38,11 @@ import numpy as np  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from benchmarks.throughput import cpu_description  # noqa: E402
+from moodwatch.detector import SPECS, letterbox, whole_view  # noqa: E402
 from moodwatch.faces import (  # noqa: E402
     CLOSE_UP_SIDE,
+    PRIMARY,
     FaceInputs,
     centre_crop,
     detect_faces,
@@ -52,26 +58,16 @@ ROOT = Path(__file__).resolve().parent.parent
 BATCH = 32
 
 
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown CPU"
-
-
 def labelled(folder: Path) -> list[tuple[Path, int]]:
     return sorted((p, int(label == "sad")) for label in ("happy", "sad")
                   for p in (folder / label).rglob("*") if p.is_file())
 
 
-def timed(fn: Callable, items: list) -> tuple[list, float]:
-    """fn over every item, and the seconds per item."""
-    t0 = time.perf_counter()
+def timed(fn: Callable, items: list) -> tuple[list, tuple[float, float]]:
+    """fn over every item, and the seconds per item: wall clock, and this process's CPU time."""
+    t0, c0 = time.perf_counter(), time.process_time()
     out = [fn(x) for x in items]
-    return out, (time.perf_counter() - t0) / len(items)
+    return out, ((time.perf_counter() - t0) / len(items), (time.process_time() - c0) / len(items))
 
 
 def crops_of(rgb: np.ndarray, faces: list) -> FaceInputs:
@@ -86,17 +82,23 @@ def crops_of(rgb: np.ndarray, faces: list) -> FaceInputs:
     return FaceInputs(np.stack([face_crop(gray, f) for f in faces]), boxes, False, size)
 
 
-def prepare_stages(paths: list[Path]) -> tuple[list[Prepared], dict[str, float]]:
-    """The photos prepared stage by stage, with each stage's seconds per photo."""
+def prepare_stages(paths: list[Path]) -> tuple[list[Prepared], dict[str, tuple[float, float]]]:
+    """The photos prepared stage by stage, with each stage's seconds per photo (wall, CPU)."""
     blobs, t_read = timed(Path.read_bytes, paths)
     rgbs, t_decode = timed(lambda b: decode_rgb(b, DEFAULT_MAX_PIXELS), blobs)
     images, t_resize = timed(resize, rgbs)
     small = [max(r.shape[:2]) <= CLOSE_UP_SIDE for r in rgbs]
-    faces, t_detect = timed(lambda i: [] if small[i] else detect_faces(rgbs[i]), list(range(len(rgbs))))
-    inputs, t_crop = timed(lambda i: crops_of(rgbs[i], faces[i]), list(range(len(rgbs))))
+    indices = list(range(len(rgbs)))
+    size = SPECS[PRIMARY].size
+    _, t_input = timed(lambda i: None if small[i] else letterbox(rgbs[i], whole_view(rgbs[i]), size), indices)
+    faces, t_detect = timed(lambda i: [] if small[i] else detect_faces(rgbs[i]), indices)
+    inputs, t_crop = timed(lambda i: crops_of(rgbs[i], faces[i]), indices)
     prepared = [Prepared(img, f) for img, f in zip(images, inputs, strict=True)]
+    # detect_faces makes its own input: the detector's own share is the difference.
+    t_model = (t_detect[0] - t_input[0], t_detect[1] - t_input[1])
     return prepared, {"read": t_read, "decode": t_decode, "resize to 256": t_resize,
-                      "detect faces": t_detect, "crop faces": t_crop}
+                      "detector input (letterbox to 128)": t_input,
+                      "detect faces (BlazeFace, boxes, tiles)": t_model, "crop faces": t_crop}
 
 
 def cnn_times(pipelines: dict[str, Pipeline], prepared: list[Prepared],
@@ -157,6 +159,30 @@ def accuracy(pipeline: Pipeline, prepared: list[Prepared], y: np.ndarray) -> tup
     return float(np.mean(is_sad(scores) == y.astype(bool))), scores
 
 
+def serving_table(folder: Path, prepared: list[Prepared], stages: dict[str, tuple[float, float]]) -> None:
+    """Every stage as a worker process runs it (the CNNs on what Pipeline.load serves)."""
+    pipeline = Pipeline.load(folder, BATCH)
+    chunks = [prepared[i : i + BATCH] for i in range(0, len(prepared), BATCH)]
+    crops = [np.concatenate([p.faces.crops for p in c if p.faces is not None and len(p.faces.crops)]
+                            or [np.zeros((0, 48, 48, 1), np.uint8)]) for c in chunks]
+    images = [np.stack([p.image for p in c]) for c in chunks]
+    runs = {"face CNN": (pipeline.face_scores, crops), "whole CNN": (pipeline.whole_scores, images)}
+    for name, (fn, batches) in runs.items():
+        if name == "face CNN" and not pipeline.uses_faces:
+            continue
+        for b in batches:  # every batch size once before timing (LiteRT allocates per size)
+            fn(b)
+        _, (wall, cpu) = timed(fn, batches)
+        stages[f"{name} ({pipeline.runtime})"] = (wall * len(batches) / len(prepared),
+                                                  cpu * len(batches) / len(prepared))
+    print("\n| stage (one process, one thread) | ms per photo | CPU ms per photo |\n|---|---|---|")
+    for stage, (w, c) in stages.items():
+        print(f"| {stage} | {w * 1000:.2f} | {c * 1000:.2f} |")
+    print(f"| all | {sum(w for w, _ in stages.values()) * 1000:.2f} | "
+          f"{sum(c for _, c in stages.values()) * 1000:.2f} |")
+    print(f"\nload average at the end {os.getloadavg()[0]:.2f}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -168,17 +194,23 @@ def main() -> None:
                              "photos: the shipped version was trained on web-happy-sad")
     parser.add_argument("--accuracy-count", type=int, default=None,
                         help="photos of it, spread evenly over the sorted list (default: all)")
+    parser.add_argument("--serving-only", action="store_true",
+                        help="the CNNs as served only: no runtime comparison, no accuracy table")
     args = parser.parse_args()
     folder = args.version or Registry(ROOT / "models").require_current().path
     files = labelled(args.images)
     paths = list(islice(cycle([p for p, _ in files]), args.count))
-    print(f"CPU: {cpu_model()} ({os.cpu_count()} cores); version {folder.name}; {len(paths)} photos "
+    print(f"CPU: {cpu_description()}; version {folder.name}; {len(paths)} photos "
           f"from {args.images}; nice {os.nice(0)}; load average {os.getloadavg()[0]:.2f}")
 
     prepared, stages = prepare_stages(paths)
-    print("\n| stage (one process, one thread) | ms per photo |\n|---|---|")
-    for stage, sec in stages.items():
-        print(f"| {stage} | {sec * 1000:.2f} |")
+    if args.serving_only:
+        serving_table(folder, prepared, stages)
+        return
+    print("\n| stage (one process, one thread) | ms per photo | CPU ms per photo |\n|---|---|---|")
+    for stage, (wall, cpu) in stages.items():
+        print(f"| {stage} | {wall * 1000:.2f} | {cpu * 1000:.2f} |")
+    stages = {k: v[0] for k, v in stages.items()}
 
     held = labelled(args.accuracy_images or args.images)
     if args.accuracy_count and args.accuracy_count < len(held):

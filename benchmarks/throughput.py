@@ -1,12 +1,16 @@
 """End-to-end throughput through the real broker, worker processes and database, against the
-naive way (one model.predict per image), measured in the same run."""
+naive way (one model.predict per image) and the decode floor (the same photos decoded and
+preprocessed by the worker's own functions on as many processes, no model), measured in the
+same run, on the CPU the header names."""
 
 from __future__ import annotations
 
 import contextlib
 import hashlib
 import itertools
+import multiprocessing
 import os
+import platform
 import shutil
 import signal
 import subprocess
@@ -24,10 +28,10 @@ from sqlalchemy import func, select
 from db.migrate import open_database
 from db.models import Result
 from moodwatch.images import ImageRejected, extension_allowed, inspect_image
-from moodwatch.pipeline import FACE_MODEL_FILE, PIPELINE_FILE
+from moodwatch.pipeline import FACE_MODEL_FILE, PIPELINE_FILE, prepare_bytes_before_cnn
 from moodwatch.queue import CLASSIFY_TASK, make_celery
 from moodwatch.registry import Registry, Version
-from moodwatch.settings import Settings, child_env
+from moodwatch.settings import DEFAULT_MAX_PIXELS, Settings, child_env
 
 
 @dataclass
@@ -39,10 +43,33 @@ class BenchResult:
     workers: int
     concurrency: int
     without_faces: float | None = None  # images/s of the same version's whole-image CNN alone
+    floor: float = 0.0  # images/s of decoding and preprocessing alone (decode_floor)
+    cpu: str = ""
 
     @property
     def ratio(self) -> float:
         return self.end_to_end / self.naive if self.naive else float("inf")
+
+    @property
+    def of_floor(self) -> float:
+        return self.end_to_end / self.floor if self.floor else 0.0
+
+
+def cpu_description() -> str:
+    """The CPU model (/proc/cpuinfo's "model name"), the cores, and whether it has AMX (the
+    amx_tile flag): TensorFlow's matrix work is several times cheaper on a CPU with it."""
+    model, amx = "", False
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            key, _, value = line.partition(":")
+            if key.strip() == "model name" and not model:
+                model = value.strip()
+            elif key.strip() == "flags":
+                amx = amx or "amx_tile" in value.split()
+    except OSError:
+        pass
+    model = model or platform.processor() or "unknown CPU"
+    return f"{model}, {os.cpu_count()} cores, {'AMX' if amx else 'no AMX'}"
 
 
 def _usable(folder: Path) -> list[Path]:
@@ -81,13 +108,43 @@ def naive_rate(settings: Settings, files: list[Path], sample: int = 60) -> float
     from moodwatch.images import load_image
     from moodwatch.modelio import load_model
 
-    model = load_model(Registry(settings.model_dir).require_current().model_path)
+    model = load_model(Registry.for_settings(settings).require_current().model_path)
     model.predict(load_image(files[0])[None], verbose=0)  # warm-up, not timed
     chosen = files[:sample]
     t0 = time.perf_counter()
     for p in chosen:
         model.predict(load_image(p)[None], verbose=0)
     return len(chosen) / (time.perf_counter() - t0)
+
+
+def _floor_chunk(paths: list[str], faces: bool, max_pixels: int) -> int:
+    for p in paths:
+        prepare_bytes_before_cnn(Path(p).read_bytes(), max_pixels, faces)
+    return len(paths)
+
+
+def _floor_warm(faces: bool) -> None:
+    """Imports and OpenCV's first call, before the clock starts (as a worker's warm-up)."""
+    import cv2
+    import numpy as np
+
+    prepare_bytes_before_cnn(cv2.imencode(".jpg", np.full((320, 320, 3), 128, np.uint8))[1].tobytes(),
+                             faces=faces)
+
+
+def decode_floor(files: list[Path], processes: int, faces: bool,
+                 max_pixels: int = DEFAULT_MAX_PIXELS) -> float:
+    """Images/s of reading, checking, decoding and preprocessing the files as the worker does
+    before any CNN (moodwatch.pipeline.prepare_bytes_before_cnn: the 256 px image and, for a
+    version with faces, the face detector's input), on `processes` processes of one thread
+    each, no model: the most any pipeline could do with these photos on this machine."""
+    chunks = [[str(p) for p in files[i : i + 8]] for i in range(0, len(files), 8)]
+    # Spawned: a fork would copy this process's broker connections and threads.
+    with multiprocessing.get_context("spawn").Pool(processes, _floor_warm, (faces,)) as pool:
+        pool.starmap(_floor_warm, [(faces,)] * processes)  # every process started and warm
+        t0 = time.perf_counter()
+        done = sum(pool.starmap(_floor_chunk, [(c, faces, max_pixels) for c in chunks], chunksize=1))
+        return done / (time.perf_counter() - t0)
 
 
 def whole_image_only(registry: Registry, scratch: Path) -> Path | None:
@@ -121,16 +178,21 @@ def run_bench(settings: Settings, count: int, images: Path | None, workers: int,
         say(f"bench: {count} images ({'cycling ' + str(images) if images else 'generated 640x480'}), "
             f"{workers} worker(s) x {concurrency} processes, batch {batch}, database "
             f"{sessions.kw['bind'].url.get_backend_name()}")
+        cpu = cpu_description()
+        say(f"CPU: {cpu}")
         rate = Pass(settings, sessions, db_url, scratch, workers, concurrency, batch)
         model_dir = settings.model_dir.resolve()
         end_to_end = rate.images_per_s(files, model_dir, say)
         no_faces_dir = whole_image_only(Registry(model_dir), scratch)
         without_faces = rate.images_per_s(files, no_faces_dir, say) if no_faces_dir else None
+        faces = (Registry(model_dir).require_current().path / FACE_MODEL_FILE).is_file()
+        floor = decode_floor(files, workers * concurrency, faces, settings.max_pixels)
         naive = naive_rate(settings, files)
     finally:
         sessions.kw["bind"].dispose()
         shutil.rmtree(scratch, ignore_errors=True)
-    return BenchResult(count, end_to_end, naive, count / end_to_end, workers, concurrency, without_faces)
+    return BenchResult(count, end_to_end, naive, count / end_to_end, workers, concurrency, without_faces,
+                       floor, cpu)
 
 
 @dataclass

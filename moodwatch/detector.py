@@ -149,6 +149,26 @@ def tiles_of(width: int, height: int) -> list[View]:
     return [View(s, 0, short_side) if width >= height else View(0, s, short_side) for s in starts]
 
 
+def whole_view(rgb: np.ndarray) -> View:
+    """The whole photo as one view (the first the detector reads)."""
+    return View(0, 0, max(rgb.shape[:2]))
+
+
+def letterbox(rgb: np.ndarray, view: View, size: int) -> tuple[np.ndarray, int, int, float]:
+    """The model's input for one view: the view scaled to fit size x size, centred, padded, in
+    [-1, 1] (as MediaPipe's ImageToTensorCalculator makes it); and where it lies in the square
+    (left, top) and its scale, to map detections back to photo pixels."""
+    part = rgb[view.y : view.y + view.side, view.x : view.x + view.side]
+    scale = size / view.side
+    h, w = max(1, round(part.shape[0] * scale)), max(1, round(part.shape[1] * scale))
+    interp = cv2.INTER_AREA if scale < 1 else cv2.INTER_LINEAR
+    small = cv2.resize(part, (w, h), interpolation=interp)
+    top, left = (size - h) // 2, (size - w) // 2
+    tensor = np.zeros((1, size, size, 3), np.float32)
+    tensor[0, top : top + h, left : left + w] = small.astype(np.float32) / 127.5 - 1.0
+    return tensor, left, top, scale
+
+
 class BlazeFace:
     """One LiteRT interpreter; not thread-safe (use :func:`detector_for_thread`)."""
 
@@ -177,15 +197,7 @@ class BlazeFace:
     def _run(self, rgb: np.ndarray, view: View) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Detections in one view, mapped to photo pixels."""
         size = self.spec.size
-        part = rgb[view.y : view.y + view.side, view.x : view.x + view.side]
-        scale = size / view.side
-        h, w = max(1, round(part.shape[0] * scale)), max(1, round(part.shape[1] * scale))
-        interp = cv2.INTER_AREA if scale < 1 else cv2.INTER_LINEAR
-        small = cv2.resize(part, (w, h), interpolation=interp)
-        # Letterbox: centred in the square, as MediaPipe's ImageToTensorCalculator does.
-        top, left = (size - h) // 2, (size - w) // 2
-        tensor = np.zeros((1, size, size, 3), np.float32)
-        tensor[0, top : top + h, left : left + w] = small.astype(np.float32) / 127.5 - 1.0
+        tensor, left, top, scale = letterbox(rgb, view, size)
         self._interpreter.set_tensor(self._input, tensor)
         self._interpreter.invoke()
         boxes, kps, scores = decode(self._interpreter.get_tensor(self._boxes)[0],
@@ -205,7 +217,7 @@ class BlazeFace:
         nearly every face the tiles would add.
         """
         height, width = rgb.shape[:2]
-        found = [self._run(rgb, View(0, 0, max(width, height)))]
+        found = [self._run(rgb, whole_view(rgb))]
         if not len(found[0][2]):
             found += [self._run(rgb, v) for v in tiles_of(width, height)]
         boxes = np.concatenate([f[0] for f in found])

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
-from moodwatch.detector import Face, detector_for_thread
+from moodwatch.detector import SPECS, Face, detector_for_thread, letterbox, whole_view
 
 FACE_SIZE = 48  # the face model's input, as the FER-2013 crops it learns from
 CLOSE_UP_SIDE = 64  # a photo this small is taken as a face crop itself (FER crops are 48 px)
@@ -100,6 +100,17 @@ def face_crop(gray: np.ndarray, face: Face, align: bool | None = None) -> np.nda
     out = cv2.warpAffine(gray, m, (FACE_SIZE, FACE_SIZE), flags=cv2.INTER_LINEAR,
                          borderMode=cv2.BORDER_REPLICATE)
     return out[..., None]
+
+
+def before_detection(rgb: np.ndarray) -> None:
+    """What face_inputs does to a photo before the detector's CNN runs, and nothing after: the
+    grey image, then the close-up crop or the detector's input for the whole photo. The decode
+    floor of `moodwatch bench` times it: the most a pipeline with faces could do without CNNs."""
+    gray = cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY)
+    if max(gray.shape) <= CLOSE_UP_SIDE:
+        centre_crop(gray)
+    else:
+        letterbox(rgb, whole_view(rgb), SPECS[PRIMARY].size)
 
 
 def face_inputs(rgb: np.ndarray, detect: bool = True) -> FaceInputs:

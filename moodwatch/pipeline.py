@@ -25,7 +25,14 @@ from typing import Any
 
 import numpy as np
 
-from moodwatch.faces import FACE_SIZE, FaceInputs, check_detector, detection_settings, face_inputs
+from moodwatch.faces import (
+    FACE_SIZE,
+    FaceInputs,
+    before_detection,
+    check_detector,
+    detection_settings,
+    face_inputs,
+)
 from moodwatch.images import DEFAULT_MAX_PIXELS, IMAGE_SIZE, decode_rgb, resize
 from moodwatch.litert import LiteModel, vouched_lite_file
 
@@ -67,6 +74,16 @@ def prepare_bytes(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS, faces: bool
 
 def prepare_path(path: str | Path, max_pixels: int = DEFAULT_MAX_PIXELS, faces: bool = False) -> Prepared:
     return prepare_bytes(Path(path).read_bytes(), max_pixels, faces)
+
+
+def prepare_bytes_before_cnn(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS, faces: bool = False) -> None:
+    """What prepare_bytes does before any CNN runs (the checks, the decode, the 256 px image; for
+    faces, the grey image and the detector's input), by the same functions: `moodwatch bench`'s
+    decode floor, the limit beside its end-to-end figure."""
+    rgb = decode_rgb(data, max_pixels)
+    resize(rgb)
+    if faces:
+        before_detection(rgb)
 
 
 def logit(p: np.ndarray) -> np.ndarray:

@@ -500,7 +500,8 @@ def _start_worker_metrics(settings: Any, port: int, host: str) -> None:
 @click.option("--database-url", default=None,
               help="Database for the bench rows (default: a temporary SQLite file).")
 def bench(images, count, workers, concurrency, batch, database_url) -> None:
-    """Measure end-to-end throughput (broker, worker processes, database) against naive predict.
+    """Measure end-to-end throughput (broker, worker processes, database) against naive predict
+    and against the decode floor (the same photos decoded and preprocessed, no model).
 
     \b
     Example:
@@ -523,6 +524,9 @@ def bench(images, count, workers, concurrency, batch, database_url) -> None:
                    f"whole-image CNN alone, {r.without_faces / r.naive:.1f}x naive)")
     click.echo(f"naive: {r.naive:.1f} images/s (one model.predict per image)")
     click.echo(f"ratio: {r.ratio:.1f}x")
+    click.echo(f"decode floor: {r.floor:.1f} images/s (reading, decoding and preprocessing alone, as the "
+               f"worker does before any CNN, on {r.workers * r.concurrency} processes, no model)")
+    click.echo(f"end-to-end / decode floor: {r.of_floor:.2f}")
 
 
 def _stop_on_signals():

@@ -2,9 +2,10 @@
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
-# pip's own banners (a newer pip is out, running as root) are nothing a user of `make run` acts
-# on: the install is into this project's virtual environment. Its errors still show.
-PIP := PIP_ROOT_USER_ACTION=ignore $(BIN)/pip --quiet --disable-pip-version-check
+# pip's own banners (a newer pip is out, running as root) and setuptools' notice about editable
+# installs are nothing a user of `make run` acts on: the install is into this project's virtual
+# environment. pip's errors still show (they are not Python warnings).
+PIP := PIP_ROOT_USER_ACTION=ignore PYTHONWARNINGS=ignore $(BIN)/pip --quiet --disable-pip-version-check
 
 .PHONY: run test install install-dev lint bench
 

@@ -12,6 +12,10 @@ on photos neither saw: the shipped version's own test split of the second folder
 params.json lists it) and the FER-2013 validation crops (FER= names that folder). With
 MIN_PER_CLASS unset the setting's default applies; MIN_PER_CLASS=5 shows what the paired test
 alone decides. Results are appended as JSON lines to OUT (default retrain_sizes.jsonl).
+
+WEAK=N replaces the shipped version by a weak current one: a whole-image CNN trained from scratch
+on N photos of the first folder (another draw), so the positive path shows too: a retrain that
+should win. Its outside check is every photo of the second folder, which neither version saw.
 """
 
 from __future__ import annotations
@@ -31,7 +35,8 @@ import numpy as np  # noqa: E402
 
 from moodwatch.pipeline import Pipeline  # noqa: E402
 from moodwatch.registry import Registry  # noqa: E402
-from moodwatch.settings import LABELS, Settings  # noqa: E402
+from moodwatch.settings import Settings  # noqa: E402
+from moodwatch.vocab import LABELS  # noqa: E402
 from trainer.promotion import Figures  # noqa: E402
 from trainer.report import labelled_files  # noqa: E402
 from trainer.training import prepare_items, recipe, train  # noqa: E402
@@ -72,28 +77,42 @@ def main() -> None:
     starts = os.environ.get("STARTS", "current,scratch").split(",")
     fer = Path(os.environ["FER"]) if os.environ.get("FER") else None
     out = Path(os.environ.get("OUT", "retrain_sizes.jsonl"))
-    shipped = Registry(ROOT / "models")
-    outside = outside_photos(web, shipped, fer)
+    weak = int(os.environ.get("WEAK", "0"))
+    models = make_weak(source, weak, Path(tempfile.mkdtemp(prefix="weak-"))) if weak else ROOT / "models"
+    shipped = Registry(models)
+    outside = {"all web photos": labelled_files(web)} if weak else outside_photos(web, shipped, fer)
     current = Pipeline.load(shipped.require_current().path)
-    base = Settings(model_dir=ROOT / "models")
+    base = Settings(model_dir=models)
     current_figs = {name: figures(current, files, base.max_pixels) for name, files in outside.items()}
     for size in sizes:
         for start in starts:
-            row = retrain_once(source, size, start, outside, current_figs)
+            row = retrain_once(source, size, start, outside, current_figs, models)
+            row["weak_current"] = weak or None
             with open(out, "a") as fh:
                 fh.write(json.dumps(row) + "\n")
             print_row(row)
 
 
+def make_weak(source: Path, size: int, root: Path) -> Path:
+    """A registry whose current version is a whole-image CNN trained from scratch on size photos."""
+    data = root / "data"
+    draw(source, size, seed=size + 7, into=data)
+    settings = Settings(data_dir=data, model_dir=root / "models", local_model_dir=root / "models")
+    (root / "models").mkdir()
+    result = train(settings, recipe(settings, data, no_faces=True, start="scratch", progress=False))
+    assert result.promoted, result.reason
+    return root / "models"
+
+
 def retrain_once(source: Path, size: int, start: str, outside: dict[str, list[tuple[str, str]]],
-                 current_figs: dict[str, Figures]) -> dict:
+                 current_figs: dict[str, Figures], models: Path) -> dict:
     """One nightly recipe run on a fresh draw; its decision and both versions' outside figures."""
     with tempfile.TemporaryDirectory(prefix=f"retrain{size}-") as tmp:
         data = Path(tmp) / "data"
         draw(source, size, seed=size, into=data)
         extra = {"retrain_min_per_class": int(os.environ["MIN_PER_CLASS"])} \
             if os.environ.get("MIN_PER_CLASS") else {}
-        settings = Settings(data_dir=data, model_dir=ROOT / "models", **extra)
+        settings = Settings(data_dir=data, model_dir=models, **extra)
         t0 = time.perf_counter()
         result = train(settings, recipe(settings, data, start=start, progress=False))
         decision = result.decision

@@ -6,7 +6,8 @@ import logging
 from typing import Any
 
 from moodwatch.registry import Registry
-from moodwatch.settings import LABELS, Settings
+from moodwatch.settings import Settings
+from moodwatch.vocab import LABELS
 from trainer.dataset import DatasetError
 from trainer.lock import training_lock
 from trainer.training import DataUnchanged, below_minimum, recipe, train
@@ -41,7 +42,7 @@ def retrain(settings: Settings, broker_url: str, epochs: int | None = None, forc
             return outcome
         shortfall = below_minimum(curated_counts(settings), settings.retrain_min_per_class)
         if shortfall and not force:
-            outcome = {"outcome": "skipped", "reason": f"skipped: {shortfall}"}
+            outcome = {"outcome": "skipped", "reason": shortfall}
             registry.record_run(outcome)
             return outcome
         options = recipe(settings, settings.data_dir, epochs=epochs, progress=progress,

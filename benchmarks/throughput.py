@@ -31,7 +31,8 @@ from moodwatch.images import ImageRejected, extension_allowed, inspect_image
 from moodwatch.pipeline import FACE_MODEL_FILE, PIPELINE_FILE, prepare_bytes_before_cnn
 from moodwatch.queue import CLASSIFY_TASK, make_celery
 from moodwatch.registry import Registry, Version
-from moodwatch.settings import DEFAULT_MAX_PIXELS, Settings, child_env
+from moodwatch.settings import Settings, child_env
+from moodwatch.vocab import DEFAULT_MAX_PIXELS
 
 
 @dataclass

@@ -14,7 +14,7 @@ from sqlalchemy.orm import Session
 
 from db.models import Result, Submission
 from moodwatch.files import printable, raw_bytes
-from moodwatch.settings import STATUSES
+from moodwatch.vocab import STATUSES, Status
 
 RESULT_COLUMNS = [c.name for c in Result.__table__.columns]
 # Rows per INSERT and ids per IN (...): far below PostgreSQL's 65,535 parameters a statement and
@@ -41,7 +41,7 @@ def result_row(event_id: str, path: str, received_at: datetime, *, status: str,
         "sha256": None,
         "received_at": received_at,
         "stored_path": path,
-        "status": status,
+        "status": Status(status).value,  # the plain word, as every row read back has it
         "label": None,
         "confidence": None,
         "score": None,
@@ -126,7 +126,7 @@ def unmoved_rows(session: Session, event_ids: list[str], before: datetime) -> li
     out = []
     for chunk in _chunks(event_ids):
         stmt = (select(Result.event_id, Result.status, Result.label, Result.stored_path)
-                .where(Result.event_id.in_(chunk), Result.status.in_(["classified", "rejected"]),
+                .where(Result.event_id.in_(chunk), Result.status.in_([Status.CLASSIFIED, Status.REJECTED]),
                        (Result.classified_at.is_(None)) | (Result.classified_at <= before)))
         out += [dict(r._mapping) for r in session.execute(stmt)]
     return out
@@ -169,7 +169,7 @@ def first_classified_by_sha(session: Session, hashes: Iterable[str]) -> dict[str
         return {}
     rows = session.scalars(
         select(Result)
-        .where(Result.sha256.in_(hs), Result.status == "classified", Result.duplicate_of.is_(None))
+        .where(Result.sha256.in_(hs), Result.status == Status.CLASSIFIED, Result.duplicate_of.is_(None))
         .order_by(Result.id)
     )
     found: dict[str, Result] = {}
@@ -218,7 +218,7 @@ def query_results(session: Session, f: ResultFilter) -> list[Result]:
 def review_queue(session: Session, limit: int = 24) -> list[Result]:
     """Classified rows nobody has reviewed, least confident first."""
     stmt = (select(Result)
-            .where(Result.status == "classified", Result.reviewed_at.is_(None),
+            .where(Result.status == Status.CLASSIFIED, Result.reviewed_at.is_(None),
                    Result.duplicate_of.is_(None))
             .order_by(Result.confidence.asc(), Result.id.asc()).limit(limit))
     return list(session.scalars(stmt))
@@ -263,7 +263,7 @@ def stats(session: Session, now: datetime | None = None) -> dict[str, Any]:
     hour_ago = now - timedelta(hours=1)
     last_hour = session.scalar(
         select(func.count()).select_from(Result)
-        .where(Result.classified_at >= hour_ago, Result.status == "classified")
+        .where(Result.classified_at >= hour_ago, Result.status == Status.CLASSIFIED)
     ) or 0
     return {
         "total": sum(by_status.values()),

@@ -7,7 +7,8 @@ from pathlib import Path
 
 from moodwatch.files import sha256_file, unique_destination
 from moodwatch.images import load_image
-from moodwatch.settings import LABELS, Settings
+from moodwatch.settings import Settings
+from moodwatch.vocab import LABELS
 
 
 def label_file(settings: Settings, src: Path, label: str) -> Path:

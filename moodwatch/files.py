@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from moodwatch.settings import Settings
+from moodwatch.vocab import Status
 
 log = logging.getLogger("moodwatch.files")
 
@@ -344,9 +345,9 @@ def _renameat2_noreplace(src: Path, dest: Path) -> bool | None:
 
 
 def outcome_folder(row: dict[str, Any], settings: Settings) -> Path | None:
-    if row["status"] == "classified" and settings.move_processed and row.get("label"):
+    if row["status"] == Status.CLASSIFIED and settings.move_processed and row.get("label"):
         return settings.processed_dir / row["label"]
-    if row["status"] == "rejected" and settings.move_rejected:
+    if row["status"] == Status.REJECTED and settings.move_rejected:
         return settings.rejected_dir
     return None
 

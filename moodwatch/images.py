@@ -11,28 +11,66 @@ from __future__ import annotations
 import io
 import re
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import cv2
 import numpy as np
-from PIL import BmpImagePlugin, Image, JpegImagePlugin, PngImagePlugin
+from PIL import BmpImagePlugin, Image, ImageFile, JpegImagePlugin, PngImagePlugin
 
-from moodwatch.settings import ALLOWED_EXTENSIONS, DEFAULT_MAX_PIXELS, IMAGE_SIZE
+from moodwatch.vocab import DEFAULT_MAX_PIXELS, IMAGE_SIZE
 
 # One decode thread per call: callers parallelise across images, and OpenCV's own pool would
 # fight with TensorFlow's for the same cores.
 cv2.setNumThreads(1)
 
-_MAGIC = {
-    "jpeg": (b"\xff\xd8\xff",),
-    "png": (b"\x89PNG\r\n\x1a\n",),
-    "bmp": (b"BM",),
-}
-_PIL_FORMATS = {"JPEG": "jpeg", "PNG": "png", "BMP": "bmp"}
-# Each format's own header reader: Image.open runs it, then applies Pillow's bomb guard.
-_HEADER_READERS = {"jpeg": JpegImagePlugin.JpegImageFile, "png": PngImagePlugin.PngImageFile,
-                   "bmp": BmpImagePlugin.BmpImageFile}
+
+@dataclass(frozen=True)
+class ImageFormat:
+    """One accepted format: everything the watcher, the worker, the trainer and the web page
+    need to know of it. Adding a format is one row in FORMATS (and its decoder in OpenCV)."""
+
+    name: str  # the family name the code, the rows and the messages use: "jpeg"
+    extensions: tuple[str, ...]  # file names it is accepted under, lower case with the dot
+    signatures: tuple[bytes, ...]  # what its bytes start with
+    pil_format: str  # Pillow's name for it (Image.format), checked against the signature
+    header_reader: type[ImageFile.ImageFile]  # Pillow's own reader, used past Pillow's bomb guard
+    media_type: str  # what the web page serves it as
+    complete: Callable[[bytes], None]  # raises ImageRejected when the file is cut short (or worse)
+
+    @property
+    def title(self) -> str:
+        return self.name.upper()
+
+
+def _check_png_body(data: bytes) -> None:
+    if b"IEND" not in data[-64:]:
+        raise ImageRejected("truncated PNG (no IEND chunk)")
+
+
+# In the order the messages list them. The JPEG check is looked up when called (it is below).
+FORMATS: tuple[ImageFormat, ...] = (
+    ImageFormat("jpeg", (".jpg", ".jpeg"), (b"\xff\xd8\xff",), "JPEG", JpegImagePlugin.JpegImageFile,
+                "image/jpeg", lambda data: _check_jpeg_body(data)),
+    ImageFormat("png", (".png",), (b"\x89PNG\r\n\x1a\n",), "PNG", PngImagePlugin.PngImageFile,
+                "image/png", _check_png_body),
+    ImageFormat("bmp", (".bmp",), (b"BM",), "BMP", BmpImagePlugin.BmpImageFile, "image/bmp",
+                lambda data: None),  # a BMP has no end marker to look for
+)
+FORMAT_BY_NAME = {f.name: f for f in FORMATS}
+ALLOWED_EXTENSIONS = frozenset(ext for f in FORMATS for ext in f.extensions)
+SIGNATURE_BYTES = max(len(sig) for f in FORMATS for sig in f.signatures)  # enough to sniff any
+
+
+def _listed(words: list[str], last: str) -> str:
+    return f"{', '.join(words[:-1])} {last} {words[-1]}" if len(words) > 1 else words[0]
+
+
+TYPE_NAMES = _listed([f.title for f in FORMATS], "or")  # "JPEG, PNG or BMP"
+EXTENSION_NAMES = _listed([e.lstrip(".") for f in FORMATS for e in f.extensions], "or")  # jpg, ... or bmp
+ACCEPTED_TYPES = "accepted types are " + ", ".join(f.title for f in FORMATS)  # "JPEG, PNG, BMP"
+
 # Formats people often have under a .jpg name, so a refusal can say what the file really is.
 _FOREIGN = (
     ("a WEBP image", lambda d: d[:4] == b"RIFF" and d[8:12] == b"WEBP"),
@@ -42,7 +80,6 @@ _FOREIGN = (
     ("an AVIF image", lambda d: d[4:8] == b"ftyp" and d[8:12] in (b"avif", b"avis")),
     ("a PDF document", lambda d: d[:5] == b"%PDF-"),
 )
-ACCEPTED_TYPES = "accepted types are JPEG, PNG, BMP"
 # Most scans a JPEG may have. Decoding a progressive JPEG makes one pass over the image's blocks
 # per scan, so its work grows with scans x pixels, not with the file's size: 20,000 near-empty
 # scans over 7000x7000 pixels fit in 1.2 MB and took about 3 minutes of CPU to decode. Encoders
@@ -80,9 +117,9 @@ def extension_allowed(name: str) -> bool:
 
 def sniff_format(data: bytes) -> str | None:
     """The image family the bytes belong to, from their signature, or None."""
-    for fmt, signatures in _MAGIC.items():
-        if any(data.startswith(sig) for sig in signatures):
-            return fmt
+    for fmt in FORMATS:
+        if any(data.startswith(sig) for sig in fmt.signatures):
+            return fmt.name
     return None
 
 
@@ -100,12 +137,12 @@ def inspect_image(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> ImageInf
         what = next((name for name, matches in _FOREIGN if matches(data)), None)
         if what:
             raise ImageRejected(f"{what}; {ACCEPTED_TYPES}")
-        raise ImageRejected("not a JPEG, PNG or BMP image (its bytes have no image signature)")
+        raise ImageRejected(f"not a {TYPE_NAMES} image (its bytes have no image signature)")
     try:
         width, height, pil_format = _header(data, fmt)
     except Exception as exc:  # Pillow raises many types for garbage headers
         raise ImageRejected(f"unreadable {fmt.upper()} header ({exc.__class__.__name__})") from exc
-    if _PIL_FORMATS.get(pil_format or "") != fmt:
+    if FORMAT_BY_NAME[fmt].pil_format != pil_format:
         raise ImageRejected(f"corrupt {fmt.upper()} header")
     if width <= 0 or height <= 0:
         raise ImageRejected("image has no pixels")
@@ -114,10 +151,7 @@ def inspect_image(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> ImageInf
             f"image too large: {width}x{height} = {width * height:,} pixels "
             f"(limit {max_pixels:,})"
         )
-    if fmt == "jpeg":
-        _check_jpeg_body(data)
-    if fmt == "png" and b"IEND" not in data[-64:]:
-        raise ImageRejected("truncated PNG (no IEND chunk)")
+    FORMAT_BY_NAME[fmt].complete(data)
     return ImageInfo(fmt, width, height)
 
 
@@ -135,7 +169,7 @@ def _header(data: bytes, fmt: str) -> tuple[int, int, str | None]:
             with Image.open(io.BytesIO(data)) as img:
                 return img.size[0], img.size[1], img.format
         except Image.DecompressionBombError:
-            with _HEADER_READERS[fmt](io.BytesIO(data)) as img:
+            with FORMAT_BY_NAME[fmt].header_reader(io.BytesIO(data)) as img:
                 return img.size[0], img.size[1], img.format
 
 

@@ -25,7 +25,8 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.core import GaugeMetricFamily, Metric
 
 from moodwatch import heartbeat
-from moodwatch.settings import MAX_BATCH_SIZE, STATUSES
+from moodwatch.settings import MAX_BATCH_SIZE
+from moodwatch.vocab import STATUSES
 
 if TYPE_CHECKING:
     from sqlalchemy.orm import sessionmaker

@@ -35,6 +35,7 @@ from moodwatch.faces import (
 )
 from moodwatch.images import DEFAULT_MAX_PIXELS, IMAGE_SIZE, decode_rgb, resize
 from moodwatch.litert import LiteModel, vouched_lite_file
+from moodwatch.vocab import Regime
 
 
 class _KerasTracingNotes(logging.Filter):
@@ -127,20 +128,20 @@ class Combination:
 
 
 def combine_logits(whole: np.ndarray, face: list[np.ndarray | None], close_up: list[bool],
-                   c: Combination) -> tuple[np.ndarray, list[str]]:
+                   c: Combination) -> tuple[np.ndarray, list[Regime]]:
     """Combined logits, and which rule scored each photo."""
     out = np.array(whole, dtype=np.float64) / c.temperature
-    regime = []
+    regime: list[Regime] = []
     for i, f in enumerate(face):
         if f is None or len(f) == 0:
-            regime.append("whole")
+            regime.append(Regime.WHOLE)
         elif close_up[i]:
             out[i] = f[0] / c.close_up_temperature
-            regime.append("close-up")
+            regime.append(Regime.CLOSE_UP)
         else:
             mixed = c.face_weight * float(np.mean(f)) + (1 - c.face_weight) * whole[i]
             out[i] = mixed / (c.temperature if c.face_temperature is None else c.face_temperature)
-            regime.append("faces")
+            regime.append(Regime.FACES)
     return out, regime
 
 

@@ -14,7 +14,7 @@ from celery.exceptions import CPendingDeprecationWarning, SecurityWarning
 from celery.signals import celeryd_after_setup
 
 from moodwatch.broker import client_name, start_or_join_broker
-from moodwatch.settings import Settings
+from moodwatch.settings import Settings, cron
 
 # What a broker that cannot be reached raises (kombu wraps most connection errors in its
 # OperationalError); anything else from a send is a bug, and is not called an outage.
@@ -104,14 +104,3 @@ def classify_time_limits(settings: Settings) -> tuple[float, float]:
     soft = settings.batch_time_limit + 30
     return soft, soft + 15
 
-
-def cron(expression: str):
-    """A Celery crontab from a five-field cron expression (minute hour day month weekday)."""
-    from celery.schedules import crontab
-
-    fields = expression.split()
-    if len(fields) != 5:
-        raise ValueError(f"cron expression needs 5 fields, got {expression!r}")
-    minute, hour, day, month, weekday = fields
-    return crontab(minute=minute, hour=hour, day_of_month=day, month_of_year=month,
-                   day_of_week=weekday)

@@ -274,7 +274,7 @@ def child_env(settings: Settings, broker_url: str, **extra: str) -> dict[str, st
 def cron(expression: str):
     """A Celery crontab from a five-field cron expression (minute hour day month weekday): the
     nightly retrain's schedule, checked when the settings are read."""
-    from celery.schedules import crontab  # here, so reading settings loads no Celery
+    from celery.schedules import crontab  # here: importing the settings loads no Celery
 
     fields = expression.split()
     if len(fields) != 5:

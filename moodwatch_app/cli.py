@@ -15,7 +15,8 @@ from typing import Any
 
 import click
 
-from moodwatch.settings import LABELS, MAX_BATCH_SIZE, MAX_SEED, STATUSES, get_settings
+from moodwatch.settings import MAX_BATCH_SIZE, MAX_SEED, get_settings
+from moodwatch.vocab import LABELS, STATUSES
 from moodwatch_app.clierrors import Cli
 from moodwatch_app.clierrors import fail as _fail
 

@@ -12,9 +12,9 @@ from sqlalchemy import select
 from db.engine import make_engine, make_sessionmaker
 from db.migrate import upgrade
 from db.models import Result
+from moodwatch.filters import is_ignored
 from moodwatch.settings import Settings
 from tests.imagegen import encode, face_like, write_image
-from watcher.filters import is_ignored
 from watcher.service import Watcher, submit_paths
 
 

@@ -9,8 +9,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from moodwatch.files import move_no_clobber
-from moodwatch.images import ImageRejected, extension_allowed, preprocess_bytes
-from moodwatch.settings import LABELS
+from moodwatch.images import EXTENSION_NAMES, ImageRejected, extension_allowed, preprocess_bytes
+from moodwatch.vocab import LABELS
 
 # Hidden files and OS clutter are not a user's photos; they are left alone, not quarantined.
 IGNORED_NAMES = frozenset({".DS_Store", "Thumbs.db", "desktop.ini", "README.md"})
@@ -32,7 +32,7 @@ def unusable_reason(path: Path, max_pixels: int) -> str | None:
     if path.is_symlink():
         return "symbolic link (curated folders must hold the photos themselves)"
     if not extension_allowed(path.name):
-        return f"extension {path.suffix or '(none)'!r} is not jpg, jpeg, bmp or png"
+        return f"extension {path.suffix or '(none)'!r} is not {EXTENSION_NAMES}"
     try:
         preprocess_bytes(path.read_bytes(), max_pixels)
     except ImageRejected as exc:

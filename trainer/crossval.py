@@ -14,7 +14,8 @@ import keras
 import numpy as np
 
 from moodwatch.pipeline import Pipeline, Prepared, combine_logits, sigmoid
-from moodwatch.settings import DEFAULT_MAX_PIXELS, LABELS, Settings
+from moodwatch.settings import Settings
+from moodwatch.vocab import DEFAULT_MAX_PIXELS, LABELS
 from trainer.cleaning import unusable_reason
 from trainer.dataset import Item, make_items, shuffled_groups, split_items
 from trainer.dedupe import near_duplicate_key

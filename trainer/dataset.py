@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from moodwatch.files import sha256_file
-from moodwatch.settings import LABELS
+from moodwatch.vocab import LABELS
 
 MIN_PER_CLASS = 5
 

@@ -15,7 +15,7 @@ import cv2
 import numpy as np
 
 from moodwatch.images import decode_rgb
-from moodwatch.settings import DEFAULT_MAX_PIXELS
+from moodwatch.vocab import DEFAULT_MAX_PIXELS
 from trainer.dataset import Item
 
 MAX_DISTANCE = 6  # bits of 64: copies land at 0-4, different photos at 20 and more

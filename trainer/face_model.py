@@ -11,7 +11,7 @@ from keras import layers
 
 from moodwatch.faces import FACE_SIZE, face_inputs
 from moodwatch.images import decode_rgb
-from moodwatch.settings import LABELS
+from moodwatch.vocab import LABELS
 
 
 def make_face_model(widths: tuple[int, ...] = (32, 64, 128, 256), label_smoothing: float = 0.0,

@@ -13,7 +13,7 @@ import numpy as np
 from db.export import csv_cell
 from moodwatch.images import extension_allowed
 from moodwatch.modelio import is_sad
-from moodwatch.settings import LABELS
+from moodwatch.vocab import LABELS
 from trainer.evaluation import metrics_from_scores
 
 CALIBRATION_BINS = ((0.5, 0.6), (0.6, 0.7), (0.7, 0.8), (0.8, 0.9), (0.9, 0.95), (0.95, 1.0001))

@@ -29,7 +29,8 @@ from moodwatch.pipeline import (
 )
 from moodwatch.publication import publish_promotion
 from moodwatch.registry import Registry, RegistryError, Version, write_json
-from moodwatch.settings import LABELS, Settings
+from moodwatch.settings import Settings
+from moodwatch.vocab import LABELS, Regime
 from trainer.architectures import DEFAULT_ARCHITECTURE, make_model
 from trainer.cleaning import CleanReport, clean_folders
 from trainer.convert import convert_version
@@ -196,12 +197,12 @@ def fit_combination(whole: np.ndarray, faces: list[np.ndarray | None], close: li
     base = Combination(face_weight=face_weight, temperature=1.0)
     z, regimes = combine_logits(whole, faces, close, base)
     regime = np.array(regimes)
-    pooled = regime != "close-up"
+    pooled = regime != Regime.CLOSE_UP
 
     def fit(logits: np.ndarray, mask: np.ndarray) -> float:
         return fit_temperature(logits[mask], y[mask], prior_sd) if mask.any() else 1.0
 
-    is_faces, is_whole = regime == "faces", regime == "whole"
+    is_faces, is_whole = regime == Regime.FACES, regime == Regime.WHOLE
     if any(f is not None for f in faces):  # a pipeline with a face model
         base.face_temperature = fit(z, is_faces if is_faces.sum() >= min_per_regime else pooled)
     base.temperature = (fit(z, is_whole) if is_whole.sum() >= min_per_regime

@@ -45,10 +45,11 @@ from moodwatch.files import (
     printable,
     read_regular_file,
 )
+from moodwatch.filters import is_ignored
 from moodwatch.jobs import FileJob, claim_key
 from moodwatch.queue import BROKER_ERRORS
 from moodwatch.settings import Settings
-from watcher.filters import is_ignored
+from moodwatch.vocab import Status
 from watcher.stability import StabilityTracker
 from watcher.validation import Checked, check_arrival
 
@@ -315,7 +316,7 @@ class Watcher:
         for eid in done:  # recorded by an earlier try whose answer was lost: not written again
             self._handled[eid] = Handled(rejects.pop(eid).path, time.monotonic(), recorded=True)
         rows = [
-            result_row(c.event_id, c.path, datetime.now(UTC), status="rejected", error=c.rejected,
+            result_row(c.event_id, c.path, datetime.now(UTC), status=Status.REJECTED, error=c.rejected,
                        sha256=c.sha256, classified_at=datetime.now(UTC))
             for c in rejects.values()
         ]

@@ -9,8 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from moodwatch.files import event_id_for
-from moodwatch.images import ImageRejected, extension_allowed, inspect_image
-from moodwatch.settings import ALLOWED_EXTENSIONS
+from moodwatch.images import ALLOWED_EXTENSIONS, ImageRejected, extension_allowed, inspect_image
 
 __all__ = ["Checked", "check_arrival", "event_id_for"]
 

@@ -25,7 +25,10 @@ from sqlalchemy import ColumnElement, case, func, select  # noqa: E402
 from sqlalchemy.orm import Session  # noqa: E402
 
 from db.models import Result  # noqa: E402
-from moodwatch.settings import LABELS  # noqa: E402
+from moodwatch.vocab import (
+    LABELS,  # noqa: E402
+    Status,  # noqa: E402
+)
 
 # Text stays text in the SVG (small, and searchable), not glyph outlines.
 matplotlib.rcParams["svg.fonttype"] = "none"
@@ -80,7 +83,7 @@ def hourly_counts(session: Session, now: datetime | None = None) -> Hourly:
     # The hour of each row, newest first: a CASE of bounds, the same SQL on every database.
     hour = case(*[(Result.classified_at >= start + timedelta(hours=k), k) for k in reversed(range(HOURS))])
     rows = select(Result.label.label("label"), hour.label("hour")).where(
-        Result.status == "classified", Result.classified_at >= start,
+        Result.status == Status.CLASSIFIED, Result.classified_at >= start,
         Result.classified_at < start + timedelta(hours=HOURS)).subquery()
     # Grouped outside: PostgreSQL would not match a GROUP BY of a CASE with bound parameters.
     counts = {label: [0] * HOURS for label in LABELS}
@@ -95,7 +98,7 @@ def confidence_histogram(session: Session) -> dict[str, list[int]]:
     """Classified photos per label in each band of CONFIDENCE_BANDS, over the whole table."""
     rows = select(Result.label.label("label"),
                   _band_index(Result.confidence, CONFIDENCE_BANDS).label("band")).where(
-        Result.status == "classified", Result.confidence.is_not(None)).subquery()
+        Result.status == Status.CLASSIFIED, Result.confidence.is_not(None)).subquery()
     out = {label: [0] * len(CONFIDENCE_BANDS) for label in LABELS}
     for label, band, n in session.execute(
             select(rows.c.label, rows.c.band, func.count()).group_by(rows.c.label, rows.c.band)):
@@ -123,7 +126,7 @@ def _reviewed_calibration(session: Session, version: str) -> Calibration:
     rows = select(_band_index(Result.confidence, CALIBRATION_BANDS).label("band"),
                   Result.confidence.label("confidence"),
                   case((Result.label == Result.human_label, 1), else_=0).label("right")).where(
-        Result.model_version == version, Result.status == "classified", Result.confidence.is_not(None),
+        Result.model_version == version, Result.status == Status.CLASSIFIED, Result.confidence.is_not(None),
         Result.human_label.in_(LABELS)).subquery()
     found = {band: (n, mean, right) for band, n, mean, right in session.execute(
         select(rows.c.band, func.count(), func.avg(rows.c.confidence), func.sum(rows.c.right))

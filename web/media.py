@@ -7,13 +7,14 @@ from fastapi import APIRouter, Depends, HTTPException
 from fastapi.responses import FileResponse
 from sqlalchemy.orm import Session
 
-from moodwatch.images import sniff_format
+from moodwatch.images import FORMATS, SIGNATURE_BYTES, sniff_format
 from moodwatch.registry import RegistryError
+from moodwatch.vocab import Status
 from web.state import WebState, db, get_row, web_state
 from web.thumbs import owned_file, thumbnail
 
 router = APIRouter(include_in_schema=False)
-MEDIA_TYPES = {"jpeg": "image/jpeg", "png": "image/png", "bmp": "image/bmp"}
+MEDIA_TYPES = {f.name: f.media_type for f in FORMATS}
 
 
 @router.get("/thumb/{result_id}")
@@ -29,10 +30,10 @@ def thumb(result_id: int, session: Session = Depends(db), state: WebState = Depe
 def image(result_id: int, session: Session = Depends(db), state: WebState = Depends(web_state)):
     row = get_row(session, result_id)
     path = owned_file(state.settings, row.stored_path)
-    if path is None or row.status != "classified":
+    if path is None or row.status != Status.CLASSIFIED:
         raise HTTPException(404, "no image for this result")
     with open(path, "rb") as fh:  # the signature only, not a whole photo per request
-        head = fh.read(8)
+        head = fh.read(SIGNATURE_BYTES)
     kind = MEDIA_TYPES.get(sniff_format(head) or "", "application/octet-stream")
     return FileResponse(path, media_type=kind)
 

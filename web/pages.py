@@ -17,7 +17,7 @@ from db.repository import ResultFilter, agreement_by_model, query_results, revie
 from moodwatch.curation import label_file
 from moodwatch.images import ImageRejected
 from moodwatch.registry import RegistryError
-from moodwatch.settings import LABELS
+from moodwatch.vocab import LABELS, Status
 from web import charts
 from web.schemas import as_utc
 from web.state import (
@@ -70,7 +70,8 @@ def gallery(request: Request, label: str | None = None, status: str | None = Non
                                   since=since, until=until, model=model).items() if v not in (None, "")}
     # Thumbnails only where the service can show the photo: a file submitted from outside
     # its folders stays there, unserved, and its card says so instead of a broken image.
-    shown = {r.id for r in rows if r.status == "classified" and owned_file(state.settings, r.stored_path)}
+    shown = {r.id for r in rows
+             if r.status == Status.CLASSIFIED and owned_file(state.settings, r.stored_path)}
     return render(request, "gallery.html", {
         "rows": rows, "args": args, "next_before": rows[-1].id if more and rows else None,
         "models": [v.name for v in state.registry.versions()], "shown": shown})
@@ -100,7 +101,7 @@ def review_post(request: Request, result_id: int, choice: str = Form(...), csrf:
 
 def _label(state: WebState, row: Result, choice: str) -> None:
     """Copy the reviewed photo into the curated folder of its label, for the nightly retrain."""
-    if row.status != "classified":
+    if row.status != Status.CLASSIFIED:
         raise HTTPException(409, f"only classified photos can be labelled (this one is {row.status})")
     src = owned_file(state.settings, row.stored_path)
     if src is None:
@@ -115,7 +116,7 @@ def _label(state: WebState, row: Result, choice: str) -> None:
 def rejected(request: Request, before: int | None = None, session: Session = Depends(db)):
     """Every file without a label: rejected (not a usable image) and failed (not readable)."""
     check_before(before)
-    rows = sorted((r for status in ("rejected", "failed") for r in query_results(
+    rows = sorted((r for status in (Status.REJECTED, Status.FAILED) for r in query_results(
         session, ResultFilter(status=status, before_id=before, limit=PAGE + 1))),
         key=lambda r: r.id, reverse=True)[: PAGE + 1]
     more = len(rows) > PAGE

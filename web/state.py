@@ -23,7 +23,8 @@ from db.errors import describe
 from db.models import Result
 from db.repository import ResultFilter, stats
 from moodwatch.registry import Registry
-from moodwatch.settings import LABELS, STATUSES, Settings
+from moodwatch.settings import Settings
+from moodwatch.vocab import LABELS, STATUSES
 
 log = logging.getLogger("moodwatch.web")
 

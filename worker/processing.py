@@ -43,6 +43,7 @@ from moodwatch.images import extension_allowed
 from moodwatch.jobs import UNREACHABLE_ATTEMPTS, FileJob, claim_key
 from moodwatch.queue import BROKER_ERRORS
 from moodwatch.settings import Settings
+from moodwatch.vocab import Status
 from worker.inference import Prediction
 
 __all__ = ["UNREACHABLE_ATTEMPTS", "ClassifierLike", "Job", "process_batch"]
@@ -103,7 +104,7 @@ def _refused_row(item: Any, kind: str, error: str, now: datetime) -> dict[str, A
     digest = hashlib.sha256(json.dumps(item, sort_keys=True, default=str).encode()).hexdigest()
     path = item.get("path") if isinstance(item, dict) else None
     return result_row(f"{kind}-{digest[:30]}", path if isinstance(path, str) else "(no path)", now,
-                      status="failed", error=error[:500], classified_at=now)
+                      status=Status.FAILED, error=error[:500], classified_at=now)
 
 
 def parse_item(item: Any, now: datetime) -> Job | dict[str, Any]:
@@ -141,15 +142,17 @@ def _read(job: Job, settings: Settings, submitted: dict[str, str], now: datetime
     try:
         got = read_regular_file(job.path, settings.max_file_bytes)
     except FileRefused as exc:
-        return _row(job, status="rejected", error=exc.reason, classified_at=now)
+        return _row(job, status=Status.REJECTED, error=exc.reason, classified_at=now)
     except FileNotFoundError:
-        return _row(job, status="failed", error=f"file not found or unreadable on this worker: {job.path} "
-                    f"(tried by {job.attempts + 1} worker runs)", classified_at=now)
+        return _row(job, status=Status.FAILED, classified_at=now,
+                    error=f"file not found or unreadable on this worker: {job.path} "
+                    f"(tried by {job.attempts + 1} worker runs)")
     except OSError as exc:
-        return _row(job, status="failed", error=f"cannot read file: {exc.strerror or exc}", classified_at=now)
+        return _row(job, status=Status.FAILED, classified_at=now,
+                    error=f"cannot read file: {exc.strerror or exc}")
     if job.event_id not in submitted and not inside(got.real_path, settings.inbox_dir):
         # A folder on the way was swapped for a link after the check above.
-        return _row(job, status="failed", error="refused: the file opened lies outside the inbox",
+        return _row(job, status=Status.FAILED, error="refused: the file opened lies outside the inbox",
                     classified_at=now)
     return replace(job, sha256=got.sha256, data=got.data)
 
@@ -160,13 +163,13 @@ def _receive(job: Job, claims: ClaimStore, settings: Settings, now: datetime) ->
     no claim larger than MOODWATCH_MAX_FILE_BYTES is ever fetched."""
     item = job.item
     if item.claim is None:
-        return _row(job, status="failed", classified_at=now, error="refused: a job without its bytes "
+        return _row(job, status=Status.FAILED, classified_at=now, error="refused: a job without its bytes "
                     "(this worker has MOODWATCH_TRANSPORT=broker: give the watcher the same)")
     size = claims.size(item.claim)
     if size == 0:
         return LOST
     if size > settings.max_file_bytes:
-        return _row(job, status="rejected", classified_at=now,
+        return _row(job, status=Status.REJECTED, classified_at=now,
                     error=f"file too large: {size:,} bytes (limit {settings.max_file_bytes:,})")
     data = claims.get(item.claim) if size == item.size else b""
     if data is None:
@@ -186,7 +189,7 @@ def _triage_claims(jobs: list[Job], claims: ClaimStore, settings: Settings, now:
     out = Triage()
     for job in jobs:
         reason = _name_refusal(job.path)
-        got = _row(job, status="failed", error=reason, classified_at=now) if reason \
+        got = _row(job, status=Status.FAILED, error=reason, classified_at=now) if reason \
             else _receive(job, claims, settings, now)
         if reason:
             log.warning("%s: %s", printable(job.path), reason)
@@ -214,7 +217,7 @@ def triage(jobs: list[Job], settings: Settings, sessions: sessionmaker, now: dat
         reason = refusal(job, settings, submitted)
         if reason is not None:
             log.warning("%s: %s", printable(job.path), reason)
-            out.rows.append(_row(job, status="failed", error=reason, classified_at=now))
+            out.rows.append(_row(job, status=Status.FAILED, error=reason, classified_at=now))
             continue
         if retry_sink is not None and not os.path.lexists(job.path) \
                 and job.attempts + 1 < UNREACHABLE_ATTEMPTS:
@@ -316,7 +319,7 @@ def hand_back_unstarted(batch: Classified, retry_sink: list[dict[str, Any]] | No
     if retry_sink is not None:
         retry_sink.extend(job.item.wire() for job in batch.unstarted)
         return len(batch.unstarted)
-    batch.rows.extend(_row(job, status="failed", classified_at=now,
+    batch.rows.extend(_row(job, status=Status.FAILED, classified_at=now,
                            error=f"not decoded: the batch's time limit ({settings.batch_time_limit:g} s) "
                                  "came before its turn")
                       for job in batch.unstarted)
@@ -344,7 +347,7 @@ class Verdict:
     confidence: float | None
     score: float | None
     model_version: str | None
-    status: str = "classified"
+    status: str = Status.CLASSIFIED
 
     @classmethod
     def of(cls, row: Result) -> Verdict:
@@ -399,11 +402,11 @@ def classify(jobs: list[Job], settings: Settings, sessions: sessionmaker, classi
         if p.unstarted:
             unstarted.add(key)
         elif p.error:
-            status = "rejected" if p.rejected else "failed"
+            status = Status.REJECTED if p.rejected else Status.FAILED
             rows.append(_row(job, status=status, error=p.error, classified_at=classified_at,
                              processing_ms=ms))
         else:
-            rows.append(_row(job, status="classified", label=p.label, confidence=p.confidence,
+            rows.append(_row(job, status=Status.CLASSIFIED, label=p.label, confidence=p.confidence,
                              score=p.score, model_version=version, classified_at=classified_at,
                              processing_ms=ms, faces=p.faces))
     return _without_unstarted(Classified(rows, originals, duplicates, known), unstarted)
@@ -436,10 +439,10 @@ def _yield_to_rows_that_landed(session: Session, batch: Classified) -> None:
 
 
 def _duplicate_row(job: Job, first: Verdict, classified_at: datetime) -> dict[str, Any]:
-    if first.status != "classified":  # the first copy failed: this copy fails the same way
+    if first.status != Status.CLASSIFIED:  # the first copy failed: this copy fails the same way
         return _row(job, status=first.status, duplicate_of=first.id, classified_at=classified_at,
                     error="same bytes as a file that could not be classified")
-    return _row(job, status="classified", label=first.label, confidence=first.confidence,
+    return _row(job, status=Status.CLASSIFIED, label=first.label, confidence=first.confidence,
                 score=first.score, model_version=first.model_version, duplicate_of=first.id,
                 classified_at=classified_at, processing_ms=0.0)
 

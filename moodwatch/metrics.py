@@ -25,6 +25,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.core import GaugeMetricFamily, Metric
 
 from moodwatch import heartbeat
+from moodwatch.broker import redis_client
 from moodwatch.settings import MAX_BATCH_SIZE
 from moodwatch.vocab import STATUSES
 
@@ -157,7 +158,7 @@ class BrokerCollector:
             up.add_metric([], 0)
             yield up
             return
-        client = heartbeat.redis_client(url)
+        client = redis_client(url)
         try:
             queue = GaugeMetricFamily("moodwatch_queue_length", "Jobs waiting in a queue.", labels=["queue"])
             for name in (CLASSIFY_QUEUE, TRAINING_QUEUE):

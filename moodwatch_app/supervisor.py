@@ -32,11 +32,12 @@ from redis.exceptions import RedisError
 from moodwatch.broker import (
     embedded_running,
     embedded_url,
+    redis_client,
     restart_embedded,
     start_embedded,
     stop_embedded,
 )
-from moodwatch.heartbeat import READY, UNAVAILABLE, Beat, read_all, redis_client, this_host
+from moodwatch.heartbeat import READY, UNAVAILABLE, Beat, read_all, this_host
 from moodwatch.redact import mask
 from moodwatch.servicelock import hold_run
 from moodwatch.settings import Settings, child_env

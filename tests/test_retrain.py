@@ -117,11 +117,12 @@ def test_lock_is_exclusive_across_threads(broker):
 
 def test_an_expired_lock_is_logged_not_raised(broker, caplog):
     """Training outlived the lock: releasing it finds it gone. Said, at info level, not hidden."""
-    from trainer.lock import LOCK_NAME, redis_client_for
+    from moodwatch.broker import redis_client
+    from trainer.lock import LOCK_NAME
 
     with caplog.at_level(logging.INFO, logger="moodwatch.trainer"), training_lock(broker) as got:
         assert got
-        redis_client_for(broker).delete(LOCK_NAME)  # it expired: the heartbeat renews it now
+        redis_client(broker).delete(LOCK_NAME)  # it expired: the heartbeat renews it now
     assert any(r.levelno == logging.INFO and "had expired" in r.getMessage() for r in caplog.records)
 
 

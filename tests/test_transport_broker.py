@@ -19,8 +19,8 @@ from db.engine import make_engine, make_sessionmaker
 from db.migrate import upgrade
 from db.repository import insert_results, result_row
 from moodwatch import settings as settings_module
+from moodwatch.broker import redis_client
 from moodwatch.claims import ClaimStore
-from moodwatch.heartbeat import redis_client
 from moodwatch.jobs import CLAIM_PREFIX, FileJob, claim_key
 from moodwatch.queue import CLASSIFY_TASK, make_celery
 from moodwatch.settings import Settings

@@ -20,18 +20,12 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
+from moodwatch.broker import redis_client
+
 log = logging.getLogger("moodwatch.trainer")
 LOCK_NAME = "moodwatch:training-lock"
 LOCK_EXPIRY_S = 60.0  # how long a dead holder keeps the lock
 MAX_HOLD_S = 6 * 3600.0  # a run still going after this (hung?) stops renewing: others may train
-
-
-def redis_client_for(url: str):
-    import redis
-
-    if url.startswith("redis+socket://"):
-        return redis.Redis(unix_socket_path=url[len("redis+socket://"):])
-    return redis.Redis.from_url(url)
 
 
 @contextmanager
@@ -39,7 +33,7 @@ def training_lock(broker_url: str, expiry: float = LOCK_EXPIRY_S, renew_every: f
                   max_hold: float = MAX_HOLD_S) -> Iterator[bool]:
     """Yields True while this process holds the lock (renewed every ``renew_every``, default a
     third of ``expiry``), False at once if another run holds it."""
-    client = redis_client_for(broker_url)
+    client = redis_client(broker_url, timeout=None)
     # thread_local=False: the heartbeat thread renews with the token the acquiring thread got.
     lock = client.lock(LOCK_NAME, timeout=expiry, blocking=False, thread_local=False)
     try:

@@ -213,20 +213,32 @@ def move_to(src: Path, dest: Path) -> Path:
     it went. Never overwrites: a hard link claims the new name atomically (it fails if the name
     exists), then the old name is removed; the file itself is never deleted. A symbolic link is
     moved as a link, its target untouched. Across filesystems, see _move_across."""
+    linked = _link_to_free_name(src, dest)
+    if linked is None:
+        return _move_across(src, dest)
+    os.unlink(src)  # the old name only: the file lives on under its new one
+    return linked
+
+
+def _link_to_free_name(src: Path, dest: Path) -> Path | None:
+    """Hard-link src under dest, or under a free name beside it if dest is taken; the name it got,
+    or None when these filesystems cannot link the two (the caller copies or renames instead)."""
     while True:
         try:
             os.link(src, dest, follow_symlinks=False)
-            break
+            return dest
         except FileExistsError:
-            if os.path.samestat(os.lstat(src), os.lstat(dest)):
-                break  # a move cut short between the two steps: the new name is already there
+            try:
+                same = os.path.samestat(os.lstat(src), os.lstat(dest))
+            except FileNotFoundError:
+                continue  # the name was freed meanwhile: try it again
+            if same:
+                return dest  # a move cut short between the two steps: the new name is already there
             dest = unique_destination(dest.parent, dest.name)
         except OSError as exc:
             if exc.errno not in _NO_LINK:
                 raise
-            return _move_across(src, dest)
-    os.unlink(src)  # the old name only: the file lives on under dest
-    return dest
+            return None
 
 
 def _move_across(src: Path, dest: Path) -> Path:
@@ -294,18 +306,11 @@ def _fsync_folder(folder: Path) -> None:
 
 def _claim(tmp: Path, dest: Path) -> Path:
     """Give tmp (in dest's folder) the name dest, or a free name beside it; never overwrites."""
-    while True:
-        try:
-            os.link(tmp, dest, follow_symlinks=False)
-        except FileExistsError:
-            dest = unique_destination(dest.parent, dest.name)
-            continue
-        except OSError as exc:
-            if exc.errno not in _NO_LINK:
-                raise
-            return _rename_no_clobber(tmp, dest)
-        os.unlink(tmp)  # the temporary name only: the copy lives on under dest
-        return dest
+    linked = _link_to_free_name(tmp, dest)
+    if linked is None:
+        return _rename_no_clobber(tmp, dest)
+    os.unlink(tmp)  # the temporary name only: the copy lives on under its new one
+    return linked
 
 
 def _rename_no_clobber(tmp: Path, dest: Path) -> Path:

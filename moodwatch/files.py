@@ -61,6 +61,12 @@ def event_id_for(path: str, st: os.stat_result) -> str:
     return hashlib.sha256(key).hexdigest()[:40]
 
 
+def too_large(size: int, limit: int) -> str:
+    """The refusal of a file over MOODWATCH_MAX_FILE_BYTES, in the same words wherever it is met
+    (the watcher's check, the worker's read, bytes received over the broker)."""
+    return f"file too large: {size:,} bytes (limit {limit:,})"
+
+
 class FileRefused(Exception):
     """The path holds something that is not read: a link, a FIFO or device, a file too large."""
 
@@ -107,7 +113,7 @@ def read_regular_file(path: str, max_bytes: int) -> FileBytes:
         if not stat.S_ISREG(st.st_mode):
             raise FileRefused("not a regular file")
         if st.st_size > max_bytes:
-            raise FileRefused(f"file too large: {st.st_size:,} bytes (limit {max_bytes:,})")
+            raise FileRefused(too_large(st.st_size, max_bytes))
         chunks, total = [], 0
         while total <= max_bytes and (chunk := os.read(fd, min(1 << 20, max_bytes + 1 - total))):
             chunks.append(chunk)

@@ -8,7 +8,7 @@ import stat
 from dataclasses import dataclass
 from pathlib import Path
 
-from moodwatch.files import event_id_for
+from moodwatch.files import event_id_for, too_large
 from moodwatch.images import ALLOWED_EXTENSIONS, ImageRejected, extension_allowed, inspect_image
 
 __all__ = ["Checked", "check_arrival", "event_id_for"]
@@ -43,7 +43,7 @@ def check_arrival(path: str, inbox: Path, max_bytes: int, max_pixels: int) -> Ch
     if st.st_size == 0:
         return Checked(path, eid, rejected="empty file (0 bytes)")
     if st.st_size > max_bytes:
-        return Checked(path, eid, rejected=f"file too large: {st.st_size:,} bytes (limit {max_bytes:,})")
+        return Checked(path, eid, rejected=too_large(st.st_size, max_bytes))
     try:
         # O_NOFOLLOW: a file swapped for a link after the check is refused, not followed.
         fd = os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))

@@ -37,7 +37,7 @@ from db.repository import (
     submitted_paths,
 )
 from moodwatch.claims import ClaimStore
-from moodwatch.files import FileRefused, inside, move_outcomes, printable, read_regular_file
+from moodwatch.files import FileRefused, inside, move_outcomes, printable, read_regular_file, too_large
 from moodwatch.filters import is_ignored
 from moodwatch.images import extension_allowed
 from moodwatch.jobs import UNREACHABLE_ATTEMPTS, FileJob, claim_key
@@ -170,7 +170,7 @@ def _receive(job: Job, claims: ClaimStore, settings: Settings, now: datetime) ->
         return LOST
     if size > settings.max_file_bytes:
         return _row(job, status=Status.REJECTED, classified_at=now,
-                    error=f"file too large: {size:,} bytes (limit {settings.max_file_bytes:,})")
+                    error=too_large(size, settings.max_file_bytes))
     data = claims.get(item.claim) if size == item.size else b""
     if data is None:
         return LOST

@@ -18,6 +18,7 @@ import pytest
 
 from moodwatch.registry import CURRENT_FILE, RUNS_FILE, SHIPPED_FILE, Registry
 from moodwatch.settings import Settings, child_env
+from tests.conftest import missing
 from tests.procs import ROOT
 
 SHIPPED = "v20260101T000000000000-default-faces"
@@ -43,7 +44,7 @@ def clone(tmp_path) -> Path:
     """A committed checkout laid out as the project is: the real .gitignore, models/ with two
     shipped versions, shipped.json and current, data/README.md."""
     if shutil.which("git") is None:
-        pytest.skip("git is not installed")
+        missing("git is not installed")
     repo = tmp_path / "clone"
     repo.mkdir()
     shutil.copy2(ROOT / ".gitignore", repo / ".gitignore")

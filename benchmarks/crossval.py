@@ -1,6 +1,11 @@
 """Cross-validate architectures on a labelled folder and print the figures.
 
     python benchmarks/crossval.py ../shared/datasets/web-happy-sad seed default
+    D=../shared/datasets
+    python benchmarks/crossval.py $D/web-happy-sad,$D/people-happy-sad-extra default+faces
+
+Several folders, comma-separated, are pooled (near-twins grouped across them) and saved per folder.
+FER_VAL=DIR (happy/ and sad/ 48x48 crops) scores each fold's fine-tuned face CNN on them.
 
 DEDUPE=1 keeps near-duplicate photos (perceptual hash within a few bits) in one fold.
 SCORES_OUT=F.json also saves every out-of-fold score, truth and scoring regime, and each fold's
@@ -14,6 +19,7 @@ from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
+import cv2  # noqa: E402
 import numpy as np  # noqa: E402
 
 from moodwatch import faces  # noqa: E402
@@ -23,7 +29,7 @@ from trainer.report import calibration_table, expected_calibration_error, roc_au
 
 
 def main() -> None:
-    data = Path(sys.argv[1])
+    data = [Path(d) for d in sys.argv[1].split(",")]
     archs = sys.argv[2:] or ["seed", "default"]
     k = int(os.environ.get("FOLDS", "5"))
     face = Path(os.environ["FACE_MODEL"]) if os.environ.get("FACE_MODEL") else None
@@ -40,12 +46,16 @@ def main() -> None:
         results = cross_validate(data, arch, k=k, face_base=face if extra == "faces" else None,
                                  face_weight=weight, face_epochs=face_epochs,
                                  face_head_only=os.environ.get("FACE_TUNE") == "head",
-                                 near_duplicates=os.environ.get("DEDUPE") == "1")
+                                 near_duplicates=os.environ.get("DEDUPE") == "1",
+                                 fer_crops=fer_crops(os.environ.get("FER_VAL")),
+                                 on_fold=lambda r, spec=spec: print(
+                                     f"{spec} fold {r.fold} done: acc {r.metrics['accuracy']:.3f} "
+                                     f"epochs {r.epochs} FER {r.metrics['fer_accuracy']}", flush=True))
         arch = spec
         for r in results:
             m = r.metrics
             print(f"{arch} fold {r.fold}: acc {m['accuracy']:.3f} F1 {m['f1']:.3f} "
-                  f"epochs {r.epochs} ({r.epoch_s:.2f}s/epoch)", flush=True)
+                  f"epochs {r.epochs} ({r.epoch_s:.2f}s/epoch) FER {m['fer_accuracy']}", flush=True)
         s = summarise(results)
         print(f"{arch}: accuracy {s['accuracy_mean']:.3f} ± {s['accuracy_std']:.3f}  "
               f"F1 {s['f1_mean']:.3f} ± {s['f1_std']:.3f}  ROC AUC {s['roc_auc_mean']:.3f}  "
@@ -67,8 +77,24 @@ def main() -> None:
             out = Path(os.environ["SCORES_OUT"])
             saved = json.loads(out.read_text()) if out.exists() else {}
             saved[spec] = [{"fold": r.fold, "truth": r.metrics["truth"], "scores": r.metrics["scores"],
-                            "regimes": r.metrics["regimes"], "raw": r.metrics["raw"]} for r in results]
+                            "regimes": r.metrics["regimes"], "raw": r.metrics["raw"],
+                            **{key: r.metrics[key] for key in ("paths", "sources", "black_and_white",
+                                                               "grey_raw", "fer_accuracy")}}
+                           for r in results]
             out.write_text(json.dumps(saved))
+
+
+def fer_crops(folder: str | None) -> tuple[np.ndarray, np.ndarray] | None:
+    if not folder:
+        return None
+    x, y = [], []
+    for label, value in (("happy", 0), ("sad", 1)):
+        for p in sorted((Path(folder) / label).iterdir()):
+            crop = cv2.imread(str(p), cv2.IMREAD_GRAYSCALE)
+            if crop is not None:
+                x.append(cv2.resize(crop, (48, 48))[..., None])
+                y.append(value)
+    return np.stack(x), np.array(y)
 
 
 def print_calibration(y: np.ndarray, scores: np.ndarray) -> None:

@@ -6,10 +6,11 @@ import random
 import statistics
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
+import cv2
 import keras
 import numpy as np
 
@@ -19,7 +20,7 @@ from moodwatch.vocab import DEFAULT_MAX_PIXELS, LABELS
 from trainer.cleaning import unusable_reason
 from trainer.dataset import Item, make_items, shuffled_groups, split_items
 from trainer.dedupe import near_duplicate_key
-from trainer.evaluation import metrics_from_scores
+from trainer.evaluation import black_and_white, metrics_from_scores
 from trainer.report import roc_auc
 from trainer.training import fit_models, labels_of, prepare_items, recipe
 
@@ -44,21 +45,46 @@ def folds_of(items: list[Item], k: int, seed: int,
     return folds
 
 
-def list_items(data_dir: Path, max_pixels: int = DEFAULT_MAX_PIXELS) -> list[Item]:
+def list_items(data_dir: Path | list[Path], max_pixels: int = DEFAULT_MAX_PIXELS) -> list[Item]:
+    """The usable photos of one labelled folder, or of several pooled (each keeps its path, so
+    figures can be given per folder)."""
+    dirs = [data_dir] if isinstance(data_dir, Path) else data_dir
     files = [
         (p, label)
+        for folder in dirs
         for label in LABELS
-        for p in sorted((data_dir / label).rglob("*"))
+        for p in sorted((Path(folder) / label).rglob("*"))
         if p.is_file() and unusable_reason(p, max_pixels) is None
     ]
     return make_items(files)
 
 
+def source_of(item: Item) -> str:
+    """The labelled folder a photo came from (the folder above its label folder)."""
+    return next(p.name for p in item.path.parents if p.parent.name != item.label and p.name != item.label)
+
+
+def grey(prepared: Prepared) -> Prepared:
+    """The same photo in black and white (three equal channels), its face crops unchanged."""
+    g = cv2.cvtColor(prepared.image, cv2.COLOR_RGB2GRAY)
+    return replace(prepared, image=np.repeat(g[..., None], 3, axis=-1))
+
+
+def fer_accuracy(pipeline: Pipeline, crops: tuple[np.ndarray, np.ndarray] | None) -> float | None:
+    """The fold's fine-tuned face CNN on close-ups it never saw (FER-2013 validation crops)."""
+    if crops is None or pipeline.face is None:
+        return None
+    x, y = crops
+    return float(np.mean((pipeline.face_scores(x) >= 0.5) == (y == 1)))
+
+
 def cross_validate(
-    data_dir: Path, architecture: str, k: int = 5, epochs: int | None = None, patience: int | None = None,
+    data_dir: Path | list[Path], architecture: str, k: int = 5, epochs: int | None = None,
+    patience: int | None = None,
     batch_size: int = 16, seed: int = 1337, face_base: Path | None = None, face_epochs: int = 3,
     face_weight: float = 0.5, max_pixels: int = DEFAULT_MAX_PIXELS, face_head_only: bool = False,
-    near_duplicates: bool = False,
+    near_duplicates: bool = False, fer_crops: tuple[np.ndarray, np.ndarray] | None = None,
+    on_fold: Callable[[FoldResult], None] | None = None,
 ) -> list[FoldResult]:
     """Each fold is the test set once; the rest is split 80/20 into training and validation
     (early stopping and calibration), exactly as `moodwatch train` does with its own split, and
@@ -68,7 +94,8 @@ def cross_validate(
     folds = folds_of(items, k, seed, group_of)
     prepared = dict(zip([str(i.path) for i in items],
                         prepare_items(items, max_pixels, faces=face_base is not None), strict=True))
-    options = recipe(Settings(), data_dir, architecture=architecture, epochs=epochs, patience=patience,
+    first = data_dir if isinstance(data_dir, Path) else data_dir[0]
+    options = recipe(Settings(), first, architecture=architecture, epochs=epochs, patience=patience,
                      batch_size=batch_size, seed=seed, progress=False, face_epochs=face_epochs,
                      face_weight=face_weight, face_head_only=face_head_only)
     results = []
@@ -92,11 +119,21 @@ def cross_validate(
         metrics["scores"] = [float(s) for s in scores]
         metrics["truth"] = [int(v) for v in labels_of(test)]
         metrics["regimes"] = regimes
+        metrics["paths"] = [str(it.path) for it in test]
+        metrics["sources"] = [source_of(it) for it in test]
+        metrics["black_and_white"] = [black_and_white(p.image) for p in test_prep]
+        # The same models reading every photo in grey (face crops are grey already).
+        metrics["grey_raw"] = {
+            "validation": scored_rows(pipeline, [grey(p) for p in val_prep], labels_of(inner.validation))[0],
+            "test": scored_rows(pipeline, [grey(p) for p in test_prep], labels_of(test))[0]}
+        metrics["fer_accuracy"] = fer_accuracy(pipeline, fer_crops)
         # What calibration sees and what it is applied to, to compare calibration rules offline
         # on the same trained models (benchmarks/calibration_rules.py).
         metrics["raw"] = {"validation": scored_rows(pipeline, val_prep, labels_of(inner.validation))[0],
                           "test": test_rows}
         results.append(FoldResult(i, metrics, n_epochs, (time.perf_counter() - t0) / n_epochs))
+        if on_fold is not None:
+            on_fold(results[-1])
         keras.backend.clear_session()
     return results
 

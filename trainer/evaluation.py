@@ -12,6 +12,16 @@ import numpy as np
 
 from moodwatch.modelio import is_sad
 
+# A photo is black and white when its channels agree: the per-pixel spread between the largest
+# and the smallest channel stays within JPEG's colour noise for nearly every pixel.
+GREY_SPREAD = 12
+GREY_QUANTILE = 99
+
+
+def black_and_white(rgb: np.ndarray) -> bool:
+    spread = rgb.max(axis=-1).astype(np.int16) - rgb.min(axis=-1).astype(np.int16)
+    return bool(np.percentile(spread, GREY_QUANTILE) <= GREY_SPREAD)
+
 
 def metrics_from_scores(y_true: np.ndarray, scores: np.ndarray) -> dict[str, Any]:
     y_true = np.asarray(y_true, dtype=np.float32).reshape(-1)

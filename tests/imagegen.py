@@ -23,6 +23,13 @@ def face_like(kind: str, seed: int, size: int = 96) -> np.ndarray:
         cv2.circle(img, centre, size // 3, (40, 60, 200), -1)
         cv2.ellipse(img, (centre[0], centre[1] + size // 6), (size // 6, size // 8), 0, 180, 360,
                     (230, 230, 230), 3)
+    # A grey block placed by the seed: without it two seeds' pictures are often mirror images or
+    # shifted copies of each other, which the near-duplicate grouping (trainer.dedupe) rightly
+    # puts in one group, leaving too few distinct pictures to split.
+    block = np.random.default_rng(seed + 7919)
+    w, h = size // 4, size // 3
+    x, y = int(block.integers(0, size - w)), int(block.integers(0, size - h))
+    img[y : y + h, x : x + w] = int(block.integers(90, 140))
     return img
 
 

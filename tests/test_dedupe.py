@@ -19,18 +19,8 @@ def recompressed(rgb: np.ndarray, size: tuple[int, int], quality: int) -> np.nda
     return cv2.imdecode(buf, cv2.IMREAD_COLOR)
 
 
-def photo(label: str, seed: int, size: int = 160) -> np.ndarray:
-    """A synthetic face with an off-centre block: face_like's faces for some seeds are mirror
-    images of each other, which the mirror-aware hash rightly calls twins."""
-    rgb = face_like(label, seed, size).copy()
-    rng = np.random.default_rng(seed)
-    x, y = rng.integers(0, size // 3, 2)
-    rgb[y : y + size // 3, x : x + size // 4] = rng.integers(0, 256, 3)
-    return rgb
-
-
 def test_resized_recompressed_copy_is_a_near_duplicate_and_other_photos_are_not():
-    photos = {f"p{i}": photo("happy" if i % 2 else "sad", i) for i in range(6)}
+    photos = {f"p{i}": face_like("happy" if i % 2 else "sad", i, 160) for i in range(6)}
     photos["copy-of-p1"] = recompressed(photos["p1"], (97, 97), 60)
     hashes = {k: perceptual_hash(v) for k, v in photos.items()}
     groups = near_duplicate_groups(hashes)
@@ -59,9 +49,9 @@ def test_training_split_keeps_a_resized_copy_with_its_original(tmp_path):
     for label in ("happy", "sad"):
         for i in range(10):
             seed = i if label == "happy" else 100 + i
-            files.append((write_image(tmp_path / label / f"{i}.jpg", photo(label, seed)), label))
+            files.append((write_image(tmp_path / label / f"{i}.jpg", face_like(label, seed, 160)), label))
             files.append((write_image(tmp_path / label / f"{i}-copy.png",
-                                      recompressed(photo(label, seed), (97, 97), 60)), label))
+                                      recompressed(face_like(label, seed, 160), (97, 97), 60)), label))
     items = make_items(files)
     key = near_duplicate_key(items)
     by_name = {it.path.name: it for it in items}
@@ -79,7 +69,7 @@ def test_mirrored_and_recropped_copies_are_near_duplicates():
     """Tutorial sets hold mirror images and crops of one photo: they must share a fold too."""
     from trainer.dedupe import centre, signatures
 
-    photos = {f"p{i}": photo("happy" if i % 2 else "sad", i) for i in range(6)}
+    photos = {f"p{i}": face_like("happy" if i % 2 else "sad", i, 160) for i in range(6)}
     photos["mirror-of-p2"] = np.ascontiguousarray(photos["p2"][:, ::-1])
     photos["crop-of-p3"] = np.ascontiguousarray(centre(photos["p3"]))
     full_only = near_duplicate_groups({k: perceptual_hash(v) for k, v in photos.items()})

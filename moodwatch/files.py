@@ -1,27 +1,20 @@
-"""Files the service did not write: read safely, named safely, moved without ever overwriting or
-deleting one."""
+"""Files the service did not write: named safely, identified per arrival, moved without ever
+overwriting or deleting one. Reading one (and deciding whether it is taken) is
+moodwatch.admission's; where a recorded one goes is moodwatch.outcome_moves'. Imports nothing of
+the project, so both can build on it."""
 
 from __future__ import annotations
 
 import contextlib
 import errno
 import hashlib
-import logging
 import os
 import re
 import secrets
 import shutil
 import stat
 import tempfile
-from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
-
-from moodwatch.settings import Settings
-from moodwatch.vocab import Status
-
-log = logging.getLogger("moodwatch.files")
 
 # Characters that must not reach a database column or a log line as they are: control
 # characters (NUL, newline: log forging) and lone surrogates, which is how Python carries the
@@ -61,69 +54,11 @@ def event_id_for(path: str, st: os.stat_result) -> str:
     return hashlib.sha256(key).hexdigest()[:40]
 
 
-def too_large(size: int, limit: int) -> str:
-    """The refusal of a file over MOODWATCH_MAX_FILE_BYTES, in the same words wherever it is met
-    (the watcher's check, the worker's read, bytes received over the broker)."""
-    return f"file too large: {size:,} bytes (limit {limit:,})"
-
-
-class FileRefused(Exception):
-    """The path holds something that is not read: a link, a FIFO or device, a file too large."""
-
-    def __init__(self, reason: str):
-        super().__init__(reason)
-        self.reason = reason
-
-
-@dataclass(frozen=True)
-class FileBytes:
-    """The bytes of one regular file, read once: what is hashed is what is classified."""
-
-    data: bytes
-    sha256: str
-    stat: os.stat_result  # of the file that was opened, not of whatever the path names now
-    real_path: str  # where that file really lies (linked folders resolved)
-
-
-def _opened_path(fd: int, path: str) -> str:
-    try:  # Linux: the kernel's own name for the open file, immune to later swaps
-        return os.readlink(f"/proc/self/fd/{fd}")
-    except OSError:
-        return os.path.realpath(path)
-
-
-def read_regular_file(path: str, max_bytes: int) -> FileBytes:
-    """Read a file that arrived from outside, trusting nothing about what the path names now.
-
-    O_NOFOLLOW: a symbolic link swapped in after a check is refused, never followed. O_NONBLOCK:
-    a FIFO swapped in does not hang the reader. fstat on the open file: only a regular file is
-    read. At most max_bytes + 1 bytes are read whatever the size said (a growing or sparse file
-    cannot make the reader hold more). Raises FileRefused, or OSError if it cannot be read.
-    """
-    flags = os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0) | \
-        getattr(os, "O_CLOEXEC", 0)
-    try:
-        fd = os.open(path, flags)
-    except OSError as exc:
-        if exc.errno == errno.ELOOP:
-            raise FileRefused("symbolic link: links are not followed (drop the file itself)") from None
-        raise
-    try:
-        st = os.fstat(fd)
-        if not stat.S_ISREG(st.st_mode):
-            raise FileRefused("not a regular file")
-        if st.st_size > max_bytes:
-            raise FileRefused(too_large(st.st_size, max_bytes))
-        chunks, total = [], 0
-        while total <= max_bytes and (chunk := os.read(fd, min(1 << 20, max_bytes + 1 - total))):
-            chunks.append(chunk)
-            total += len(chunk)
-        if total > max_bytes:
-            raise FileRefused(f"file too large: more than {max_bytes:,} bytes (limit {max_bytes:,})")
-        data = b"".join(chunks)
-        return FileBytes(data, hashlib.sha256(data).hexdigest(), st, _opened_path(fd, path))
-    finally:
-        os.close(fd)
+# How a file someone else put there is opened. O_NOFOLLOW: a symbolic link swapped in after a
+# check is refused, never followed. O_NONBLOCK: a FIFO swapped in does not hang the reader (an
+# open for reading waits for a writer otherwise); an fstat of the open file then refuses it.
+UNTRUSTED_OPEN = os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0) | \
+    getattr(os, "O_CLOEXEC", 0)
 
 
 def located(path: str) -> str:
@@ -276,9 +211,7 @@ def _copy_beside(src: Path, folder: Path) -> Path:
         tmp = folder / f"{TEMP_PREFIX}{secrets.token_hex(8)}{TEMP_SUFFIX}"
         os.symlink(os.readlink(src), tmp)
         return tmp
-    flags = os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0) | \
-        getattr(os, "O_CLOEXEC", 0)
-    with open(os.open(src, flags), "rb") as inp:
+    with open(os.open(src, UNTRUSTED_OPEN), "rb") as inp:
         if not stat.S_ISREG(os.fstat(inp.fileno()).st_mode):  # a FIFO or device has no bytes to copy
             raise OSError(errno.EXDEV, "only a regular file or a link can move to another filesystem",
                           os.fspath(src))
@@ -353,111 +286,3 @@ def _renameat2_noreplace(src: Path, dest: Path) -> bool | None:
     if err in (errno.EINVAL, errno.ENOSYS, errno.ENOTSUP, errno.EOPNOTSUPP):
         return None
     raise OSError(err, os.strerror(err), os.fspath(dest))
-
-
-def outcome_folder(row: dict[str, Any], settings: Settings) -> Path | None:
-    if row["status"] == Status.CLASSIFIED and settings.move_processed and row.get("label"):
-        return settings.processed_dir / row["label"]
-    if row["status"] == Status.REJECTED and settings.move_rejected:
-        return settings.rejected_dir
-    return None
-
-
-@dataclass(frozen=True)
-class Move:
-    event_id: str
-    src: Path
-    dest: Path
-
-
-Recorder = Callable[[dict[str, str]], None]  # writes event id -> where the file is, in the rows
-
-
-def kept_folder(src: str, outcome: Path, settings: Settings) -> Path:
-    """The folder under the outcome folder that keeps src's place in the inbox: a file from
-    inbox/trip/day1/ goes to processed/<label>/trip/day1/ (MOODWATCH_KEEP_FOLDERS; else flat).
-
-    The relative folder is taken from where src really lies (linked folders resolved), so `..`
-    or a linked folder can name nothing outside the inbox; each part is made printable and
-    shortened to fit like a file name. A part that already exists as a link or a file, under
-    the outcome folder, is never followed or replaced: the file goes flat into the outcome
-    folder instead, and nothing is created outside it."""
-    if not settings.keep_folders:
-        return outcome
-    relative = Path(located(src)).parent.relative_to(settings.inbox_dir.resolve())
-    folder = outcome
-    for part in relative.parts:
-        if part in ("", ".", ".."):  # never from a resolved path; refused all the same
-            return outcome
-        folder = folder / fitted_name(printable(part), name_max(outcome))  # 255 until it exists
-        if os.path.lexists(folder) and (os.path.islink(folder) or not folder.is_dir()):
-            log.warning("%s is not a plain folder: %s goes to %s without its sub-folders",
-                        printable(str(folder)), printable(src), printable(str(outcome)))
-            return outcome
-    return folder
-
-
-def _destination(row: dict[str, Any], folder: Path) -> Path:
-    """Where the row says the file goes, if a move was cut short; else a free name."""
-    stored = row.get("stored_path")
-    cut_short = stored and stored != row["path"] and Path(stored).parent == folder
-    if cut_short and (not os.path.lexists(stored)
-                      or os.path.samestat(os.lstat(row["path"]), os.lstat(stored))):
-        return Path(stored)
-    return unique_destination(folder, os.path.basename(row["path"]))
-
-
-def plan_moves(rows: list[dict[str, Any]], settings: Settings) -> tuple[list[Move], dict[str, str]]:
-    """The recorded files to move out of the inbox: only files inside it are moved (`submit` of a
-    file elsewhere leaves it be), and only to a folder of their outcome. Also returns the rows
-    whose move could not even be planned (event id -> where the file still is): one odd file
-    never stops the others."""
-    moves: list[Move] = []
-    unplanned: dict[str, str] = {}
-    for row in rows:
-        folder = outcome_folder(row, settings)
-        src = row["path"]
-        try:
-            if folder is None or not os.path.lexists(src) or not inside(src, settings.inbox_dir):
-                continue
-            folder = kept_folder(src, folder, settings)
-            moves.append(Move(row["event_id"], Path(src), _destination(row, folder)))
-        except Exception as exc:
-            _cannot_move(src, folder, exc)
-            if row.get("stored_path") != src:
-                unplanned[row["event_id"]] = src
-    return moves, unplanned
-
-
-def _cannot_move(src: str | Path, dest: str | Path | None, exc: Exception) -> None:
-    cause = exc.strerror if isinstance(exc, OSError) and exc.strerror else f"{exc.__class__.__name__}: {exc}"
-    log.warning("could not move %s to %s: %s", printable(str(src)), printable(str(dest)), cause)
-
-
-def move_outcomes(rows: list[dict[str, Any]], settings: Settings, record: Recorder) -> dict[str, str]:
-    """Move recorded files to their outcome folders; returns event id -> where each went.
-
-    Where a file goes is recorded before it moves, so a crash at any point leaves each row
-    pointing at its file, or its file in the inbox with the row naming its destination, which
-    the watcher's rescan then finishes. If recording fails, nothing moves. A move that fails is
-    logged with its cause, and its row points back at the inbox, where the file still is; the
-    other files move all the same.
-    """
-    moves, fixes = plan_moves(rows, settings)
-    if moves:
-        record({m.event_id: str(m.dest) for m in moves})
-    moved: dict[str, str] = {}
-    for m in moves:
-        try:
-            final = move_to(m.src, m.dest)
-        except Exception as exc:
-            _cannot_move(m.src, m.dest, exc)
-            if os.path.lexists(m.src):
-                fixes[m.event_id] = str(m.src)
-            continue
-        moved[m.event_id] = str(final)
-        if final != m.dest:  # the planned name was taken meanwhile
-            fixes[m.event_id] = str(final)
-    if fixes:
-        record(fixes)
-    return moved

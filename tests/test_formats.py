@@ -46,4 +46,5 @@ def test_a_file_cut_short_fails_its_formats_completeness_check(ext, reason):
 def test_the_trainer_names_the_accepted_extensions(tmp_path):
     path = tmp_path / "a.gif"
     path.write_bytes(b"GIF89a")
-    assert unusable_reason(path, 1_000_000) == "extension '.gif' is not jpg, jpeg, png or bmp"
+    assert unusable_reason(path, 1_000_000) == \
+        "file type '.gif' is not accepted: the extension must be jpg, jpeg, png or bmp"

@@ -13,7 +13,7 @@ from sqlalchemy import select
 from db.engine import make_engine, make_sessionmaker
 from db.migrate import upgrade
 from db.models import Result
-from moodwatch.files import move_outcomes
+from moodwatch.outcome_moves import move_outcomes
 from moodwatch.registry import Registry
 from moodwatch.settings import Settings
 from tests.imagegen import face_like, write_image

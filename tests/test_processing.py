@@ -203,16 +203,16 @@ def _the_row(sessions) -> Result:
 
 
 def test_a_crash_right_after_the_move_leaves_the_row_pointing_at_the_file(sqlite_url, settings, monkeypatch):
-    import moodwatch.files
+    import moodwatch.outcome_moves
 
     sessions, photo, msgs = _one_photo_batch(settings, sqlite_url)
-    real_move = moodwatch.files.move_to
+    real_move = moodwatch.outcome_moves.move_to
 
     def move_then_die(*args, **kwargs):
         real_move(*args, **kwargs)
         raise Crash
 
-    monkeypatch.setattr(moodwatch.files, "move_to", move_then_die)
+    monkeypatch.setattr(moodwatch.outcome_moves, "move_to", move_then_die)
     classifier = MeetingClassifier("v1")
     with pytest.raises(Crash):
         process_batch(msgs, settings, sessions, classifier)
@@ -223,7 +223,7 @@ def test_a_crash_right_after_the_move_leaves_the_row_pointing_at_the_file(sqlite
 
 
 def test_a_crash_before_the_move_is_finished_by_the_rescan(sqlite_url, settings, monkeypatch):
-    import moodwatch.files
+    import moodwatch.outcome_moves
     from watcher.service import Watcher
 
     sessions, photo, msgs = _one_photo_batch(settings, sqlite_url)
@@ -233,7 +233,7 @@ def test_a_crash_before_the_move_is_finished_by_the_rescan(sqlite_url, settings,
         raise Crash
 
     with monkeypatch.context() as m:
-        m.setattr(moodwatch.files, "move_to", die)
+        m.setattr(moodwatch.outcome_moves, "move_to", die)
         with pytest.raises(Crash):
             process_batch(msgs, settings, sessions, MeetingClassifier("v1"))
     assert photo.exists()  # recorded, not yet moved
@@ -248,14 +248,14 @@ def test_a_move_that_fails_is_logged_with_its_cause(sqlite_url, settings, monkey
     import errno
     import logging
 
-    import moodwatch.files
+    import moodwatch.outcome_moves
 
     sessions, photo, msgs = _one_photo_batch(settings, sqlite_url)
 
     def refuse(*args, **kwargs):
         raise PermissionError(errno.EPERM, "Operation not permitted")
 
-    monkeypatch.setattr(moodwatch.files, "move_to", refuse)
+    monkeypatch.setattr(moodwatch.outcome_moves, "move_to", refuse)
     with caplog.at_level(logging.WARNING):
         process_batch(msgs, settings, sessions, MeetingClassifier("v1"))
     assert photo.exists() and _the_row(sessions).stored_path == str(photo)

@@ -8,8 +8,9 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
+from moodwatch.admission import DEFAULT_MAX_BYTES, Limits, Refused, admit
 from moodwatch.files import move_no_clobber
-from moodwatch.images import EXTENSION_NAMES, ImageRejected, extension_allowed, preprocess_bytes
+from moodwatch.images import ImageRejected, preprocess_bytes
 from moodwatch.vocab import LABELS
 
 # Hidden files and OS clutter are not a user's photos; they are left alone, not quarantined.
@@ -27,18 +28,22 @@ class CleanReport:
         return f"kept {kept}; quarantined {len(self.quarantined)}"
 
 
-def unusable_reason(path: Path, max_pixels: int) -> str | None:
-    """The reason a curated file is unfit for training, or None when it is fine."""
-    if path.is_symlink():
-        return "symbolic link (curated folders must hold the photos themselves)"
-    if not extension_allowed(path.name):
-        return f"extension {path.suffix or '(none)'!r} is not {EXTENSION_NAMES}"
+VANISHED = "the file vanished while it was checked"
+
+
+def unusable_reason(path: Path, max_pixels: int, max_bytes: int = DEFAULT_MAX_BYTES) -> str | None:
+    """The reason a curated file is unfit for training, or None when it is fine: the checks every
+    arriving file gets (moodwatch.admission, in the same words), then a whole decode, since a
+    header that reads well can still front pixels the decoder cannot read."""
+    got = admit(str(path), None, Limits(max_bytes, max_pixels))
+    if got is None:
+        return VANISHED
+    if isinstance(got, Refused):
+        return got.reason
     try:
-        preprocess_bytes(path.read_bytes(), max_pixels)
+        preprocess_bytes(got.data, max_pixels)
     except ImageRejected as exc:
         return exc.reason
-    except OSError as exc:
-        return f"unreadable: {exc.strerror or exc}"
     return None
 
 
@@ -47,7 +52,8 @@ def _ensure_parent(path: Path) -> Path:
     return path
 
 
-def clean_folders(data_dir: Path, quarantine_dir: Path, max_pixels: int) -> CleanReport:
+def clean_folders(data_dir: Path, quarantine_dir: Path, max_pixels: int,
+                  max_bytes: int = DEFAULT_MAX_BYTES) -> CleanReport:
     """Check every file under data_dir/<label>/; move the unfit ones to quarantine_dir/<label>/."""
     report = CleanReport()
     log_path = quarantine_dir / "reasons.jsonl"
@@ -58,7 +64,7 @@ def clean_folders(data_dir: Path, quarantine_dir: Path, max_pixels: int) -> Clea
             for path in sorted(folder.rglob("*")):
                 if path.name in IGNORED_NAMES or (path.is_dir() and not path.is_symlink()):
                     continue
-                reason = unusable_reason(path, max_pixels)
+                reason = unusable_reason(path, max_pixels, max_bytes)
                 if reason is None:
                     kept += 1
                     report.files.append((path, label))

@@ -1,17 +1,12 @@
-"""Checks a settled file before it is queued; a failure is a reason a person understands."""
+"""The watcher's record of a settled file's check: moodwatch.admission decides, this keeps what
+the watcher needs of it (an accepted file's sha256 for its message, a refused one's reason)."""
 
 from __future__ import annotations
 
-import hashlib
-import os
-import stat
 from dataclasses import dataclass
 from pathlib import Path
 
-from moodwatch.files import event_id_for, too_large
-from moodwatch.images import ALLOWED_EXTENSIONS, ImageRejected, extension_allowed, inspect_image
-
-__all__ = ["Checked", "check_arrival", "event_id_for"]
+from moodwatch.admission import Limits, Refused, admit
 
 
 @dataclass
@@ -23,38 +18,11 @@ class Checked:
 
 
 def check_arrival(path: str, inbox: Path, max_bytes: int, max_pixels: int) -> Checked | None:
-    """Validate one file; None when it vanished before it could be looked at."""
-    try:
-        st = os.lstat(path)
-    except FileNotFoundError:
+    """Check one file against `inbox` (the folder it must lie in); None when it vanished before
+    it could be looked at."""
+    got = admit(path, inbox, Limits(max_bytes, max_pixels))
+    if got is None:
         return None
-    eid = event_id_for(path, st)
-    if stat.S_ISLNK(st.st_mode):
-        return Checked(path, eid, rejected="symbolic link: links are not followed (drop the file itself)")
-    real = Path(path).resolve()
-    if not real.is_relative_to(inbox.resolve()):
-        return Checked(path, eid, rejected="path leads outside the inbox through a linked folder")
-    if not stat.S_ISREG(st.st_mode):
-        return Checked(path, eid, rejected="not a regular file")
-    if not extension_allowed(path):
-        allowed = ", ".join(sorted(e.lstrip(".") for e in ALLOWED_EXTENSIONS))
-        return Checked(path, eid, rejected=f"file type {Path(path).suffix or '(none)'!r} is not "
-                       f"accepted (only {allowed})")
-    if st.st_size == 0:
-        return Checked(path, eid, rejected="empty file (0 bytes)")
-    if st.st_size > max_bytes:
-        return Checked(path, eid, rejected=too_large(st.st_size, max_bytes))
-    try:
-        # O_NOFOLLOW: a file swapped for a link after the check is refused, not followed.
-        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
-        with os.fdopen(fd, "rb") as fh:
-            data = fh.read(max_bytes + 1)
-    except FileNotFoundError:
-        return None
-    except OSError as exc:
-        return Checked(path, eid, rejected=f"cannot read file: {exc.strerror or exc}")
-    try:
-        inspect_image(data, max_pixels)
-    except ImageRejected as exc:
-        return Checked(path, eid, rejected=exc.reason)
-    return Checked(path, eid, sha256=hashlib.sha256(data).hexdigest())
+    if isinstance(got, Refused):
+        return Checked(path, got.event_id, rejected=got.reason)
+    return Checked(path, got.event_id, sha256=got.sha256)

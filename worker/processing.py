@@ -36,11 +36,13 @@ from db.repository import (
     set_stored_paths,
     submitted_paths,
 )
+from moodwatch.admission import FileRefused, read_regular_file, too_large
 from moodwatch.claims import ClaimStore
-from moodwatch.files import FileRefused, inside, move_outcomes, printable, read_regular_file, too_large
+from moodwatch.files import inside, printable
 from moodwatch.filters import is_ignored
 from moodwatch.images import extension_allowed
 from moodwatch.jobs import UNREACHABLE_ATTEMPTS, FileJob, claim_key
+from moodwatch.outcome_moves import move_outcomes
 from moodwatch.queue import BROKER_ERRORS
 from moodwatch.settings import Settings
 from moodwatch.vocab import Status

@@ -3,7 +3,7 @@
     SCORES_OUT=oof.json python benchmarks/crossval.py ../shared/datasets/web-happy-sad default+faces
     python benchmarks/calibration_rules.py oof.json [default+faces]
 
-Each fold's rule is fitted on that fold's validation photos (trainer.training.fit_combination, the
+Each fold's rule is fitted on that fold's validation photos (trainer.calibration.fit_combination, the
 function training uses) and applied to its test photos; the figures pool the 5 test folds.
 """
 
@@ -14,9 +14,9 @@ from pathlib import Path
 import numpy as np
 
 from moodwatch.pipeline import combine_logits, sigmoid
+from trainer.calibration import fit_combination
 from trainer.evaluation import metrics_from_scores
 from trainer.report import calibration_table, expected_calibration_error, roc_auc
-from trainer.training import fit_combination
 
 # (prior on log T, fewest photos for a regime's own temperature, face weight)
 RULES = [(None, 20, 0.5), (None, 5, 0.5), (0.5, 20, 0.5), (0.5, 5, 0.5), (0.5, 5, 0.6), (0.5, 5, 0.7)]

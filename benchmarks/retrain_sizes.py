@@ -6,7 +6,7 @@ decision agrees with an outside check.
 
 For each size, that many photos (half happy, half sad, a seeded draw) are copied from the first
 folder into a fresh data folder whose registry has the shipped version as its base, and the
-nightly recipe (trainer.training.recipe) trains a candidate, fine-tuned from the current
+nightly recipe (trainer.recipe.recipe) trains a candidate, fine-tuned from the current
 weights or from scratch. The decision it made is printed beside both versions' accuracy and ECE
 on photos neither saw: the shipped version's own test split of the second folder (its
 params.json lists it) and the FER-2013 validation crops (FER= names that folder). With
@@ -37,9 +37,11 @@ from moodwatch.pipeline import Pipeline  # noqa: E402
 from moodwatch.registry import Registry  # noqa: E402
 from moodwatch.settings import Settings  # noqa: E402
 from moodwatch.vocab import LABELS  # noqa: E402
+from trainer.dataset import prepare_items  # noqa: E402
 from trainer.promotion import Figures  # noqa: E402
+from trainer.recipe import recipe  # noqa: E402
 from trainer.report import labelled_files  # noqa: E402
-from trainer.training import prepare_items, recipe, train  # noqa: E402
+from trainer.training import train  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -23,7 +23,7 @@ from moodwatch.modelio import load_model  # noqa: E402
 from trainer.evaluation import metrics_from_scores  # noqa: E402
 from trainer.face_model import load_face_folder, make_face_model  # noqa: E402
 from trainer.report import roc_auc  # noqa: E402
-from trainer.training import save_lean  # noqa: E402
+from trainer.versioning import save_lean  # noqa: E402
 
 
 def report(name: str, y: np.ndarray, scores: np.ndarray) -> None:

@@ -24,7 +24,7 @@ import torch  # noqa: E402
 from benchmarks.train_face_model import report  # noqa: E402
 from trainer.face_model import load_face_folder  # noqa: E402
 from trainer.face_torch import FaceNet, Recipe, predict, to_keras, train  # noqa: E402
-from trainer.training import save_lean  # noqa: E402
+from trainer.versioning import save_lean  # noqa: E402
 
 
 def recipe_from_env(epochs: int) -> Recipe:

@@ -11,8 +11,8 @@ How a photo is scored (versions with a face model):
 - the photo is a close-up (a face crop itself, <= 64 px, like FER-2013's): the face model alone,
   as it was before fine-tuning on curated photos (CLOSE_UP_MODEL_FILE) when the version has it;
 - no face found: the whole-image model alone.
-Then a temperature per regime (faces found, whole image), fitted on the validation split, makes
-the confidence mean what it says.
+Then a temperature per regime (faces found, whole image), fitted on the validation split
+(trainer.calibration), makes the confidence mean what it says.
 """
 
 from __future__ import annotations
@@ -143,24 +143,6 @@ def combine_logits(whole: np.ndarray, face: list[np.ndarray | None], close_up: l
             out[i] = mixed / (c.temperature if c.face_temperature is None else c.face_temperature)
             regime.append(Regime.FACES)
     return out, regime
-
-
-def fit_temperature(z: np.ndarray, y: np.ndarray, prior_sd: float | None = None) -> float:
-    """The temperature that minimises the log loss of sigmoid(z / T) (a 1-D search).
-
-    prior_sd: a Gaussian prior on log T around 0 (the logits as they are), so a temperature
-    fitted on a few dozen photos, most of them right, is not driven to extremes by one or two
-    mistakes; its pull fades as the photos grow in number (it is weighed against their summed loss).
-    """
-    best, best_t = float("inf"), 1.0
-    for t in np.exp(np.linspace(np.log(0.25), np.log(8), 80)):
-        p = np.clip(sigmoid(z / t), EPS, 1 - EPS)
-        loss = -np.sum(y * np.log(p) + (1 - y) * np.log(1 - p))
-        if prior_sd is not None:
-            loss += np.log(t) ** 2 / (2 * prior_sd**2)
-        if loss < best:
-            best, best_t = loss, float(t)
-    return best_t
 
 
 class _Traced:

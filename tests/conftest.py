@@ -58,7 +58,8 @@ def require_server(name: str, host: str, port: int) -> None:
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory) -> Path:
     """A model registry with one small model trained on generated images (1 epoch)."""
-    from trainer.training import TrainOptions, train
+    from trainer.recipe import TrainOptions
+    from trainer.training import train
 
     root = tmp_path_factory.mktemp("tiny-model")
     data = make_curated(root / "data", per_class=12)

@@ -205,9 +205,8 @@ def test_trainer_and_worker_see_the_same_face_crops(tmp_path, hopper, tiny_model
     from moodwatch.pipeline import FACE_MODEL_FILE, Pipeline
     from moodwatch.registry import Registry
     from tests.imagegen import write_image
-    from trainer.dataset import Item
+    from trainer.dataset import Item, prepare_items
     from trainer.face_model import make_face_model
-    from trainer.training import prepare_items
     from worker.inference import Classifier
 
     registry = Registry(tmp_path / "models")

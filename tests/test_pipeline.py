@@ -5,8 +5,9 @@ from __future__ import annotations
 import numpy as np
 
 from moodwatch.faces import FACE_SIZE, face_inputs
-from moodwatch.pipeline import Combination, combine_logits, fit_temperature, logit, sigmoid
+from moodwatch.pipeline import Combination, combine_logits, logit, sigmoid
 from tests.imagegen import face_like
+from trainer.calibration import fit_temperature
 
 
 def test_close_up_without_detection_is_its_own_face():
@@ -58,7 +59,7 @@ def calibrated_logits(seed: int, n: int) -> tuple[np.ndarray, np.ndarray]:
 
 
 def test_calibrate_fits_faces_and_whole_photos_apart():
-    from trainer.training import calibrate
+    from trainer.calibration import calibrate
 
     n = 400
     true_z, y = calibrated_logits(2, n)
@@ -94,7 +95,7 @@ def test_the_temperature_prior_holds_few_photos_and_yields_to_many():
 
 
 def test_a_regime_with_too_few_photos_borrows_the_whole_image_logits_temperature():
-    from trainer.training import fit_combination
+    from trainer.calibration import fit_combination
 
     n = 300
     true_z, y = calibrated_logits(4, n)
@@ -107,7 +108,7 @@ def test_a_regime_with_too_few_photos_borrows_the_whole_image_logits_temperature
 
 
 def test_faces_with_too_few_photos_borrow_the_combined_temperature_and_no_face_model_sets_none():
-    from trainer.training import fit_combination
+    from trainer.calibration import fit_combination
 
     n = 300
     true_z, y = calibrated_logits(5, n)

@@ -123,16 +123,16 @@ def test_the_candidate_starts_from_the_current_weights(tmp_path, tiny_model_dir)
     from moodwatch.registry import Registry
     from moodwatch.settings import Settings
     from tests.imagegen import make_curated
-    from trainer.training import TrainOptions, fit_models, labels_of, prepare_items, whole_start
+    from trainer.recipe import TrainOptions, fit_models, whole_start
 
     current = Registry(tiny_model_dir).require_current()
     options = TrainOptions(data_dir=tmp_path, epochs=1, learning_rate=0.0, progress=False, no_faces=True)
     start = whole_start(options, current)
     assert start == current.model_path
-    assert whole_start(TrainOptions(data_dir=tmp_path, start="scratch"), current) is None
+    assert whole_start(TrainOptions(data_dir=tmp_path, epochs=1, start="scratch"), current) is None
     settings = Settings(data_dir=make_curated(tmp_path / "data", per_class=6), model_dir=tiny_model_dir)
     from trainer.cleaning import clean_folders
-    from trainer.dataset import make_items
+    from trainer.dataset import labels_of, make_items, prepare_items
 
     items = make_items(clean_folders(settings.data_dir, settings.quarantine_dir, settings.max_pixels).files)
     prep = prepare_items(items, settings.max_pixels, faces=False)

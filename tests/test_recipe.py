@@ -1,4 +1,4 @@
-"""The shipped version and the nightly retrain are trained by one recipe (trainer.training.recipe)."""
+"""The shipped version and the nightly retrain are trained by one recipe (trainer.recipe.recipe)."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ from dataclasses import replace
 
 from click.testing import CliRunner
 
+import trainer.recipe
 import trainer.retrain
 import trainer.training
 from moodwatch.settings import Settings
@@ -38,7 +39,7 @@ def test_moodwatch_train_and_the_nightly_retrain_run_the_same_recipe(tmp_path, m
     outcome = trainer.retrain.retrain(Settings(), "redis://unused", force=True)
     assert outcome["outcome"] == "skipped" and len(seen) == 2
     shipped, nightly = seen
-    assert nightly.epochs == 7 and nightly.patience == trainer.training.RECIPE_PATIENCE
+    assert nightly.epochs == 7 and nightly.patience == trainer.recipe.RECIPE_PATIENCE
     # The runs differ only in the progress bar and the nightly's "unchanged data" check.
     assert replace(shipped, progress=False, skip_if_fingerprint=None) == nightly
 
@@ -60,6 +61,6 @@ def test_cross_validation_measures_the_same_recipe(tmp_path, monkeypatch):
     data = make_curated(tmp_path / "data", per_class=6)
     with contextlib.suppress(DatasetError):
         trainer.crossval.cross_validate(data, "default", k=2)
-    expected = trainer.training.recipe(Settings(), data, progress=False)
+    expected = trainer.recipe.recipe(Settings(), data, progress=False)
     assert seen and seen[0].epochs == 9
     assert seen[0] == expected

@@ -15,8 +15,9 @@ from moodwatch.registry import Registry
 from moodwatch.settings import Settings
 from tests.imagegen import make_curated
 from tests.procs import ROOT, service_env
+from trainer.recipe import TrainOptions
 from trainer.retrain import retrain, training_lock
-from trainer.training import TrainOptions, train
+from trainer.training import train
 
 pytestmark = pytest.mark.slow
 
@@ -54,7 +55,7 @@ def test_retrain_skips_unchanged_data_and_trains_on_new(tmp_path, broker):
 def test_worse_model_is_not_promoted(tmp_path):
     settings = Settings(data_dir=tmp_path / "data", model_dir=tmp_path / "models")
     make_curated(settings.data_dir, per_class=20)
-    good = train(settings, TrainOptions(data_dir=settings.data_dir, epochs=8, batch_size=8,
+    good = train(settings, TrainOptions(data_dir=settings.data_dir, epochs=8, batch_size=8, patience=6,
                                         progress=False))
     assert good.promoted and good.metrics["accuracy"] >= 0.75, good.metrics
     # A learning rate of zero leaves the network at its random start: a worse model.

@@ -9,8 +9,9 @@ from moodwatch.registry import Registry
 from moodwatch.settings import Settings
 from tests.imagegen import encode, face_like, make_curated, write_image
 from trainer.cleaning import clean_folders
-from trainer.dataset import DatasetError, Item, make_items, split_items
-from trainer.training import TrainOptions, train
+from trainer.dataset import DatasetError, Item, make_items, prepare_items, split_items
+from trainer.recipe import TrainOptions
+from trainer.training import train
 
 
 def test_cleaning_quarantines_each_kind_of_dodgy_file(tmp_path):
@@ -95,7 +96,6 @@ def test_preprocessing_parity_train_and_serve(tmp_path, tiny_model_dir):
     """The same file reaches the model as the same tensor, and gets the same score, both ways."""
     from moodwatch.images import load_image
     from moodwatch.pipeline import Pipeline
-    from trainer.training import prepare_items
     from worker.inference import Classifier
 
     paths = [

@@ -1,6 +1,6 @@
 """Convert a version's Keras CNNs to float32 LiteRT models beside them (see moodwatch.litert).
 
-Run when a version is saved (trainer.training); for versions saved before, call
+Run when a version is saved (trainer.versioning); for versions saved before, call
 `convert_version(folder)` or `python -m trainer.convert FOLDER...`. Each conversion is checked
 before it is kept: the Keras model and the converted one score the same inputs, and a largest
 difference above PARITY_BOUND leaves the version without that .tflite (Keras serves it).

@@ -18,11 +18,11 @@ from moodwatch.pipeline import Pipeline, Prepared, combine_logits, sigmoid
 from moodwatch.settings import Settings
 from moodwatch.vocab import DEFAULT_MAX_PIXELS, LABELS
 from trainer.cleaning import unusable_reason
-from trainer.dataset import Item, make_items, shuffled_groups, split_items
+from trainer.dataset import Item, labels_of, make_items, prepare_items, shuffled_groups, split_items
 from trainer.dedupe import near_duplicate_key
 from trainer.evaluation import black_and_white, metrics_from_scores
+from trainer.recipe import fit_models, recipe
 from trainer.report import roc_auc
-from trainer.training import fit_models, labels_of, prepare_items, recipe
 
 
 @dataclass

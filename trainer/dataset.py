@@ -1,4 +1,5 @@
-"""Load curated images and split them reproducibly, keeping duplicate files on one side."""
+"""Load curated images and split them reproducibly, keeping duplicate files on one side; their
+labels and prepared images for training."""
 
 from __future__ import annotations
 
@@ -6,10 +7,14 @@ import hashlib
 import random
 from collections import defaultdict
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
+
 from moodwatch.files import sha256_file
+from moodwatch.pipeline import Prepared, prepare_path
 from moodwatch.vocab import LABELS
 
 MIN_PER_CLASS = 5
@@ -50,6 +55,16 @@ def make_items(files: list[tuple[Path, str]]) -> list[Item]:
                 "split into train, validation and test"
             )
     return items
+
+
+def prepare_items(items: list[Item], max_pixels: int, faces: bool, workers: int = 2) -> list[Prepared]:
+    """The shared preprocessing (whole image, and face crops when the pipeline uses faces)."""
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        return list(pool.map(lambda it: prepare_path(it.path, max_pixels, faces), items))
+
+
+def labels_of(items: list[Item]) -> np.ndarray:
+    return np.array([it.y for it in items], dtype=np.float32)
 
 
 def fingerprint(items: list[Item]) -> str:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 from typing import Any
 
 from moodwatch.registry import Registry
@@ -10,7 +11,8 @@ from moodwatch.settings import Settings
 from moodwatch.vocab import LABELS
 from trainer.dataset import DatasetError
 from trainer.lock import training_lock
-from trainer.training import DataUnchanged, below_minimum, recipe, train
+from trainer.recipe import recipe
+from trainer.training import DataUnchanged, below_minimum, train
 
 log = logging.getLogger("moodwatch.trainer")
 
@@ -20,13 +22,13 @@ def last_trained_fingerprint(registry: Registry) -> str | None:
     return versions[-1].params().get("data_fingerprint") if versions else None
 
 
-def curated_counts(settings: Settings) -> dict[str, int]:
+def curated_counts(data_dir: Path) -> dict[str, int]:
     """Photos in data/happy and data/sad by extension: cheap, before any decoding."""
     from moodwatch.images import extension_allowed
 
-    return {label: sum(1 for p in (settings.data_dir / label).rglob("*")
+    return {label: sum(1 for p in (data_dir / label).rglob("*")
                        if p.is_file() and extension_allowed(p.name))
-            if (settings.data_dir / label).is_dir() else 0 for label in LABELS}
+            if (data_dir / label).is_dir() else 0 for label in LABELS}
 
 
 def retrain(settings: Settings, broker_url: str, epochs: int | None = None, force: bool = False,
@@ -40,13 +42,14 @@ def retrain(settings: Settings, broker_url: str, epochs: int | None = None, forc
             outcome = {"outcome": "skipped", "reason": "another training run holds the lock"}
             registry.record_run(outcome)
             return outcome
-        shortfall = below_minimum(curated_counts(settings), settings.retrain_min_per_class)
+        options = recipe(settings, settings.data_dir, epochs=epochs, progress=progress,
+                         skip_if_fingerprint=None if force else last_trained_fingerprint(registry))
+        # The recipe's minimum, as train() holds the cleaned photos to it.
+        shortfall = below_minimum(curated_counts(options.data_dir), options.min_per_class)
         if shortfall and not force:
             outcome = {"outcome": "skipped", "reason": shortfall}
             registry.record_run(outcome)
             return outcome
-        options = recipe(settings, settings.data_dir, epochs=epochs, progress=progress,
-                         skip_if_fingerprint=None if force else last_trained_fingerprint(registry))
         # One pass over the curated files: train() cleans, fingerprints, and stops if unchanged.
         try:
             result = train(settings, options)

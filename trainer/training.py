@@ -1,84 +1,41 @@
-"""One training run, from curated folders to a registered (and maybe promoted) version."""
+"""One training run, from curated folders to a registered (and maybe promoted) version: the
+orchestration of trainer.recipe (how to fit), trainer.calibration, trainer.promotion (whether to
+promote) and trainer.versioning (what a version holds)."""
 
 from __future__ import annotations
 
 import logging
 import shutil
 import time
-from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import keras
 import numpy as np
-import tensorflow as tf
 from tqdm.auto import tqdm
 
-from moodwatch.modelio import load_model
-from moodwatch.pipeline import (
-    CLOSE_UP_MODEL_FILE,
-    FACE_MODEL_FILE,
-    PIPELINE_FILE,
-    Combination,
-    Pipeline,
-    Prepared,
-    combine_logits,
-    fit_temperature,
-    prepare_path,
-)
-from moodwatch.publication import publish_promotion
+from moodwatch.pipeline import CLOSE_UP_MODEL_FILE, FACE_MODEL_FILE, Pipeline, Prepared
 from moodwatch.registry import Registry, RegistryError, Version, write_json
 from moodwatch.settings import Settings
-from moodwatch.vocab import LABELS, Regime
-from trainer.architectures import DEFAULT_ARCHITECTURE, make_model
+from moodwatch.vocab import LABELS
 from trainer.cleaning import CleanReport, clean_folders
-from trainer.convert import convert_version
-from trainer.dataset import DatasetError, Item, Split, fingerprint, make_items, split_items, stable_split
+from trainer.dataset import (
+    DatasetError,
+    Split,
+    fingerprint,
+    labels_of,
+    make_items,
+    prepare_items,
+    split_items,
+    stable_split,
+)
 from trainer.dedupe import near_duplicate_key
 from trainer.evaluation import metrics_from_scores
-from trainer.plots import save_history_plots
 from trainer.promotion import Decision, decide
+from trainer.recipe import TrainOptions, close_up_model_for, fit_models, whole_start
+from trainer.versioning import register, save_pipeline, version_params
 
 log = logging.getLogger(__name__)
-
-
-@dataclass
-class TrainOptions:
-    data_dir: Path
-    architecture: str = DEFAULT_ARCHITECTURE
-    epochs: int = 30
-    batch_size: int = 16
-    patience: int = 6
-    learning_rate: float | None = None
-    seed: int = 1337
-    force_promote: bool = False
-    progress: bool = True
-    face_base: Path | None = None  # a face model to fine-tune; default: the current version's
-    no_faces: bool = False
-    face_epochs: int = 3
-    face_weight: float = 0.5
-    face_head_only: bool = False
-    # Stop before training when the cleaned data has this fingerprint (the nightly job's skip).
-    skip_if_fingerprint: str | None = None
-    # Fewer curated photos of a class than this: train if asked, never promote.
-    min_per_class: int = 0
-    # "current": the whole-image CNN starts from the current version's weights and fine-tunes at
-    # FINE_TUNE_LR; "scratch": from random weights (README, nightly retraining: measured).
-    start: str = "current"
-
-
-RECIPE_PATIENCE = 12  # epochs without a better validation loss before training stops
-FINE_TUNE_LR = 1e-4  # a tenth of training from scratch: adapt the current weights, do not undo them
-
-
-def recipe(settings: Settings, data_dir: Path, **changes: Any) -> TrainOptions:
-    """The one training recipe: what the nightly retrain runs on the curated folders, and what the
-    shipped version was trained with (`moodwatch train --data DIR`). Flags change single fields."""
-    options = TrainOptions(data_dir=Path(data_dir), epochs=settings.retrain_epochs,
-                           patience=RECIPE_PATIENCE, seed=settings.seed,
-                           min_per_class=settings.retrain_min_per_class)
-    return replace(options, **{k: v for k, v in changes.items() if v is not None})
 
 
 class DataUnchanged(Exception):
@@ -105,165 +62,6 @@ class TrainResult:
     @property
     def reason(self) -> str:
         return self.decision.reason
-
-
-class TqdmEpochs(keras.callbacks.Callback):
-    """One progress bar over epochs, showing the latest figures."""
-
-    def __init__(self, epochs: int, enabled: bool):
-        super().__init__()
-        self.bar = tqdm(total=epochs, unit="epoch", desc="training", disable=not enabled)
-
-    def on_epoch_end(self, epoch: int, logs: dict[str, float] | None = None) -> None:
-        logs = logs or {}
-        self.bar.set_postfix({k: f"{v:.3f}" for k, v in logs.items() if "loss" in k or "acc" in k})
-        self.bar.update(1)
-
-    def on_train_end(self, logs: dict[str, float] | None = None) -> None:
-        self.bar.close()
-
-
-def _dataset(x: np.ndarray, y: np.ndarray, batch: int, shuffle: bool, seed: int) -> tf.data.Dataset:
-    ds = tf.data.Dataset.from_tensor_slices((x, y))
-    if shuffle:
-        ds = ds.shuffle(len(x), seed=seed, reshuffle_each_iteration=True)
-    return ds.batch(batch).prefetch(tf.data.AUTOTUNE)
-
-
-def _files(items: list[Item]) -> list[dict[str, str]]:
-    return [{"path": str(i.path), "label": i.label, "sha256": i.sha256} for i in items]
-
-
-def prepare_items(items: list[Item], max_pixels: int, faces: bool, workers: int = 2) -> list[Prepared]:
-    """The shared preprocessing (whole image, and face crops when the pipeline uses faces)."""
-    with ThreadPoolExecutor(max_workers=workers) as pool:
-        return list(pool.map(lambda it: prepare_path(it.path, max_pixels, faces), items))
-
-
-def labels_of(items: list[Item]) -> np.ndarray:
-    return np.array([it.y for it in items], dtype=np.float32)
-
-
-def fine_tune_faces(face_model: keras.Model, prepared: list[Prepared], y: np.ndarray, epochs: int,
-                    seed: int, head_only: bool = False) -> int:
-    """Adapt the face model to the faces in the curated photos; returns how many crops it saw.
-
-    head_only trains the dense layers alone: the convolutions (and batch statistics) learned from
-    thousands of face crops stay as they are.
-    """
-    if head_only:
-        for layer in face_model.layers:
-            layer.trainable = isinstance(layer, keras.layers.Dense)
-    crops, labels = [], []
-    for p, label in zip(prepared, y, strict=True):
-        if p.faces is not None and len(p.faces.crops):
-            crops.append(p.faces.crops)
-            labels += [label] * len(p.faces.crops)
-    if len(labels) < 8 or epochs <= 0:
-        return 0
-    face_model.compile(optimizer=keras.optimizers.Adam(1e-4), loss="binary_crossentropy",
-                       metrics=["accuracy"])
-    face_model.fit(np.concatenate(crops), np.array(labels, np.float32), batch_size=16, epochs=epochs,
-                   shuffle=True, verbose=0)
-    return len(labels)
-
-
-# A regime with fewer validation photos than this borrows its temperature (see fit_combination).
-MIN_PER_REGIME = 5
-# A temperature fitted on 40 validation photos swung from 0.25 to 0.78 between cross-validation
-# folds: log T's prior, N(0, 0.5^2), keeps such a fit near the logits as they are unless the
-# photos say otherwise (README, the model's figures: calibration rules compared).
-TEMPERATURE_PRIOR_SD = 0.5
-
-
-def calibrate(pipeline: Pipeline, prepared: list[Prepared], y: np.ndarray) -> Combination:
-    """Fit a temperature per regime on the validation split, so confidence means what it says."""
-    whole, faces, close = pipeline.raw(prepared)
-    return fit_combination(whole, faces, close, y, pipeline.combination.face_weight)
-
-
-def fit_combination(whole: np.ndarray, faces: list[np.ndarray | None], close: list[bool], y: np.ndarray,
-                    face_weight: float, prior_sd: float | None = TEMPERATURE_PRIOR_SD,
-                    min_per_regime: int = MIN_PER_REGIME) -> Combination:
-    """The temperatures for held-back photos' raw logits (see Pipeline.raw).
-
-    Photos with faces and photos read as a whole differ in how often they are right, so each
-    regime gets its own temperature, fitted on its own photos. A regime with too few of them
-    borrows: faces the temperature of every photo's combined logit, photos read whole that of
-    every photo's whole-image logit (they are scored by the whole-image CNN alone); close-ups
-    are left out of both. Close-ups keep the face model's own calibration (fitted on its 12,000
-    crops).
-    """
-    base = Combination(face_weight=face_weight, temperature=1.0)
-    z, regimes = combine_logits(whole, faces, close, base)
-    regime = np.array(regimes)
-    pooled = regime != Regime.CLOSE_UP
-
-    def fit(logits: np.ndarray, mask: np.ndarray) -> float:
-        return fit_temperature(logits[mask], y[mask], prior_sd) if mask.any() else 1.0
-
-    is_faces, is_whole = regime == Regime.FACES, regime == Regime.WHOLE
-    if any(f is not None for f in faces):  # a pipeline with a face model
-        base.face_temperature = fit(z, is_faces if is_faces.sum() >= min_per_regime else pooled)
-    base.temperature = (fit(z, is_whole) if is_whole.sum() >= min_per_regime
-                        else fit(np.asarray(whole, dtype=np.float64), pooled))
-    base.regimes = {r: regimes.count(r) for r in set(regimes)}
-    return base
-
-
-def close_up_model_for(face_base: Path | None) -> Path | None:
-    """The never-fine-tuned face model that goes with face_base: carried from version to version."""
-    if face_base is None:
-        return None
-    carried = face_base.parent / CLOSE_UP_MODEL_FILE
-    return carried if carried.is_file() else face_base
-
-
-def fit_models(
-    options: TrainOptions, train_prep: list[Prepared], y_train: np.ndarray, val_prep: list[Prepared],
-    y_val: np.ndarray, face_base: Path | None, log_dir: Path | None = None,
-    close_up_base: Path | None = None, init_whole: Path | None = None,
-) -> tuple[Pipeline, dict[str, list[float]]]:
-    """Train the whole-image CNN (from init_whole's weights when given), fine-tune the face
-    model, calibrate: a ready pipeline."""
-    keras.utils.set_random_seed(options.seed)
-    model = make_model(options.architecture)
-    if init_whole is not None:
-        model.set_weights(load_model(init_whole).get_weights())
-        model.optimizer.learning_rate = FINE_TUNE_LR
-    if options.learning_rate is not None:
-        model.optimizer.learning_rate = options.learning_rate
-    callbacks: list[keras.callbacks.Callback] = [
-        keras.callbacks.EarlyStopping(monitor="val_loss", patience=options.patience,
-                                      restore_best_weights=True),
-        TqdmEpochs(options.epochs, options.progress),
-    ]
-    if log_dir is not None:
-        callbacks.insert(0, keras.callbacks.TensorBoard(log_dir=str(log_dir)))
-    x_train = np.stack([p.image for p in train_prep])
-    x_val = np.stack([p.image for p in val_prep])
-    history = model.fit(
-        _dataset(x_train, y_train, options.batch_size, True, options.seed),
-        validation_data=_dataset(x_val, y_val, options.batch_size, False, options.seed),
-        epochs=options.epochs, callbacks=callbacks, verbose=0,
-        shuffle=False,  # the dataset shuffles itself (each epoch); fit's own flag is ignored for one
-    )
-    face_model = None
-    if face_base is not None:
-        face_model = load_model(face_base)
-        fine_tune_faces(face_model, train_prep, y_train, options.face_epochs, options.seed,
-                        head_only=options.face_head_only)
-    close_up = load_model(close_up_base) if close_up_base is not None and face_model is not None else None
-    pipeline = Pipeline(model, face_model, close_up, Combination(face_weight=options.face_weight))
-    pipeline.combination = calibrate(pipeline, val_prep, y_val)
-    return pipeline, history.history
-
-
-def save_lean(model: keras.Model, path: Path) -> None:
-    """Save the weights and architecture without the optimizer's state: a third of the size."""
-    lean = keras.Model.from_config(model.get_config())
-    lean.set_weights(model.get_weights())
-    lean.save(path)
 
 
 def current_or_none(registry: Registry) -> Version | None:
@@ -358,54 +156,11 @@ def _score_current(current: Version | None, test_prep: list[Prepared]) -> np.nda
         return None
 
 
-def _params(options: TrainOptions, face_base: Path | None, data: PreparedData) -> dict[str, Any]:
-    split = data.split
-    return {
-        "architecture": options.architecture,
-        "faces": face_base is not None,
-        "face_base": str(face_base) if face_base else None,
-        "face_base_provenance": _provenance(face_base),
-        "face_epochs": options.face_epochs if face_base else 0,
-        "epochs": options.epochs,
-        "batch_size": options.batch_size,
-        "patience": options.patience,
-        "seed": options.seed,
-        "data_dir": str(Path(options.data_dir).resolve()),
-        "data_fingerprint": data.data_fingerprint,
-        "counts": {"train": len(split.train), "validation": len(split.validation),
-                   "test": len(split.test)},
-        "split": {"train": _files(split.train), "validation": _files(split.validation),
-                  "test": _files(split.test)},
-        "keras": keras.__version__,
-        "tensorflow": tf.__version__,
-    }
-
-
-def _save_pipeline(pipeline: Any, history: dict[str, Any], version: Version,
-                   close_up_base: Path | None) -> None:
-    save_lean(pipeline.whole, version.model_path)
-    if pipeline.face is not None:
-        save_lean(pipeline.face, version.path / FACE_MODEL_FILE)
-        if close_up_base is not None:
-            shutil.copyfile(close_up_base, version.path / CLOSE_UP_MODEL_FILE)
-    write_json(version.path / PIPELINE_FILE, pipeline.combination.to_json())
-    convert_version(version.path, strict=False)  # LiteRT copies to serve; Keras where one fails
-    save_history_plots(history, version.path)
-
-
-def whole_start(options: TrainOptions, current: Version | None) -> Path | None:
-    """The whole-image CNN to fine-tune: the current version's, when the recipe starts from it
-    and it has the same architecture (weights of another shape cannot be carried over)."""
-    if options.start != "current" or current is None:
-        return None
-    if current.params().get("architecture") != options.architecture:
-        log.info("current version %s is not %s: training from scratch", current.name, options.architecture)
-        return None
-    return current.model_path
-
-
 def train(settings: Settings, options: TrainOptions) -> TrainResult:
     """Clean, split, fit, evaluate against the current model, write a version, maybe promote.
+
+    Every training parameter comes from options (trainer.recipe.recipe); settings say where the
+    folders, the registry and the database are, and how large a photo may be.
 
     The version folder holds a whole version or does not exist: if anything fails before the
     version is complete, the folder is removed (it was made by this run) and the error raised.
@@ -425,11 +180,7 @@ def train(settings: Settings, options: TrainOptions) -> TrainResult:
     timings["load_s"] = time.perf_counter() - t0
     shortfall = below_minimum(class_counts(data.clean.files), options.min_per_class)
     init_whole = whole_start(options, current)
-    say(options, f"curated photos: {len(split.train)} train, {len(split.validation)} validation, "
-                 f"{len(split.test)} test (stable split by content hash); starting from "
-                 + (f"{current.name}'s weights" if init_whole else "scratch"))
-    if shortfall:
-        say(options, shortfall + ": training, but this version will not be promoted")
+    _announce(options, split, current if init_whole else None, shortfall)
 
     version = registry.new_version_dir(options.architecture + ("-faces" if face_base else ""))
     try:
@@ -446,7 +197,7 @@ def train(settings: Settings, options: TrainOptions) -> TrainResult:
         metrics, current_metrics, decision = _judge(pipeline, current, data.test, y_test, shortfall,
                                                     options.force_promote)
         timings["evaluate_s"] = time.perf_counter() - t2
-        _save_pipeline(pipeline, history, version, close_up_base)
+        save_pipeline(pipeline, history, version, close_up_base)
         timings["total_s"] = time.perf_counter() - t0
         write_json(version.path / "metrics.json", {
             "test": metrics, "current_on_same_test": current_metrics, "promoted": decision.promoted,
@@ -454,12 +205,13 @@ def train(settings: Settings, options: TrainOptions) -> TrainResult:
             "started_from": current.name if init_whole else "scratch",
             "history": {k: [float(v) for v in vals] for k, vals in history.items()}, "timings": timings,
         })
-        write_json(version.path / "params.json", _params(options, face_base, data))
+        write_json(version.path / "params.json",
+                   version_params(options, face_base, split, data.data_fingerprint))
     except BaseException:
         shutil.rmtree(version.path, ignore_errors=True)  # this run's own, unfinished folder
         raise
-    _register(settings, registry, version, options.architecture + ("+faces" if face_base else ""),
-              metrics, decision, data.data_fingerprint, timings["total_s"])
+    register(settings, registry, version, options.architecture + ("+faces" if face_base else ""),
+             metrics, decision, data.data_fingerprint, timings["total_s"])
     return TrainResult(version, metrics, current_metrics, decision, data.clean, timings)
 
 
@@ -480,19 +232,13 @@ def _judge(pipeline: Pipeline, current: Version | None, test: list[Prepared], y_
     return metrics, current_metrics, decision
 
 
-def _register(settings: Settings, registry: Registry, version: Version, architecture: str,
-              metrics: dict[str, Any], decision: Decision, data_fingerprint: str, seconds: float) -> None:
-    """Promote by the decision, and record the run: registry, run log, database."""
-    if decision.promoted:
-        registry.promote(version)
-        publish_promotion(settings, version)  # workers on other machines follow (moodwatch.publication)
-    _record_in_database(settings, version.name, architecture, metrics, decision)
-    registry.record_run({
-        "version": version.name, "outcome": "promoted" if decision.promoted else "trained",
-        "reason": decision.reason, "data_fingerprint": data_fingerprint,
-        "accuracy": metrics["accuracy"], "f1": metrics["f1"], "ece": decision.candidate.ece,
-        "test_n": decision.test_n, "decision": decision.to_json(), "seconds": round(seconds, 1),
-    })
+def _announce(options: TrainOptions, split: Split, start: Version | None, shortfall: str | None) -> None:
+    """What this run trains on, what it starts from, and whether it can be promoted at all."""
+    say(options, f"curated photos: {len(split.train)} train, {len(split.validation)} validation, "
+                 f"{len(split.test)} test (stable split by content hash); starting from "
+                 + (f"{start.name}'s weights" if start else "scratch"))
+    if shortfall:
+        say(options, shortfall + ": training, but this version will not be promoted")
 
 
 def say(options: TrainOptions, line: str) -> None:
@@ -501,36 +247,3 @@ def say(options: TrainOptions, line: str) -> None:
     if options.progress:
         tqdm.write(line)
 
-
-def _record_in_database(
-    settings: Settings, name: str, architecture: str, metrics: dict, decision: Decision
-) -> None:
-    """Best effort: the registry is the source of truth, the table a convenience for SQL."""
-    try:
-        from db.engine import make_engine, make_sessionmaker
-        from db.migrate import upgrade
-        from db.repository import upsert_model_version
-
-        upgrade(settings.database)
-        engine = make_engine(settings.database)
-        with make_sessionmaker(engine)() as session, session.begin():
-            upsert_model_version(session, name, architecture, {**metrics, "decision": decision.to_json()},
-                                 decision.promoted)
-        engine.dispose()
-    except Exception as exc:
-        log.warning("could not record version %s in the database: %s", name, exc)
-
-
-def _provenance(face_base: Path | None) -> str | None:
-    """Where the face model came from: carried over from the version it was fine-tuned from."""
-    if face_base is None:
-        return None
-    params = face_base.parent / "params.json"
-    if params.is_file():
-        import json
-
-        earlier = json.loads(params.read_text()).get("face_base_provenance")
-        if earlier:
-            return earlier
-    note = face_base.with_suffix(".provenance.txt")
-    return note.read_text().strip() if note.is_file() else f"face model file {face_base}"

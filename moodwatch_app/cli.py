@@ -87,7 +87,7 @@ def train(data_dir, architecture, epochs, batch_size, patience, seed, promote, f
         moodwatch train --data ../shared/datasets/web-happy-sad --epochs 3
     """
     from trainer.dataset import DatasetError
-    from trainer.training import recipe
+    from trainer.recipe import recipe
     from trainer.training import train as run_training
 
     settings = get_settings()
@@ -553,7 +553,9 @@ def watch(polling: bool) -> None:
     """
     from db.migrate import open_database
     from moodwatch.servicelock import hold_role
-    from watcher.service import InotifyLimitError, Watcher, celery_sender
+    from watcher.events import InotifyLimitError
+    from watcher.sender import celery_sender
+    from watcher.service import Watcher
 
     settings = get_settings()
     _require_folder(settings.inbox_dir, "MOODWATCH_INBOX")
@@ -579,7 +581,8 @@ def submit(paths) -> None:
     """
     from db.migrate import open_database
     from moodwatch.files import printable
-    from watcher.service import celery_sender, submit_paths
+    from watcher.sender import celery_sender
+    from watcher.submit import submit_paths
 
     settings = get_settings()
     # Absolute before they leave this process: a worker runs in another folder (or machine).

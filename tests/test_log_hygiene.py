@@ -54,7 +54,7 @@ def test_watcher_database_warnings_carry_no_sql(tmp_path, tableless, caplog):
     eid = _eid("rejected")
     watcher.take(Checked(str(bad), eid, rejected="not an image"))
     with caplog.at_level(logging.WARNING):
-        watcher._write_rejects()  # checks what is recorded, then inserts: both fail
+        watcher.record_rejections()  # checks what is recorded, then inserts: both fail
     lines = _warnings(caplog)
     assert any("rejection(s) kept for retry" in line for line in lines)
     assert any("cannot check which files are recorded" in line for line in lines)

@@ -9,6 +9,7 @@ import os
 import sqlite3
 import subprocess
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -17,7 +18,8 @@ from sqlalchemy import create_engine, select
 from db.engine import make_engine, make_sessionmaker
 from db.migrate import upgrade
 from db.models import Result
-from moodwatch.files import move_outcomes, name_max, unique_destination
+from moodwatch.files import name_max, unique_destination
+from moodwatch.outcome_moves import move_outcomes
 from moodwatch.settings import Settings
 from tests.conftest import missing
 from tests.imagegen import face_like, write_image
@@ -99,7 +101,7 @@ def test_one_name_too_long_never_blocks_the_others(tmp_path, caplog):
         (inbox / name).write_text(f"not an image: {len(name)}")
     w.start()
     try:
-        _run_until(w, lambda: len(_rows(sessions)) == len(names) and not w._rejects)
+        _run_until(w, lambda: len(_rows(sessions)) == len(names) and not w.backlog().rejects)
     finally:
         w.stop()
     assert not list(inbox.iterdir())  # every file moved
@@ -206,7 +208,11 @@ def test_a_cross_filesystem_move_never_overwrites_and_moves_a_link_as_a_link(tmp
 
 # 12b, 12c. the watcher's own rejections ------------------------------------------------------
 
-def test_rejected_rows_carry_the_sha256_of_bytes_that_could_be_read(tmp_path):
+@pytest.fixture(scope="module")
+def rejected_rows(tmp_path_factory) -> dict[str, Result]:
+    """The rows of five rejections, by file name: a text file, a GIF, an empty file, a link, and
+    a file reached through a linked folder leading out of the inbox."""
+    tmp_path = tmp_path_factory.mktemp("hashed")
     settings, sessions, w = _watcher(tmp_path)
     inbox = settings.inbox_dir
     (inbox / "t.jpg").write_text("not an image")
@@ -218,18 +224,52 @@ def test_rejected_rows_carry_the_sha256_of_bytes_that_could_be_read(tmp_path):
     (inbox / "linked").symlink_to(elsewhere)
     (inbox / "link.jpg").symlink_to(elsewhere / "s.jpg")
     for name in ["t.jpg", "g.gif", "empty.png", "link.jpg", "linked/s.jpg"]:
-        w._handle(str(inbox / name))  # what the loop does with a settled file
-    w._write_rejects()
-    rows = {r.file_name: r for r in _rows(sessions).values()}
-    assert all(r.status == "rejected" for r in rows.values()) and len(rows) == 5
-    assert rows["t.jpg"].sha256 == hashlib.sha256(b"not an image").hexdigest()
-    assert rows["g.gif"].sha256 == hashlib.sha256(b"GIF89a" + b"\0" * 20).hexdigest()
-    assert rows["empty.png"].sha256 == hashlib.sha256(b"").hexdigest()
-    assert rows["link.jpg"].sha256 is None  # a link is never followed
-    assert "outside the inbox" in rows["s.jpg"].error and rows["s.jpg"].sha256 is None
+        w.handle(str(inbox / name))  # what the loop does with a settled file
+    w.record_rejections()
+    return {r.file_name: r for r in _rows(sessions).values()}
 
 
-def test_a_rejection_kept_through_a_database_lock_is_recorded_and_moved_once(tmp_path, caplog):
+def test_each_rejection_gets_its_row(rejected_rows):
+    assert len(rejected_rows) == 5 and all(r.status == "rejected" for r in rejected_rows.values())
+
+
+@pytest.mark.parametrize("name, data", [("t.jpg", b"not an image"), ("g.gif", b"GIF89a" + b"\0" * 20),
+                                        ("empty.png", b"")])
+def test_a_rejected_file_that_could_be_read_carries_its_sha256(rejected_rows, name, data):
+    assert rejected_rows[name].sha256 == hashlib.sha256(data).hexdigest()
+
+
+def test_a_rejected_link_is_never_followed_to_hash_it(rejected_rows):
+    assert rejected_rows["link.jpg"].sha256 is None
+
+
+def test_a_file_through_a_linked_folder_is_refused_unread(rejected_rows):
+    assert "outside the inbox" in rejected_rows["s.jpg"].error and rejected_rows["s.jpg"].sha256 is None
+
+
+class _Messages(logging.Handler):
+    """Every message logged while attached (caplog is per test; this serves a module fixture)."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.INFO)
+        self.messages: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.messages.append(record.getMessage())
+
+
+@dataclass
+class LockedScene:
+    settings: Settings
+    sessions: object
+    kept_while_locked: int  # rejections the watcher still held after ~2 s of the lock
+    messages: list[str]
+
+
+@pytest.fixture(scope="module")
+def locked_rejection(tmp_path_factory) -> LockedScene:
+    """A rejection met while another writer holds the database for ~2 s, then let go."""
+    tmp_path = tmp_path_factory.mktemp("locked")
     url = f"sqlite:///{tmp_path / 'r.db'}"
     upgrade(url)
     # The real busy timeout is 30 s; a short one lets the test hold the lock through many tries.
@@ -238,59 +278,103 @@ def test_a_rejection_kept_through_a_database_lock_is_recorded_and_moved_once(tmp
     (settings.inbox_dir / "t.jpg").write_text("not an image")
     lock = sqlite3.connect(tmp_path / "r.db", isolation_level=None)
     lock.execute("BEGIN IMMEDIATE")  # another writer holds the database
+    handler = _Messages()
+    root = logging.getLogger()
+    level = root.level
+    root.addHandler(handler)
+    root.setLevel(logging.INFO)
     w.start()
-    with caplog.at_level(logging.INFO):
-        try:
-            deadline = time.monotonic() + 2  # several rescans find the file again meanwhile
-            while time.monotonic() < deadline:
-                w.step()
-                time.sleep(0.05)
-            assert len(w._rejects) == 1
-            assert any("kept for retry" in r.getMessage() for r in caplog.records)
-            lock.execute("ROLLBACK")
-            _run_until(w, lambda: not w._rejects and _rows(sessions))
-            for _ in range(5):
-                w.step()
-                time.sleep(0.05)
-        finally:
-            w.stop()
-            lock.close()
-    messages = [r.getMessage() for r in caplog.records]
-    assert len([m for m in messages if "t.jpg: rejected (" in m]) == 1
-    assert not [m for m in messages if "could not move" in m]
-    (row,) = _rows(sessions).values()
-    assert Path(row.stored_path) == settings.rejected_dir / "t.jpg"
+    try:
+        deadline = time.monotonic() + 2  # several rescans find the file again meanwhile
+        while time.monotonic() < deadline:
+            w.step()
+            time.sleep(0.05)
+        kept = len(w.backlog().rejects)
+        lock.execute("ROLLBACK")
+        _run_until(w, lambda: not w.backlog().rejects and _rows(sessions))
+        for _ in range(5):
+            w.step()
+            time.sleep(0.05)
+    finally:
+        w.stop()
+        lock.close()
+        root.removeHandler(handler)
+        root.setLevel(level)
+    return LockedScene(settings, sessions, kept, handler.messages)
+
+
+def test_a_rejection_is_kept_while_the_database_is_locked(locked_rejection):
+    assert locked_rejection.kept_while_locked == 1
+    assert any("kept for retry" in m for m in locked_rejection.messages)
+
+
+def test_a_kept_rejection_is_recorded_once(locked_rejection):
+    assert len([m for m in locked_rejection.messages if "t.jpg: rejected (" in m]) == 1
+    assert len(_rows(locked_rejection.sessions)) == 1
+
+
+def test_a_kept_rejection_is_moved_once_its_row_is_written(locked_rejection):
+    assert not [m for m in locked_rejection.messages if "could not move" in m]
+    (row,) = _rows(locked_rejection.sessions).values()
+    assert Path(row.stored_path) == locked_rejection.settings.rejected_dir / "t.jpg"
     assert Path(row.stored_path).read_text() == "not an image"
 
 
 # 12f. folders the moves emptied --------------------------------------------------------------
 
-def test_emptied_sub_folders_are_removed_but_never_a_fresh_one_a_full_one_or_the_inbox(tmp_path):
+@dataclass
+class EmptiedScene:
+    settings: Settings
+    kept_while_fresh: bool  # the folder just emptied was still there after the next rescan
+    paths: dict[str, Path]
+
+
+@pytest.fixture(scope="module")
+def emptied_folders(tmp_path_factory) -> EmptiedScene:
+    """inbox/a/b/ held a rejected file (moved), inbox/a/c/ was empty from the start, inbox/keep/
+    holds a hidden file, inbox/fresh/ is made just before the last rescan."""
+    tmp_path = tmp_path_factory.mktemp("emptied")
     settings, sessions, w = _watcher(tmp_path)
     inbox = settings.inbox_dir
-    nested = inbox / "a" / "b"
-    nested.mkdir(parents=True)
-    (nested / "t.jpg").write_text("not an image")
+    paths = {"nested": inbox / "a" / "b", "keep": inbox / "keep", "fresh": inbox / "fresh"}
+    paths["nested"].mkdir(parents=True)
+    (paths["nested"] / "t.jpg").write_text("not an image")
     (inbox / "a" / "c").mkdir()  # empty from the start: old by the time of the rescan
-    keep = inbox / "keep"
-    keep.mkdir()
-    (keep / ".hidden").write_text("a file the watcher ignores, never deleted")
+    paths["keep"].mkdir()
+    (paths["keep"] / ".hidden").write_text("a file the watcher ignores, never deleted")
     w.start()
     try:
-        _run_until(w, lambda: _rows(sessions) and not w._rejects)
-        assert not (nested / "t.jpg").exists()  # moved to rejected/
+        _run_until(w, lambda: _rows(sessions) and not w.backlog().rejects)
+        assert not (paths["nested"] / "t.jpg").exists()  # moved to rejected/
         w.rescan()  # the folder was emptied just now: not settled yet, it stays
-        assert nested.is_dir()
+        kept = paths["nested"].is_dir()
         time.sleep(settings.settle_seconds + 0.2)
-        fresh = inbox / "fresh"
-        fresh.mkdir()  # a person just made it, to fill it
+        paths["fresh"].mkdir()  # a person just made it, to fill it
         w.rescan()
     finally:
         w.stop()
-    assert not (inbox / "a").exists()
-    assert fresh.is_dir() and (keep / ".hidden").exists() and inbox.is_dir()
-    assert sorted(os.listdir(inbox)) == ["fresh", "keep"]
-    assert (settings.rejected_dir / "a" / "b" / "t.jpg").read_text() == "not an image"  # its folder kept
+    return EmptiedScene(settings, kept, paths)
+
+
+def test_a_folder_just_emptied_stays_until_it_has_settled(emptied_folders):
+    assert emptied_folders.kept_while_fresh
+
+
+def test_a_settled_tree_of_emptied_folders_is_removed_at_once(emptied_folders):
+    assert not (emptied_folders.settings.inbox_dir / "a").exists()
+
+
+def test_a_folder_just_made_stays_empty(emptied_folders):
+    assert emptied_folders.paths["fresh"].is_dir()
+
+
+def test_a_folder_with_a_hidden_file_stays_and_so_does_the_file(emptied_folders):
+    assert (emptied_folders.paths["keep"] / ".hidden").exists()
+    assert sorted(os.listdir(emptied_folders.settings.inbox_dir)) == ["fresh", "keep"]
+
+
+def test_the_moved_file_keeps_its_folder_under_rejected(emptied_folders):
+    assert (emptied_folders.settings.rejected_dir / "a" / "b" / "t.jpg").read_text() == "not an image"
 
 
 def test_the_empty_inbox_itself_stays(tmp_path):

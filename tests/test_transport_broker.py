@@ -113,7 +113,7 @@ def test_in_flight_bound_makes_the_watcher_wait_and_a_lost_job_frees_it(tmp_path
     w.rescan()
     _steps(w, 1.5)
     # Three files' bytes fit: one job of two, then one more file; the rest wait in the watcher.
-    assert len(rec.sent) == 3 and w.in_flight()[0] == 3 and len(w._pending) == 3
+    assert len(rec.sent) == 3 and w.in_flight()[0] == 3 and len(w.backlog().pending) == 3
     assert claims.held() <= settings.max_inflight_bytes
     for m in rec.sent:  # the message carries the key, the size and the hash of the bytes put
         assert claims.get(m.claim) == Path(m.path).read_bytes()

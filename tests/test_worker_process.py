@@ -246,7 +246,7 @@ def test_worker_checks_every_field_and_a_bad_item_fails_alone(tmp_path, tiny_mod
     import os
 
     from db.engine import make_engine, make_sessionmaker
-    from watcher.service import submit_paths
+    from watcher.submit import submit_paths
 
     upgrade(pg_url)
     data = tmp_path / "data"
@@ -309,7 +309,8 @@ def test_running_watcher_resends_files_whose_job_was_lost(tmp_path, tiny_model_d
     import redis
 
     from db.engine import make_engine, make_sessionmaker
-    from watcher.service import Watcher, celery_sender
+    from watcher.sender import celery_sender
+    from watcher.service import Watcher
 
     upgrade(pg_url)
     data = tmp_path / "data"
@@ -326,7 +327,7 @@ def test_running_watcher_resends_files_whose_job_was_lost(tmp_path, tiny_model_d
     worker = None
     try:
         client = redis.Redis.from_url(redis_url)
-        wait_for(lambda: client.llen("classify") > 0 and not watcher._pending, 30, "jobs queued")
+        wait_for(lambda: client.llen("classify") > 0 and not watcher.backlog().pending, 30, "jobs queued")
         time.sleep(0.5)
         client.flushdb()  # the jobs are lost, as a broker restart without persistence loses them
         client.close()

@@ -40,14 +40,36 @@ def check_inputs(shape: tuple[int, ...], n: int = CHECK_BATCH) -> np.ndarray:
     return x
 
 
+def without_augmentation(model: Any) -> Any:
+    """The same trained layers without the random augmentation ones, which pass images through
+    unchanged at inference but some of which (RandomGrayscale) still advance a seed variable
+    there, which the converter cannot take. Only a chain of layers is rebuilt; a model with
+    branches (or without augmentation) is returned as it is."""
+    import keras
+
+    layers = model.layers[1:]
+    if not any(type(layer).__name__.startswith("Random") for layer in layers):
+        return model
+    if any(len(layer._inbound_nodes) != 1 for layer in layers):  # shared or branching layers
+        return model
+    inputs = keras.Input(model.input_shape[1:], dtype=model.inputs[0].dtype, name="image")
+    x = inputs
+    for layer in layers:
+        if not type(layer).__name__.startswith("Random"):
+            x = layer(x)
+    return keras.Model(inputs, x, name=model.name)
+
+
 def to_tflite(model: Any, shape: tuple[int, ...], quantization: str = "float32") -> bytes:
     """The model's inference pass as a LiteRT flatbuffer, taking uint8 images of any batch size
     (the cast to float and the rescale inside it, as the Keras model does them)."""
     import tensorflow as tf
 
+    served = without_augmentation(model)
+
     @tf.function(input_signature=[tf.TensorSpec([None, *shape], tf.uint8)], autograph=False)
     def forward(x):
-        return model(x, training=False)
+        return served(x, training=False)
 
     converter = tf.lite.TFLiteConverter.from_concrete_functions([forward.get_concrete_function()], model)
     if quantization == "float16":

@@ -76,9 +76,9 @@ def test_duplicate_of_is_indexed(db_url):
 
 
 def test_visibility_timeout_fits_a_batch_not_ten_minutes():
+    from moodwatch.jobs import UNREACHABLE_ATTEMPTS
     from moodwatch.queue import make_celery
     from moodwatch.settings import Settings
-    from worker.processing import UNREACHABLE_ATTEMPTS
 
     s = Settings(broker_url="redis://127.0.0.1:1/0")
     longest_countdown = max(30, 5 * 2 ** (UNREACHABLE_ATTEMPTS - 1))  # retry backoff max, hand-back

@@ -18,7 +18,7 @@ from moodwatch.settings import Settings
 from tests.imagegen import face_like, write_image
 from watcher.service import Watcher
 from watcher.validation import Checked
-from worker.processing import _move
+from worker.moves import move_recorded
 
 SQL_WORDS = ("SELECT", "INSERT", "UPDATE", "[SQL", "[parameters", "FROM results", "sqlalche.me")
 
@@ -68,7 +68,7 @@ def test_worker_move_warning_carries_no_sql(tmp_path, tableless, caplog):
     row = result_row(eid, str(photo), datetime.now(UTC), status="classified", label="happy",
                      confidence=0.9, score=0.1, classified_at=datetime.now(UTC))
     with caplog.at_level(logging.WARNING):
-        _move([row], settings, tableless)  # recording where the file goes fails: nothing moves
+        move_recorded([row], settings, tableless)  # recording where the file goes fails: nothing moves
     lines = [line for line in _warnings(caplog) if "not moved yet" in line]
     _assert_clean(lines, eid, str(photo))
     assert photo.exists()

@@ -14,7 +14,7 @@ import pytest
 
 from db.migrate import upgrade
 from moodwatch.files import event_id_for
-from moodwatch.queue import CLASSIFY_TASK, make_celery
+from moodwatch.queue import CLASSIFY_TASK, RETRAIN_TASK, make_celery
 from moodwatch.settings import Settings
 from tests.imagegen import encode, face_like, write_image
 from tests.procs import CuttableProxy, Rows, service_env, start_worker, stop, wait_for
@@ -349,14 +349,17 @@ def test_a_pool_process_holds_off_sigterm_while_a_batch_runs(monkeypatch):
     from celery.signals import task_postrun, task_prerun
 
     import worker.tasks
-    from worker.tasks import classify_batch, retrain
+    from worker.tasks import celery_app
 
+    monkeypatch.setattr(worker.tasks, "_process", None)  # celery_app's process state goes with the test
+    app = celery_app(Settings(broker_url="redis://127.0.0.1:1/0"))  # configured only: nothing connects
+    classify_batch, retrain = app.tasks[CLASSIFY_TASK], app.tasks[RETRAIN_TASK]
     before = signal.getsignal(signal.SIGTERM)
     try:
         # Not a pool process (a solo pool's main process): Celery's own handler stays.
         task_prerun.send(sender=classify_batch, task_id="t", task=classify_batch, args=[], kwargs={})
         assert signal.getsignal(signal.SIGTERM) is before
-        monkeypatch.setitem(worker.tasks._state, "pool_process", True)
+        monkeypatch.setattr(worker.tasks._process, "pool_process", True)
         task_prerun.send(sender=classify_batch, task_id="t", task=classify_batch, args=[], kwargs={})
         assert signal.getsignal(signal.SIGTERM) is signal.SIG_IGN
         task_postrun.send(sender=classify_batch, task_id="t", task=classify_batch, args=[], kwargs={})
@@ -365,3 +368,4 @@ def test_a_pool_process_holds_off_sigterm_while_a_batch_runs(monkeypatch):
         assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # a retrain may be cut: nothing half-done
     finally:
         signal.signal(signal.SIGTERM, before)
+        app.close()

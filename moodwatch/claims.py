@@ -66,14 +66,3 @@ def open_claims(settings: Settings, broker_url: str | None = None) -> ClaimStore
     return ClaimStore(redis_client(broker_url or start_or_join_broker(settings), timeout=TIMEOUT),
                       settings.claim_ttl_seconds)
 
-
-_opened: dict[str, ClaimStore] = {}
-
-
-def worker_claims(settings: Settings, broker_url: str) -> ClaimStore | None:
-    """A worker process's claim store (made once, in the pool process), or None in shared mode."""
-    if settings.transport != "broker":
-        return None
-    if broker_url not in _opened:
-        _opened[broker_url] = open_claims(settings, broker_url)
-    return _opened[broker_url]

@@ -8,6 +8,7 @@ from __future__ import annotations
 import logging
 import re
 import sys
+from pathlib import Path
 from typing import Any, NoReturn
 
 import click
@@ -26,6 +27,12 @@ def one_line(text: str) -> str:
 def fail(message: str) -> NoReturn:
     click.echo(f"error: {one_line(message)}", err=True)
     sys.exit(EXIT_ERROR)
+
+
+def require_folder(path: Path, variable: str) -> None:
+    """A folder setting that names a file is refused before anything starts."""
+    if path.exists() and not path.is_dir():
+        fail(f"{path} is not a folder (set by {variable}, or its default)")
 
 
 def _settings_error(exc: Any) -> str:

@@ -1,12 +1,14 @@
 """Honest figures on any labelled folder: accuracy, precision, recall, F1, ROC AUC, confusion
-matrix, a calibration table, and per-file predictions."""
+matrix, a calibration table, and per-file predictions; and the report of a training run (what
+`moodwatch train` and `moodwatch retrain` print: the candidate against the current version on
+the same test photos, then the decision)."""
 
 from __future__ import annotations
 
 import csv
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -15,6 +17,9 @@ from moodwatch.images import extension_allowed
 from moodwatch.modelio import is_sad
 from moodwatch.vocab import LABELS
 from trainer.evaluation import metrics_from_scores
+
+if TYPE_CHECKING:  # trainer.training loads TensorFlow; a report needs only its result's fields
+    from trainer.training import TrainResult
 
 CALIBRATION_BINS = ((0.5, 0.6), (0.6, 0.7), (0.7, 0.8), (0.8, 0.9), (0.9, 0.95), (0.95, 1.0001))
 
@@ -128,3 +133,41 @@ def format_report(name: str, m: dict[str, Any], images_per_s: float | None = Non
     if images_per_s:
         lines.append(f"  speed: {images_per_s:.1f} images/s (decode + predict, batched)")
     return "\n".join(lines)
+
+
+def decision_table(decision: dict[str, Any], candidate: str, current: str | None) -> str:
+    """Candidate against current on the same test photos, then the decision in one line."""
+    lines = [f"{'':<10} {'version':<44} {'accuracy':>8} {'F1':>6} {'ECE':>6} {'n':>5}"]
+    for role, name, fig in (("candidate", candidate, decision["candidate"]),
+                            ("current", current, decision.get("current"))):
+        if fig:
+            lines.append(f"{role:<10} {name or '-':<44} {fig['accuracy']:>8.3f} {fig['f1']:>6.3f} "
+                         f"{fig['ece']:>6.3f} {fig['n']:>5}")
+    return "\n".join([*lines, decision["reason"]])
+
+
+def training_json(result: TrainResult) -> dict[str, Any]:
+    """`moodwatch train --json`: the version, the decision, its test figures and timings."""
+    return {"version": result.version.name, "decision": result.decision.to_json(),
+            "test": result.metrics, "timings": result.timings}
+
+
+def training_report(result: TrainResult) -> str:
+    """`moodwatch train`'s text: the cleaning, the new version, its confusion and time, the decision."""
+    lines = [f"cleaning: {result.clean.summary()}"]
+    lines += [f"  quarantined {src} -> {dest}: {reason}" for src, dest, reason in result.clean.quarantined]
+    lines.append(f"version: {result.version.name}  ({result.version.path})")
+    cm = result.metrics["confusion_matrix"]["rows_true_cols_predicted"]
+    lines.append(f"confusion on the test photos (rows true happy/sad, cols predicted happy/sad): {cm}")
+    t = result.timings
+    lines.append(f"time: {t['total_s']:.1f}s total, {t['epoch_s']:.2f}s per epoch")
+    lines.append(decision_table(result.decision.to_json(), result.version.name,
+                                (result.current_metrics or {}).get("version")))
+    return "\n".join(lines)
+
+
+def retrain_report(outcome: dict[str, Any]) -> str:
+    """`moodwatch retrain`'s text: the decision table after a training run, else why it was skipped."""
+    if "decision" in outcome:
+        return decision_table(outcome["decision"], outcome["version"], outcome.get("current"))
+    return f"{outcome['outcome']}: {outcome['reason']}"

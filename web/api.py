@@ -14,6 +14,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from db.export import write_csv_rows
 from db.repository import RESULT_COLUMNS, ResultFilter, agreement_by_model, as_dict, query_results, stats
+from moodwatch.version_summary import list_versions
 from web.schemas import Label, MaxConf, MinConf, Model, ModelsOut, ResultOut, Since, Stats, Status, Until
 from web.state import API_PAGE, WebState, db, filters, web_state
 
@@ -88,11 +89,10 @@ def api_models(session: Session = Depends(db), state: WebState = Depends(web_sta
     """Every version with its test figures and how often people agreed with it; the current
     version; every training run, trained or skipped."""
     agreement = agreement_by_model(session)
-    registry = state.registry
+    listing = list_versions(state.registry)
     return {
-        "current": registry.current_name(),
-        "versions": [{"version": v.name, "metrics": v.metrics().get("test"),
-                      "architecture": v.architecture,
-                      "agreement": agreement.get(v.name)} for v in registry.versions()],
-        "runs": registry.runs(),
+        "current": listing.current,
+        "versions": [{"version": v.name, "metrics": v.test, "architecture": v.architecture,
+                      "agreement": agreement.get(v.name)} for v in listing.versions],
+        "runs": listing.runs,
     }

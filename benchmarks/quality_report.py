@@ -9,7 +9,8 @@
 Every variant is fitted on each fold's validation photos only (the calibration training uses,
 trainer's fit_combination) and applied to that fold's test photos; the figures pool the 5 test
 folds. Variants of one trained recipe: the photos read in colour or in grey (the same models), and
-with or without a per-regime shift of the logit (a learned threshold against a lean to one label).
+with or without a per-regime shift of the logit (a learned threshold against a lean to one label;
+trainer.calibration.fit_shift).
 """
 
 from __future__ import annotations
@@ -27,9 +28,6 @@ from trainer.calibration import fit_combination
 from trainer.evaluation import metrics_from_scores
 from trainer.report import calibration_table, expected_calibration_error, roc_auc
 
-SHIFT_PRIOR_SD = 0.5  # a Gaussian prior on the shift: a few validation photos do not swing it
-SHIFTS = np.linspace(-2.0, 2.0, 81)
-
 
 def arrays(rows: list[dict]) -> tuple[np.ndarray, list, list[bool], np.ndarray]:
     whole = np.array([r["whole"] for r in rows])
@@ -38,30 +36,14 @@ def arrays(rows: list[dict]) -> tuple[np.ndarray, list, list[bool], np.ndarray]:
     return whole, faces, close, np.array([r["truth"] for r in rows], dtype=np.float64)
 
 
-def fit_shift(z: np.ndarray, y: np.ndarray) -> float:
-    """The additive logit shift that minimises the log loss of sigmoid(z + b), under the prior."""
-    if len(z) == 0:
-        return 0.0
-    p = np.clip(sigmoid(z[None, :] + SHIFTS[:, None]), 1e-7, 1 - 1e-7)
-    loss = -(y * np.log(p) + (1 - y) * np.log(1 - p)).sum(axis=1) + SHIFTS**2 / (2 * SHIFT_PRIOR_SD**2)
-    return float(SHIFTS[int(np.argmin(loss))])
-
-
 def out_of_fold(folds: list[dict], raw_key: str, shift: bool) -> dict[str, np.ndarray]:
     """Pooled test scores of every fold, each fold calibrated on its own validation photos."""
     out: dict[str, list] = {"y": [], "p": [], "regime": [], "source": [], "bw": []}
     for fold in folds:
         raw = fold[raw_key]
-        combination = fit_combination(*arrays(raw["validation"]), face_weight=0.5)
-        z_val, reg_val = combine_logits(*arrays(raw["validation"])[:3], combination)
-        whole, faces, close, y = arrays(raw["test"])
-        z, regimes = combine_logits(whole, faces, close, combination)
-        if shift:
-            y_val = arrays(raw["validation"])[3]
-            reg_val, regimes_a = np.array(reg_val), np.array(regimes)
-            for regime in (Regime.FACES, Regime.WHOLE):
-                b = fit_shift(z_val[reg_val == regime], y_val[reg_val == regime])
-                z[regimes_a == regime] += b
+        combination = fit_combination(*arrays(raw["validation"]), face_weight=0.5, shift=shift)
+        z, regimes = combine_logits(*arrays(raw["test"])[:3], combination)
+        y = arrays(raw["test"])[3]
         out["y"].append(y)
         out["p"].append(sigmoid(z))
         out["regime"] += [str(r) for r in regimes]

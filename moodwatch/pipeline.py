@@ -106,6 +106,10 @@ class Combination:
     # Close-ups are scored by the face model alone, as calibrated as it came from its own
     # (much larger) training set; the curated photos hold too few close-ups to refit it.
     close_up_temperature: float = 1.0
+    # Added to each regime's calibrated logit: a threshold fitted on the validation split where
+    # one label's errors outnumber the other's (0 in versions saved before it; positive: sadder).
+    shift: float = 0.0
+    face_shift: float = 0.0
     regimes: dict[str, int] = field(default_factory=dict)
 
     @classmethod
@@ -116,12 +120,14 @@ class Combination:
         d = json.loads(path.read_text())
         face_t = d.get("face_temperature")
         return cls(float(d.get("face_weight", 0.5)), float(d.get("temperature", 1.0)),
-                   None if face_t is None else float(face_t), float(d.get("close_up_temperature", 1.0)))
+                   None if face_t is None else float(face_t), float(d.get("close_up_temperature", 1.0)),
+                   float(d.get("shift", 0.0)), float(d.get("face_shift", 0.0)))
 
     def to_json(self) -> dict[str, Any]:
         return {"face_weight": self.face_weight, "temperature": self.temperature,
                 "face_temperature": self.face_temperature,
                 "close_up_temperature": self.close_up_temperature,
+                "shift": self.shift, "face_shift": self.face_shift,
                 "rule": "faces: mix of face and whole logits; close-up: face; none: whole",
                 "face_detection": detection_settings(),
                 "regimes_on_validation": self.regimes}
@@ -130,7 +136,7 @@ class Combination:
 def combine_logits(whole: np.ndarray, face: list[np.ndarray | None], close_up: list[bool],
                    c: Combination) -> tuple[np.ndarray, list[Regime]]:
     """Combined logits, and which rule scored each photo."""
-    out = np.array(whole, dtype=np.float64) / c.temperature
+    out = np.array(whole, dtype=np.float64) / c.temperature + c.shift
     regime: list[Regime] = []
     for i, f in enumerate(face):
         if f is None or len(f) == 0:
@@ -140,7 +146,8 @@ def combine_logits(whole: np.ndarray, face: list[np.ndarray | None], close_up: l
             regime.append(Regime.CLOSE_UP)
         else:
             mixed = c.face_weight * float(np.mean(f)) + (1 - c.face_weight) * whole[i]
-            out[i] = mixed / (c.temperature if c.face_temperature is None else c.face_temperature)
+            t = c.temperature if c.face_temperature is None else c.face_temperature
+            out[i] = mixed / t + c.face_shift
             regime.append(Regime.FACES)
     return out, regime
 

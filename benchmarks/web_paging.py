@@ -18,7 +18,8 @@ from fastapi.testclient import TestClient  # noqa: E402
 
 from db.engine import make_engine, make_sessionmaker  # noqa: E402
 from db.migrate import upgrade  # noqa: E402
-from db.repository import insert_results, result_row  # noqa: E402
+from db.repository import insert_results  # noqa: E402
+from moodwatch.outcome import Outcome  # noqa: E402
 from moodwatch.settings import Settings  # noqa: E402
 from web.app import create_app  # noqa: E402
 
@@ -31,9 +32,9 @@ def main() -> None:
     sessions = make_sessionmaker(make_engine(url))
     now = datetime.now(UTC)
     for start in range(0, n, 1000):
-        rows = [result_row(f"e{i}", f"/in/{i}.jpg", now - timedelta(seconds=n - i), status="classified",
-                           label="happy" if i % 3 else "sad", confidence=0.5 + (i % 500) / 1000,
-                           model_version="v1", classified_at=now) for i in range(start, start + 1000)]
+        rows = [Outcome.new(f"e{i}", f"/in/{i}.jpg", now - timedelta(seconds=n - i), status="classified",
+                            label="happy" if i % 3 else "sad", confidence=0.5 + (i % 500) / 1000,
+                            model_version="v1", classified_at=now) for i in range(start, start + 1000)]
         with sessions() as s, s.begin():
             insert_results(s, rows)
     settings = Settings(data_dir=work / "data", model_dir=ROOT / "models", database_url=url,

@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -14,9 +13,11 @@ from sqlalchemy.orm import Session
 
 from db.models import Result, Submission
 from moodwatch.files import printable, raw_bytes
+from moodwatch.outcome import Outcome
 from moodwatch.vocab import STATUSES, Status
 
 RESULT_COLUMNS = [c.name for c in Result.__table__.columns]
+OUTCOME_FIELDS = [f.name for f in fields(Outcome)]  # every column but the id
 # Rows per INSERT and ids per IN (...): far below PostgreSQL's 65,535 parameters a statement and
 # SQLite's 32,766, whatever a caller hands in.
 CHUNK = 500
@@ -27,44 +28,20 @@ def _chunks(items: Sequence[Any], size: int = CHUNK) -> Iterable[Sequence[Any]]:
         yield items[start : start + size]
 
 
-def result_row(event_id: str, path: str, received_at: datetime, *, status: str,
-               **fields: Any) -> dict[str, Any]:
-    """A complete results row with defaults; fields override them. The status has no default:
-    every caller says which outcome it records (a default "failed" hid a forgotten one)."""
-    if status not in STATUSES:
-        raise ValueError(f"unknown status {status!r}; one of {', '.join(STATUSES)}")
-    row: dict[str, Any] = {
-        "event_id": event_id,
-        "path": path,
-        "path_bytes": None,
-        "file_name": os.path.basename(path),
-        "sha256": None,
-        "received_at": received_at,
-        "stored_path": path,
-        "status": Status(status).value,  # the plain word, as every row read back has it
-        "label": None,
-        "confidence": None,
-        "score": None,
-        "model_version": None,
-        "error": None,
-        "duplicate_of": None,
-        "classified_at": None,
-        "processing_ms": None,
-        "human_label": None,
-        "reviewed_at": None,
-        "faces": None,
-    }
-    row.update(fields)
-    return row
-
-
-def storable(row: dict[str, Any]) -> dict[str, Any]:
-    """A row as the database can hold it: any name the filesystem allows (bytes that are not
-    UTF-8, control characters) becomes printable text, and the raw path is kept in path_bytes."""
+def storable(outcome: Outcome) -> dict[str, Any]:
+    """An outcome as the database can hold it: the status as its plain word, and any name the
+    filesystem allows (bytes that are not UTF-8, control characters) as printable text, the raw
+    path kept in path_bytes."""
+    row = {name: getattr(outcome, name) for name in OUTCOME_FIELDS} | {"status": outcome.status.value}
     out = {k: printable(v) if isinstance(v, str) else v for k, v in row.items()}
-    if out["path"] != row["path"]:
-        out["path_bytes"] = raw_bytes(row["path"])
+    if out["path"] != outcome.path:
+        out["path_bytes"] = raw_bytes(outcome.path)
     return out
+
+
+def outcome_of(row: Result) -> Outcome:
+    """A row read back as the outcome it records."""
+    return Outcome(**{name: getattr(row, name) for name in OUTCOME_FIELDS})
 
 
 def set_stored_paths(session: Session, moved: dict[str, str]) -> None:
@@ -74,8 +51,9 @@ def set_stored_paths(session: Session, moved: dict[str, str]) -> None:
                         .values(stored_path=printable(stored_path)))
 
 
-def insert_new_results(session: Session, rows: Sequence[dict[str, Any]]) -> set[str]:
-    """Insert rows, ignoring any whose event_id is already recorded; returns the ids added."""
+def insert_new_results(session: Session, rows: Sequence[Outcome]) -> set[str]:
+    """Insert the rows of these outcomes, ignoring any whose event_id is already recorded;
+    returns the ids added."""
     dialect = session.get_bind().dialect.name
     insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
     added: set[str] = set()
@@ -90,8 +68,9 @@ def insert_new_results(session: Session, rows: Sequence[dict[str, Any]]) -> set[
     return added
 
 
-def insert_results(session: Session, rows: Sequence[dict[str, Any]]) -> int:
-    """Insert rows, ignoring any whose event_id is already recorded; returns rows added."""
+def insert_results(session: Session, rows: Sequence[Outcome]) -> int:
+    """Insert the rows of these outcomes, ignoring any whose event_id is already recorded;
+    returns how many were added."""
     return len(insert_new_results(session, rows))
 
 
@@ -121,25 +100,23 @@ def submitted_paths(session: Session, event_ids: Iterable[str]) -> dict[str, str
     return found
 
 
-def unmoved_rows(session: Session, event_ids: list[str], before: datetime) -> list[dict[str, Any]]:
-    """Rows of these events with an outcome that moves a file, recorded before `before`."""
+def unmoved_rows(session: Session, event_ids: list[str], before: datetime) -> list[Outcome]:
+    """Outcomes of these events that move a file, recorded before `before`."""
     out = []
     for chunk in _chunks(event_ids):
-        stmt = (select(Result.event_id, Result.status, Result.label, Result.stored_path)
+        stmt = (select(Result)
                 .where(Result.event_id.in_(chunk), Result.status.in_([Status.CLASSIFIED, Status.REJECTED]),
                        (Result.classified_at.is_(None)) | (Result.classified_at <= before)))
-        out += [dict(r._mapping) for r in session.execute(stmt)]
+        out += [outcome_of(r) for r in session.scalars(stmt)]
     return out
 
 
-def outcomes_of(session: Session, event_ids: list[str]) -> list[dict[str, Any]]:
-    """The rows these events have, whatever their status or age (the fields a move needs): how
-    the watcher of the broker transport learns that the files it sent are recorded."""
+def outcomes_of(session: Session, event_ids: list[str]) -> list[Outcome]:
+    """The outcomes these events have, whatever their status or age: how the watcher of the
+    broker transport learns that the files it sent are recorded."""
     out = []
     for chunk in _chunks(event_ids):
-        stmt = (select(Result.event_id, Result.status, Result.label, Result.stored_path)
-                .where(Result.event_id.in_(chunk)))
-        out += [dict(r._mapping) for r in session.execute(stmt)]
+        out += [outcome_of(r) for r in session.scalars(select(Result).where(Result.event_id.in_(chunk)))]
     return out
 
 

@@ -9,19 +9,19 @@ import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from moodwatch.files import fitted_name, inside, located, move_to, name_max, printable, unique_destination
+from moodwatch.outcome import Outcome
 from moodwatch.settings import Settings
 from moodwatch.vocab import Status
 
 log = logging.getLogger("moodwatch.outcome_moves")
 
 
-def outcome_folder(row: dict[str, Any], settings: Settings) -> Path | None:
-    if row["status"] == Status.CLASSIFIED and settings.move_processed and row.get("label"):
-        return settings.processed_dir / row["label"]
-    if row["status"] == Status.REJECTED and settings.move_rejected:
+def outcome_folder(outcome: Outcome, settings: Settings) -> Path | None:
+    if outcome.status == Status.CLASSIFIED and settings.move_processed and outcome.label:
+        return settings.processed_dir / outcome.label
+    if outcome.status == Status.REJECTED and settings.move_rejected:
         return settings.rejected_dir
     return None
 
@@ -60,35 +60,35 @@ def kept_folder(src: str, outcome: Path, settings: Settings) -> Path:
     return folder
 
 
-def _destination(row: dict[str, Any], folder: Path) -> Path:
+def _destination(outcome: Outcome, folder: Path) -> Path:
     """Where the row says the file goes, if a move was cut short; else a free name."""
-    stored = row.get("stored_path")
-    cut_short = stored and stored != row["path"] and Path(stored).parent == folder
+    stored = outcome.stored_path
+    cut_short = stored and stored != outcome.path and Path(stored).parent == folder
     if cut_short and (not os.path.lexists(stored)
-                      or os.path.samestat(os.lstat(row["path"]), os.lstat(stored))):
+                      or os.path.samestat(os.lstat(outcome.path), os.lstat(stored))):
         return Path(stored)
-    return unique_destination(folder, os.path.basename(row["path"]))
+    return unique_destination(folder, os.path.basename(outcome.path))
 
 
-def plan_moves(rows: list[dict[str, Any]], settings: Settings) -> tuple[list[Move], dict[str, str]]:
+def plan_moves(outcomes: list[Outcome], settings: Settings) -> tuple[list[Move], dict[str, str]]:
     """The recorded files to move out of the inbox: only files inside it are moved (`submit` of a
     file elsewhere leaves it be), and only to a folder of their outcome. Also returns the rows
     whose move could not even be planned (event id -> where the file still is): one odd file
     never stops the others."""
     moves: list[Move] = []
     unplanned: dict[str, str] = {}
-    for row in rows:
-        folder = outcome_folder(row, settings)
-        src = row["path"]
+    for outcome in outcomes:
+        folder = outcome_folder(outcome, settings)
+        src = outcome.path
         try:
             if folder is None or not os.path.lexists(src) or not inside(src, settings.inbox_dir):
                 continue
             folder = kept_folder(src, folder, settings)
-            moves.append(Move(row["event_id"], Path(src), _destination(row, folder)))
+            moves.append(Move(outcome.event_id, Path(src), _destination(outcome, folder)))
         except Exception as exc:
             _cannot_move(src, folder, exc)
-            if row.get("stored_path") != src:
-                unplanned[row["event_id"]] = src
+            if outcome.stored_path != src:
+                unplanned[outcome.event_id] = src
     return moves, unplanned
 
 
@@ -97,7 +97,7 @@ def _cannot_move(src: str | Path, dest: str | Path | None, exc: Exception) -> No
     log.warning("could not move %s to %s: %s", printable(str(src)), printable(str(dest)), cause)
 
 
-def move_outcomes(rows: list[dict[str, Any]], settings: Settings, record: Recorder) -> dict[str, str]:
+def move_outcomes(outcomes: list[Outcome], settings: Settings, record: Recorder) -> dict[str, str]:
     """Move recorded files to their outcome folders; returns event id -> where each went.
 
     Where a file goes is recorded before it moves, so a crash at any point leaves each row
@@ -106,7 +106,7 @@ def move_outcomes(rows: list[dict[str, Any]], settings: Settings, record: Record
     logged with its cause, and its row points back at the inbox, where the file still is; the
     other files move all the same.
     """
-    moves, fixes = plan_moves(rows, settings)
+    moves, fixes = plan_moves(outcomes, settings)
     if moves:
         record({m.event_id: str(m.dest) for m in moves})
     moved: dict[str, str] = {}

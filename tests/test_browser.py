@@ -14,7 +14,8 @@ import pytest
 
 from db.engine import make_engine, make_sessionmaker
 from db.migrate import upgrade
-from db.repository import insert_results, result_row
+from db.repository import insert_results
+from moodwatch.outcome import Outcome
 from moodwatch.registry import Registry
 from tests.conftest import missing
 from tests.imagegen import face_like, write_image
@@ -63,14 +64,14 @@ def web_site(tmp_path, tiny_model_dir):
         # page's calibration plot have something to draw.
         reviewed = {"human_label": label if i % 4 else ("sad" if label == "happy" else "happy"),
                     "reviewed_at": now} if i % 5 < 2 else {}
-        rows.append(result_row(f"e{i}", str(data / "inbox" / path.name), now - timedelta(minutes=i * 37),
-                               stored_path=str(path), status="classified", label=label,
-                               confidence=0.52 + i / 64, score=0.4, model_version=version,
-                               classified_at=now - timedelta(minutes=i * 37), processing_ms=4.2,
-                               **reviewed))
-    rows.append(result_row("bad", str(data / "inbox" / "notes.jpg"), now, status="rejected",
-                           error="not a JPEG, PNG or BMP image (its bytes have no image signature)",
-                           classified_at=now, stored_path=str(data / "rejected" / "notes.jpg")))
+        rows.append(Outcome.new(f"e{i}", str(data / "inbox" / path.name), now - timedelta(minutes=i * 37),
+                                stored_path=str(path), status="classified", label=label,
+                                confidence=0.52 + i / 64, score=0.4, model_version=version,
+                                classified_at=now - timedelta(minutes=i * 37), processing_ms=4.2,
+                                **reviewed))
+    rows.append(Outcome.new("bad", str(data / "inbox" / "notes.jpg"), now, status="rejected",
+                            error="not a JPEG, PNG or BMP image (its bytes have no image signature)",
+                            classified_at=now, stored_path=str(data / "rejected" / "notes.jpg")))
     with make_sessionmaker(make_engine(url))() as s, s.begin():
         insert_results(s, rows)
     port = _free_port()

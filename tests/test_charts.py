@@ -14,8 +14,9 @@ from fastapi.testclient import TestClient
 
 from db.engine import make_engine, make_sessionmaker
 from db.migrate import upgrade
-from db.repository import insert_results, result_row
+from db.repository import insert_results
 from moodwatch import settings as settings_module
+from moodwatch.outcome import Outcome
 from moodwatch.settings import Settings
 from moodwatch_app.cli import main
 from web.app import create_app
@@ -28,9 +29,9 @@ BANDED = "v20261102T000000000000-default"  # a version whose metrics have them
 
 
 def _row(n: int, label: str | None, confidence: float | None, at: datetime, status: str = "classified",
-         **kw) -> dict:
-    return result_row(f"ev{n}", f"/inbox/p{n}.jpg", at, status=status, label=label, confidence=confidence,
-                      classified_at=at, model_version=kw.pop("model", REVIEWED), **kw)
+         **kw) -> Outcome:
+    return Outcome.new(f"ev{n}", f"/inbox/p{n}.jpg", at, status=status, label=label, confidence=confidence,
+                       classified_at=at, model_version=kw.pop("model", REVIEWED), **kw)
 
 
 # What the rows below must draw. Hours count back from NOW's hour (index 23).

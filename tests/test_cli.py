@@ -106,13 +106,14 @@ def test_results_formats(tmp_path):
 
     from db.engine import make_engine, make_sessionmaker
     from db.migrate import upgrade
-    from db.repository import insert_results, result_row
+    from db.repository import insert_results
+    from moodwatch.outcome import Outcome
 
     url = f"sqlite:///{tmp_path / 'r.db'}"
     upgrade(url)
     with make_sessionmaker(make_engine(url))() as s, s.begin():
-        insert_results(s, [result_row(f"e{i}", f"/in/{i}.jpg", datetime.now(UTC), status="classified",
-                                      label="happy" if i % 2 else "sad", confidence=0.7) for i in range(5)])
+        insert_results(s, [Outcome.new(f"e{i}", f"/in/{i}.jpg", datetime.now(UTC), status="classified",
+                                       label="happy" if i % 2 else "sad", confidence=0.7) for i in range(5)])
     env = {"MOODWATCH_DATABASE_URL": url}
     js = json.loads(run(["results", "--format", "json", "--label", "sad", "--limit", "0"], env).output)
     assert len(js) == 3 and {"id", "label", "confidence", "sha256", "event_id"} <= set(js[0])
@@ -228,13 +229,14 @@ def test_submit_of_a_recorded_file_says_so_and_queues_nothing(tmp_path, monkeypa
     # As a worker would: the photo's row.
     from datetime import UTC, datetime
 
-    from db.repository import insert_results, result_row
+    from db.repository import insert_results
+    from moodwatch.outcome import Outcome
 
     engine = make_engine(db)
     with make_sessionmaker(engine)() as s, s.begin():
-        insert_results(s, [result_row(message["event_id"], message["path"], datetime.now(UTC),
-                                      sha256=message["sha256"], status="classified", label="happy",
-                                      confidence=0.9)])
+        insert_results(s, [Outcome.new(message["event_id"], message["path"], datetime.now(UTC),
+                                       sha256=message["sha256"], status="classified", label="happy",
+                                       confidence=0.9)])
     with make_sessionmaker(engine)() as s:
         ids = {r.file_name: r.id for r in s.query(Result)}
     engine.dispose()
@@ -260,7 +262,8 @@ def test_results_table_columns_fit_their_content(tmp_path):
 
     from db.engine import make_engine, make_sessionmaker
     from db.migrate import upgrade
-    from db.repository import insert_results, result_row
+    from db.repository import insert_results
+    from moodwatch.outcome import Outcome
 
     url = f"sqlite:///{tmp_path / 'r.db'}"
     upgrade(url)
@@ -269,10 +272,10 @@ def test_results_table_columns_fit_their_content(tmp_path):
     engine = make_engine(url)
     with make_sessionmaker(engine)() as s, s.begin():
         insert_results(s, [
-            result_row("e1", "/in/a.jpg", when, status="classified", label="happy", confidence=0.9,
-                       model_version=long_version),
-            result_row("e2", "/in/a_much_longer_file_name.png", when, status="rejected",
-                       error="not a JPEG, PNG or BMP image"),
+            Outcome.new("e1", "/in/a.jpg", when, status="classified", label="happy", confidence=0.9,
+                        model_version=long_version),
+            Outcome.new("e2", "/in/a_much_longer_file_name.png", when, status="rejected",
+                        error="not a JPEG, PNG or BMP image"),
         ])
     engine.dispose()
     lines = run(["results"], {"MOODWATCH_DATABASE_URL": url}).output.splitlines()

@@ -32,14 +32,15 @@ def run(args, env):
 def results_db(tmp_path):
     from db.engine import make_engine, make_sessionmaker
     from db.migrate import upgrade
-    from db.repository import insert_results, result_row
+    from db.repository import insert_results
+    from moodwatch.outcome import Outcome
 
     url = f"sqlite:///{tmp_path / 'r.db'}"
     upgrade(url)
     engine = make_engine(url)
     with make_sessionmaker(engine)() as s, s.begin():
-        insert_results(s, [result_row(f"e{i}", f"/in/{i}.jpg", datetime.now(UTC), status="classified",
-                                      label="sad", confidence=0.8) for i in range(3)])
+        insert_results(s, [Outcome.new(f"e{i}", f"/in/{i}.jpg", datetime.now(UTC), status="classified",
+                                       label="sad", confidence=0.8) for i in range(3)])
     engine.dispose()
     return {"MOODWATCH_DATABASE_URL": url}
 

@@ -14,8 +14,9 @@ from fastapi.testclient import TestClient
 from db.engine import make_engine, make_sessionmaker
 from db.export import csv_cell
 from db.migrate import upgrade
-from db.repository import insert_results, result_row
+from db.repository import insert_results
 from moodwatch import settings as settings_module
+from moodwatch.outcome import Outcome
 from moodwatch.settings import Settings
 from moodwatch_app.cli import main
 from web.app import create_app
@@ -31,11 +32,11 @@ def db_with_hostile_names(tmp_path) -> str:
     url = f"sqlite:///{tmp_path / 'r.db'}"
     upgrade(url)
     now = datetime.now(UTC)
-    rows = [result_row(f"e{i}", str(tmp_path / "inbox" / name), now, file_name=name, status="classified",
-                       label="sad", confidence=0.75, score=0.75)
+    rows = [Outcome.new(f"e{i}", str(tmp_path / "inbox" / name), now, file_name=name, status="classified",
+                        label="sad", confidence=0.75, score=0.75)
             for i, name in enumerate([*HOSTILE, PLAIN])]
-    rows.append(result_row("err", str(tmp_path / "inbox" / "x.jpg"), now, status="failed",
-                           error="=1+1 is not an image", classified_at=now))
+    rows.append(Outcome.new("err", str(tmp_path / "inbox" / "x.jpg"), now, status="failed",
+                            error="=1+1 is not an image", classified_at=now))
     with make_sessionmaker(make_engine(url))() as s, s.begin():
         insert_results(s, rows)
     return url

@@ -1,3 +1,4 @@
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -6,16 +7,24 @@ from sqlalchemy import func, inspect, select
 from db.engine import make_engine, make_sessionmaker
 from db.migrate import current_revision, upgrade
 from db.models import Result
-from db.repository import ResultFilter, insert_results, query_results, stats
+from db.repository import (
+    OUTCOME_FIELDS,
+    RESULT_COLUMNS,
+    ResultFilter,
+    insert_results,
+    outcomes_of,
+    query_results,
+    stats,
+    unmoved_rows,
+)
+from moodwatch.outcome import Outcome
+from moodwatch.vocab import Status
 
 
-def _row(i: int, **kw):
-    base = dict(event_id=f"e{i}", path=f"/in/{i}.jpg", file_name=f"{i}.jpg", sha256=f"{i:064d}",
-                status="classified", label="happy" if i % 2 else "sad", confidence=0.8, score=0.2,
-                model_version="v1", received_at=datetime.now(UTC) - timedelta(hours=i),
-                classified_at=datetime.now(UTC))
-    base.update(kw)
-    return base
+def _row(i: int, event_id: str | None = None) -> Outcome:
+    return Outcome.new(event_id or f"e{i}", f"/in/{i}.jpg", datetime.now(UTC) - timedelta(hours=i),
+                       sha256=f"{i:064d}", status="classified", label="happy" if i % 2 else "sad",
+                       confidence=0.8, score=0.2, model_version="v1", classified_at=datetime.now(UTC))
 
 
 def test_migrations_create_schema_and_indexes(db_url):
@@ -67,6 +76,32 @@ def test_a_large_insert_is_chunked_under_the_parameter_limits(db_url):
     engine.dispose()
 
 
+def test_an_outcome_has_a_field_for_every_column_but_the_id():
+    """A column added to the table and not to moodwatch.outcome.Outcome would never be written."""
+    assert set(OUTCOME_FIELDS) == set(RESULT_COLUMNS) - {"id"}
+
+
+def test_outcomes_read_back_are_the_outcomes_written(db_url):
+    upgrade(db_url)
+    engine = make_engine(db_url)
+    sessions = make_sessionmaker(engine)
+    now = datetime.now(UTC)
+    written = [Outcome.new("c", "/in/c.jpg", now, status="classified", label="sad", confidence=0.9,
+                           faces=[[0.1, 0.2, 0.3, 0.4]], sha256="ab" * 32),
+               Outcome.new("r", "/in/r.txt", now, status="rejected", error="not an image", classified_at=now),
+               Outcome.new("f", "/in/f.jpg", now, status="failed", error="gone", classified_at=now)]
+    with sessions() as s, s.begin():
+        insert_results(s, written)
+    with sessions() as s:
+        back = {o.event_id: o for o in outcomes_of(s, ["c", "r", "f", "never"])}
+        unmoved = unmoved_rows(s, ["c", "r", "f"], now + timedelta(seconds=1))
+    engine.dispose()
+    for o in written:  # SQLite gives its times back without their zone
+        assert replace(back[o.event_id], received_at=o.received_at, classified_at=o.classified_at) == o
+    assert back["c"].status is Status.CLASSIFIED
+    assert sorted(o.event_id for o in unmoved) == ["c", "r"]  # a failure moves no file
+
+
 def test_duplicate_of_is_indexed(db_url):
     upgrade(db_url)
     engine = make_engine(db_url)
@@ -100,11 +135,9 @@ def test_the_tests_row_counter_fails_when_the_database_is_down(tmp_path):
 
 def test_a_row_names_its_outcome():
     """No default outcome: a caller that forgot the status used to record "failed"."""
-    from db.repository import result_row
-
     now = datetime.now(UTC)
     with pytest.raises(TypeError):
-        result_row("e", "/in/a.jpg", now)  # type: ignore[call-arg]
+        Outcome.new("e", "/in/a.jpg", now)  # type: ignore[call-arg]
     with pytest.raises(ValueError, match="unknown status 'done'"):
-        result_row("e", "/in/a.jpg", now, status="done")
-    assert result_row("e", "/in/a.jpg", now, status="rejected")["status"] == "rejected"
+        Outcome.new("e", "/in/a.jpg", now, status="done")
+    assert Outcome.new("e", "/in/a.jpg", now, status="rejected").status == "rejected"

@@ -45,7 +45,8 @@ def test_the_record_of_run_is_what_commands_elsewhere_use(tmp_path, monkeypatch,
 
     from db.engine import make_engine, make_sessionmaker
     from db.migrate import upgrade
-    from db.repository import insert_results, result_row
+    from db.repository import insert_results
+    from moodwatch.outcome import Outcome
 
     home = tmp_path / "home"
     monkeypatch.setenv("MOODWATCH_HOME", str(home))
@@ -55,8 +56,8 @@ def test_the_record_of_run_is_what_commands_elsewhere_use(tmp_path, monkeypatch,
     upgrade(service.database)
     engine = make_engine(service.database)
     with make_sessionmaker(engine)() as s, s.begin():
-        insert_results(s, [result_row("e1", "/in/x.jpg", datetime.now(UTC), status="classified",
-                                      label="sad", confidence=0.8)])
+        insert_results(s, [Outcome.new("e1", "/in/x.jpg", datetime.now(UTC), status="classified",
+                                       label="sad", confidence=0.8)])
     engine.dispose()
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()

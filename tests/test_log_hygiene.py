@@ -13,7 +13,7 @@ import pytest
 
 from db.engine import make_engine, make_sessionmaker
 from db.errors import describe
-from db.repository import result_row
+from moodwatch.outcome import Outcome
 from moodwatch.settings import Settings
 from tests.imagegen import face_like, write_image
 from watcher.service import Watcher
@@ -65,8 +65,8 @@ def test_worker_move_warning_carries_no_sql(tmp_path, tableless, caplog):
     settings = Settings(data_dir=tmp_path / "data")
     photo = write_image(settings.inbox_dir / "party.jpg", face_like("happy", 2))
     eid = _eid("classified")
-    row = result_row(eid, str(photo), datetime.now(UTC), status="classified", label="happy",
-                     confidence=0.9, score=0.1, classified_at=datetime.now(UTC))
+    row = Outcome.new(eid, str(photo), datetime.now(UTC), status="classified", label="happy",
+                      confidence=0.9, score=0.1, classified_at=datetime.now(UTC))
     with caplog.at_level(logging.WARNING):
         move_recorded([row], settings, tableless)  # recording where the file goes fails: nothing moves
     lines = [line for line in _warnings(caplog) if "not moved yet" in line]

@@ -10,8 +10,9 @@ import redis
 from fastapi.testclient import TestClient
 
 from db.migrate import open_database
-from db.repository import insert_results, result_row
+from db.repository import insert_results
 from moodwatch import heartbeat, metrics
+from moodwatch.outcome import Outcome
 from moodwatch.queue import CLASSIFY_QUEUE
 from moodwatch.registry import Registry
 from moodwatch.settings import Settings
@@ -38,9 +39,9 @@ def test_web_metrics_show_rows_queue_bytes_and_every_worker_model(tmp_path, redi
     now = datetime.now(UTC)
     with open_database(settings.database).begin() as session:
         insert_results(session, [
-            result_row("e1", "/in/a.jpg", now, status="classified", label="happy", confidence=0.9),
-            result_row("e2", "/in/b.jpg", now, status="classified", label="sad", confidence=0.8),
-            result_row("e3", "/in/c.txt", now, status="rejected", error="not an image"),
+            Outcome.new("e1", "/in/a.jpg", now, status="classified", label="happy", confidence=0.9),
+            Outcome.new("e2", "/in/b.jpg", now, status="classified", label="sad", confidence=0.8),
+            Outcome.new("e3", "/in/c.txt", now, status="rejected", error="not an image"),
         ])
     client = redis.Redis.from_url(redis_url)
     client.rpush(CLASSIFY_QUEUE, "job1", "job2")

@@ -9,7 +9,8 @@ import os
 import sqlite3
 import subprocess
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
@@ -19,8 +20,10 @@ from db.engine import make_engine, make_sessionmaker
 from db.migrate import upgrade
 from db.models import Result
 from moodwatch.files import name_max, unique_destination
+from moodwatch.outcome import Outcome
 from moodwatch.outcome_moves import move_outcomes
 from moodwatch.settings import Settings
+from moodwatch.vocab import Status
 from tests.conftest import missing
 from tests.imagegen import face_like, write_image
 from tests.test_watcher_unit import _run_until
@@ -51,16 +54,15 @@ def _rows(sessions) -> dict[str, Result]:
 class Rows:
     """The stored_path column of some rows, as move_outcomes records it."""
 
-    def __init__(self, rows: list[dict]):
-        self.where = {r["event_id"]: r["stored_path"] for r in rows}
+    def __init__(self, rows: list[Outcome]):
+        self.where = {r.event_id: r.stored_path for r in rows}
 
     def __call__(self, where: dict[str, str]) -> None:
         self.where.update(where)
 
 
-def _row(path: Path, label: str = "happy", n: int = 0) -> dict:
-    return {"event_id": f"{n:040x}", "path": str(path), "stored_path": str(path),
-            "status": "classified", "label": label}
+def _row(path: Path, label: str = "happy", n: int = 0) -> Outcome:
+    return Outcome.new(f"{n:040x}", str(path), datetime.now(UTC), status="classified", label=label)
 
 
 # 5. names too long for the destination -------------------------------------------------------
@@ -123,12 +125,12 @@ def test_a_file_whose_move_cannot_be_planned_does_not_stop_the_others(tmp_path, 
     rows = [_row(odd, "happy", 0)] + [
         _row(settings.inbox_dir / f"s{i}.jpg", "sad", i + 1) for i in range(3)]
     for r in rows[1:]:
-        Path(r["path"]).write_bytes(b"sad")
+        Path(r.path).write_bytes(b"sad")
     recorded = Rows(rows)
     with caplog.at_level(logging.WARNING):
         moved = move_outcomes(rows, settings, recorded)
     assert len(moved) == 3 and all(Path(p).parent == settings.processed_dir / "sad" for p in moved.values())
-    assert odd.read_bytes() == b"odd" and recorded.where[rows[0]["event_id"]] == str(odd)
+    assert odd.read_bytes() == b"odd" and recorded.where[rows[0].event_id] == str(odd)
     assert any("could not move" in r.getMessage() and "odd.jpg" in r.getMessage() for r in caplog.records)
 
 
@@ -169,19 +171,19 @@ def test_a_move_onto_a_full_filesystem_leaves_no_junk_and_a_retry_succeeds(tmp_p
     recorded = Rows(rows)
     with caplog.at_level(logging.WARNING):
         for _ in range(3):  # the rescan retries: each failure must leave nothing behind
-            moved = move_outcomes([r for r in rows if os.path.lexists(r["path"])], settings, recorded)
+            moved = move_outcomes([r for r in rows if os.path.lexists(r.path)], settings, recorded)
             if not moved:
                 continue
-            assert list(moved) == [rows[1]["event_id"]]  # the small one fits, and moves at once
+            assert list(moved) == [rows[1].event_id]  # the small one fits, and moves at once
     assert any("No space left on device" in r.getMessage() for r in caplog.records)
     assert _everything_in(tiny_tmpfs) == ["happy", "sad", "sad/small.jpg"]  # no partial copy
-    assert photo.read_bytes() == data and recorded.where[rows[0]["event_id"]] == str(photo)
+    assert photo.read_bytes() == data and recorded.where[rows[0].event_id] == str(photo)
 
     subprocess.run(["mount", "-o", "remount,size=1m", str(tiny_tmpfs)], check=True)
     moved = move_outcomes([rows[0]], settings, recorded)
-    dest = Path(moved[rows[0]["event_id"]])
+    dest = Path(moved[rows[0].event_id])
     assert dest == processed / "happy" / "big.jpg" and dest.read_bytes() == data
-    assert not photo.exists() and recorded.where[rows[0]["event_id"]] == str(dest)
+    assert not photo.exists() and recorded.where[rows[0].event_id] == str(dest)
     assert _everything_in(tiny_tmpfs) == ["happy", "happy/big.jpg", "sad", "sad/small.jpg"]
 
 
@@ -197,11 +199,11 @@ def test_a_cross_filesystem_move_never_overwrites_and_moves_a_link_as_a_link(tmp
     target.write_bytes(b"target")
     link = settings.inbox_dir / "link.jpg"
     link.symlink_to(target)
-    rows = [{**_row(p, n=i), "status": "rejected", "label": None} for i, p in enumerate([same, link])]
+    rows = [replace(_row(p, n=i), status=Status.REJECTED, label=None) for i, p in enumerate([same, link])]
     moved = move_outcomes(rows, settings, Rows(rows))
     assert (tiny_tmpfs / "same.jpg").read_bytes() == b"already there"
-    assert Path(moved[rows[0]["event_id"]]).read_bytes() == b"new"
-    assert os.readlink(moved[rows[1]["event_id"]]) == str(target) and target.read_bytes() == b"target"
+    assert Path(moved[rows[0].event_id]).read_bytes() == b"new"
+    assert os.readlink(moved[rows[1].event_id]) == str(target) and target.read_bytes() == b"target"
     assert not same.exists() and not os.path.lexists(link)
     assert not [n for n in os.listdir(tiny_tmpfs) if n.startswith(".")]  # no temporary left
 

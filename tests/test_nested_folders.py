@@ -13,6 +13,7 @@ from sqlalchemy import select
 from db.engine import make_engine, make_sessionmaker
 from db.migrate import upgrade
 from db.models import Result
+from moodwatch.outcome import Outcome
 from moodwatch.outcome_moves import move_outcomes
 from moodwatch.registry import Registry
 from moodwatch.settings import Settings
@@ -30,19 +31,19 @@ def _settings(tmp_path: Path, **kw) -> Settings:
 class Rows:
     """The stored_path column of some rows, as move_outcomes records it."""
 
-    def __init__(self, rows: list[dict]):
-        self.where = {r["event_id"]: r["stored_path"] for r in rows}
+    def __init__(self, rows: list[Outcome]):
+        self.where = {r.event_id: r.stored_path for r in rows}
 
     def __call__(self, where: dict[str, str]) -> None:
         self.where.update(where)
 
 
-def _row(path: Path | str, label: str = "happy", n: int = 0, status: str = "classified") -> dict:
-    return {"event_id": f"{n:040x}", "path": str(path), "stored_path": str(path), "status": status,
-            "label": label if status == "classified" else None}
+def _row(path: Path | str, label: str = "happy", n: int = 0, status: str = "classified") -> Outcome:
+    return Outcome.new(f"{n:040x}", str(path), datetime.now(UTC), status=status,
+                       label=label if status == "classified" else None)
 
 
-def _move(settings: Settings, rows: list[dict]) -> Rows:
+def _move(settings: Settings, rows: list[Outcome]) -> Rows:
     recorded = Rows(rows)
     move_outcomes(rows, settings, recorded)
     return recorded
@@ -81,7 +82,7 @@ def test_flat_when_keep_folders_is_off(tmp_path):
     src.parent.mkdir()
     src.write_bytes(b"a")
     recorded = _move(settings, [_row(src)])
-    assert recorded.where[_row(src)["event_id"]] == str(settings.processed_dir / "happy" / "a.jpg")
+    assert recorded.where[_row(src).event_id] == str(settings.processed_dir / "happy" / "a.jpg")
 
 
 def test_dot_dot_in_a_path_never_leads_outside(tmp_path):
@@ -99,8 +100,8 @@ def test_dot_dot_in_a_path_never_leads_outside(tmp_path):
             _row(f"{inbox}/trip/../day1/y.jpg", n=2)]  # inside, once `..` is resolved
     recorded = _move(settings, rows)
     assert escaping.read_bytes() == b"x"  # not the inbox's: never moved
-    assert recorded.where[rows[0]["event_id"]] == rows[0]["path"]
-    assert recorded.where[rows[1]["event_id"]] == str(settings.processed_dir / "happy" / "day1" / "y.jpg")
+    assert recorded.where[rows[0].event_id] == rows[0].path
+    assert recorded.where[rows[1].event_id] == str(settings.processed_dir / "happy" / "day1" / "y.jpg")
     assert not (settings.processed_dir / "happy" / "trip").exists()
     assert sorted(p.name for p in settings.data_dir.rglob("*") if ".." in p.name) == []
 
@@ -120,10 +121,10 @@ def test_a_linked_folder_in_the_inbox_names_no_folder_of_its_own(tmp_path):
     (elsewhere / "b.jpg").write_bytes(b"b")
     rows = [_row(inbox / "alias" / "a.jpg", n=1), _row(inbox / "away" / "b.jpg", n=2)]
     recorded = _move(settings, rows)
-    assert recorded.where[rows[0]["event_id"]] == str(settings.processed_dir / "happy" / "trip" / "a.jpg")
+    assert recorded.where[rows[0].event_id] == str(settings.processed_dir / "happy" / "trip" / "a.jpg")
     assert not (settings.processed_dir / "happy" / "alias").exists()
     assert (elsewhere / "b.jpg").read_bytes() == b"b"
-    assert recorded.where[rows[1]["event_id"]] == str(inbox / "away" / "b.jpg")
+    assert recorded.where[rows[1].event_id] == str(inbox / "away" / "b.jpg")
 
 
 def test_a_link_where_a_kept_folder_would_be_is_never_followed(tmp_path):
@@ -139,7 +140,7 @@ def test_a_link_where_a_kept_folder_would_be_is_never_followed(tmp_path):
     src.parent.mkdir(parents=True)
     src.write_bytes(b"a")
     recorded = _move(settings, [_row(src)])
-    assert recorded.where[_row(src)["event_id"]] == str(happy / "a.jpg")
+    assert recorded.where[_row(src).event_id] == str(happy / "a.jpg")
     assert (happy / "a.jpg").read_bytes() == b"a"
     assert not list(target.iterdir())
 
@@ -154,7 +155,7 @@ def test_a_folder_name_too_long_once_made_printable_is_shortened(tmp_path):
     src = folder / "a.jpg"
     src.write_bytes(b"a")
     recorded = _move(settings, [_row(src)])
-    dest = Path(recorded.where[_row(src)["event_id"]])
+    dest = Path(recorded.where[_row(src).event_id])
     assert dest.name == "a.jpg" and dest.read_bytes() == b"a"
     assert dest.parent.parent == settings.processed_dir / "happy"
     assert dest.parent.name.startswith("\\xff") and len(os.fsencode(dest.parent.name)) <= 255

@@ -15,7 +15,8 @@ from fastapi.testclient import TestClient
 
 from db.engine import make_engine, make_sessionmaker
 from db.migrate import upgrade
-from db.repository import insert_results, result_row
+from db.repository import insert_results
+from moodwatch.outcome import Outcome
 from moodwatch.settings import Settings
 from moodwatch_app.cli import main
 from tests.imagegen import face_like, write_image
@@ -35,9 +36,9 @@ def site(tmp_path):
     upgrade(url)
     photo = write_image(settings.processed_dir / "happy" / "p.jpg", face_like("happy", 1))
     with make_sessionmaker(make_engine(url))() as s, s.begin():
-        insert_results(s, [result_row("e1", str(settings.inbox_dir / "p.jpg"), AT, stored_path=str(photo),
-                                      status="classified", label="happy", confidence=0.9, score=0.1,
-                                      model_version=LONG, classified_at=AT)])
+        insert_results(s, [Outcome.new("e1", str(settings.inbox_dir / "p.jpg"), AT, stored_path=str(photo),
+                                       status="classified", label="happy", confidence=0.9, score=0.1,
+                                       model_version=LONG, classified_at=AT)])
     client = TestClient(create_app(settings))
     yield client, settings
     client.close()

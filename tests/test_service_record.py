@@ -42,14 +42,15 @@ def _service(data: Path, *names: str) -> Settings:
     """A data folder whose database holds one classified row per name."""
     from db.engine import make_engine, make_sessionmaker
     from db.migrate import upgrade
-    from db.repository import insert_results, result_row
+    from db.repository import insert_results
+    from moodwatch.outcome import Outcome
 
     settings = Settings(data_dir=data, model_dir=data.parent / "models")
     upgrade(settings.database)
     engine = make_engine(settings.database)
     with make_sessionmaker(engine)() as s, s.begin():
-        insert_results(s, [result_row(f"e-{n}", f"/in/{n}", datetime.now(UTC), status="classified",
-                                      label="sad", confidence=0.8) for n in names])
+        insert_results(s, [Outcome.new(f"e-{n}", f"/in/{n}", datetime.now(UTC), status="classified",
+                                       label="sad", confidence=0.8) for n in names])
     engine.dispose()
     return settings
 

@@ -17,11 +17,12 @@ from click.testing import CliRunner
 
 from db.engine import make_engine, make_sessionmaker
 from db.migrate import upgrade
-from db.repository import insert_results, result_row
+from db.repository import insert_results
 from moodwatch import settings as settings_module
 from moodwatch.broker import redis_client
 from moodwatch.claims import ClaimStore
 from moodwatch.jobs import CLAIM_PREFIX, FileJob, claim_key
+from moodwatch.outcome import Outcome
 from moodwatch.queue import CLASSIFY_TASK, make_celery
 from moodwatch.settings import Settings
 from moodwatch_app.cli import main
@@ -73,8 +74,8 @@ def _steps(w: Watcher, seconds: float) -> None:
 def _record(sessions, jobs: list[FileJob], claims: ClaimStore) -> None:
     """What a worker does with a job: rows committed, then the bytes deleted."""
     with sessions() as s, s.begin():
-        insert_results(s, [result_row(j.event_id, j.path, j.arrived, status="classified", label="happy",
-                                      confidence=0.9, sha256=j.sha256, classified_at=datetime.now(UTC))
+        insert_results(s, [Outcome.new(j.event_id, j.path, j.arrived, status="classified", label="happy",
+                                       confidence=0.9, sha256=j.sha256, classified_at=datetime.now(UTC))
                            for j in jobs])
     claims.delete(claim_key(j.event_id) for j in jobs)
 

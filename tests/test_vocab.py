@@ -9,7 +9,8 @@ from datetime import UTC, datetime
 
 import pytest
 
-from db.repository import result_row
+from db.repository import storable
+from moodwatch.outcome import Outcome
 from moodwatch.vocab import STATUSES, Regime, Status
 
 
@@ -19,13 +20,15 @@ def test_statuses_are_the_plain_words_in_order():
 
 
 def test_a_row_records_the_plain_word_of_its_status():
-    row = result_row("e1", "/in/a.jpg", datetime.now(UTC), status=Status.REJECTED)
-    assert row["status"] == "rejected" and type(row["status"]) is str
+    outcome = Outcome.new("e1", "/in/a.jpg", datetime.now(UTC), status="rejected")
+    assert outcome.status is Status.REJECTED  # the member in the code
+    stored = storable(outcome)["status"]
+    assert stored == "rejected" and type(stored) is str  # the plain word in the database
 
 
 def test_a_row_refuses_a_status_that_is_not_one():
     with pytest.raises(ValueError, match="unknown status 'done'"):
-        result_row("e1", "/in/a.jpg", datetime.now(UTC), status="done")
+        Outcome.new("e1", "/in/a.jpg", datetime.now(UTC), status="done")
 
 
 def test_regimes_serialise_as_their_words():

@@ -11,7 +11,8 @@ from fastapi.testclient import TestClient
 
 from db.engine import make_engine, make_sessionmaker
 from db.migrate import upgrade
-from db.repository import insert_results, result_row
+from db.repository import insert_results
+from moodwatch.outcome import Outcome
 from moodwatch.settings import Settings
 from tests.imagegen import face_like, write_image
 from web.app import create_app
@@ -31,12 +32,12 @@ def site(tmp_path, db_url, tiny_model_dir):
         label = "happy" if i % 2 else "sad"
         name = XSS if i == 7 else f"p{i}.jpg"
         path = write_image(settings.processed_dir / label / f"p{i}.jpg", face_like(label, i))
-        rows.append(result_row(f"e{i}", str(settings.inbox_dir / name), now - timedelta(days=i % 5),
-                               file_name=name, stored_path=str(path), status="classified", label=label,
-                               confidence=0.5 + (i % 50) / 100, score=0.3, model_version="v-test",
-                               classified_at=now))
-    rows.append(result_row("bad", str(settings.inbox_dir / "bad.jpg"), now, status="rejected",
-                           error="not a JPEG, PNG or BMP image", classified_at=now))
+        rows.append(Outcome.new(f"e{i}", str(settings.inbox_dir / name), now - timedelta(days=i % 5),
+                                file_name=name, stored_path=str(path), status="classified", label=label,
+                                confidence=0.5 + (i % 50) / 100, score=0.3, model_version="v-test",
+                                classified_at=now))
+    rows.append(Outcome.new("bad", str(settings.inbox_dir / "bad.jpg"), now, status="rejected",
+                            error="not a JPEG, PNG or BMP image", classified_at=now))
     with sessions() as s, s.begin():
         insert_results(s, rows)
     client = TestClient(create_app(settings))
@@ -118,8 +119,8 @@ def test_images_only_from_owned_folders(site, tmp_path):
     client, settings, sessions = site
     outside = write_image(tmp_path / "elsewhere" / "secret.jpg", face_like("sad", 1))
     with sessions() as s, s.begin():
-        insert_results(s, [result_row("out", str(outside), datetime.now(UTC), stored_path=str(outside),
-                                      status="classified", label="sad", confidence=0.9)])
+        insert_results(s, [Outcome.new("out", str(outside), datetime.now(UTC), stored_path=str(outside),
+                                       status="classified", label="sad", confidence=0.9)])
     rid = client.get("/api/results", params={"limit": 1}).json()[0]["id"]
     assert client.get(f"/image/{rid}").status_code == 404
     assert client.get(f"/thumb/{rid}").status_code == 404
@@ -163,9 +164,9 @@ def test_detail_draws_the_face_boxes_the_model_used(site):
     client, settings, sessions = site
     path = write_image(settings.processed_dir / "happy" / "group.jpg", face_like("happy", 77, 300))
     with sessions() as s, s.begin():
-        insert_results(s, [result_row("faces", str(path), datetime.now(UTC), stored_path=str(path),
-                                      status="classified", label="happy", confidence=0.8,
-                                      faces=[[0.1, 0.2, 0.3, 0.25], [0.6, 0.1, 0.1, 0.1]])])
+        insert_results(s, [Outcome.new("faces", str(path), datetime.now(UTC), stored_path=str(path),
+                                       status="classified", label="happy", confidence=0.8,
+                                       faces=[[0.1, 0.2, 0.3, 0.25], [0.6, 0.1, 0.1, 0.1]])])
     rid = client.get("/api/results", params={"limit": 1}).json()[0]["id"]
     html = client.get(f"/results/{rid}").text
     assert html.count('class="facebox"') == 2 and "left: 10.0%" in html and "2 face(s)" in html
@@ -214,9 +215,9 @@ def test_gallery_has_no_broken_thumbnails_and_every_card_links_somewhere(site, t
     now = datetime.now(UTC) + timedelta(minutes=1)  # newest: on the first page
     with sessions() as s, s.begin():
         insert_results(s, [
-            result_row("out", str(outside), now, status="classified", label="sad", confidence=0.7),
-            result_row("fail", "/mnt/gone/lost.jpg", now, status="failed",
-                       error="file not found: /mnt/gone/lost.jpg"),
+            Outcome.new("out", str(outside), now, status="classified", label="sad", confidence=0.7),
+            Outcome.new("fail", "/mnt/gone/lost.jpg", now, status="failed",
+                        error="file not found: /mnt/gone/lost.jpg"),
         ])
     html = client.get("/").text
     for rid in re.findall(r'src="/thumb/(\d+)"', html):
@@ -228,8 +229,8 @@ def test_gallery_has_no_broken_thumbnails_and_every_card_links_somewhere(site, t
 def test_failed_rows_are_listed_with_the_rejected(site):
     client, _settings, sessions = site
     with sessions() as s, s.begin():
-        insert_results(s, [result_row("fail2", "/mnt/gone/failed.jpg", datetime.now(UTC), status="failed",
-                                      error="cannot read file: Input/output error")])
+        insert_results(s, [Outcome.new("fail2", "/mnt/gone/failed.jpg", datetime.now(UTC), status="failed",
+                                       error="cannot read file: Input/output error")])
     html = client.get("/rejected").text
     assert "failed.jpg" in html and "Input/output error" in html and "bad.jpg" in html
     assert f'href="/results/{_newest_id(sessions)}"' in html
@@ -241,12 +242,12 @@ def test_a_duplicate_shows_the_face_boxes_of_its_original(site):
     twin = write_image(settings.processed_dir / "happy" / "twin.jpg", face_like("happy", 78, 300))
     now = datetime.now(UTC)
     with sessions() as s, s.begin():
-        insert_results(s, [result_row("orig", str(path), now, status="classified", label="happy",
-                                      confidence=0.8, faces=[[0.1, 0.2, 0.3, 0.25]])])
+        insert_results(s, [Outcome.new("orig", str(path), now, status="classified", label="happy",
+                                       confidence=0.8, faces=[[0.1, 0.2, 0.3, 0.25]])])
     first = _newest_id(sessions)
     with sessions() as s, s.begin():
-        insert_results(s, [result_row("twin", str(twin), now, status="classified", label="happy",
-                                      confidence=0.8, duplicate_of=first)])
+        insert_results(s, [Outcome.new("twin", str(twin), now, status="classified", label="happy",
+                                       confidence=0.8, duplicate_of=first)])
     html = client.get(f"/results/{_newest_id(sessions)}").text
     assert html.count('class="facebox"') == 1 and "reads the whole image only" not in html
 
@@ -258,8 +259,8 @@ def test_api_pages_are_capped_and_the_export_streams(site):
     client, settings, sessions = site
     now = datetime.now(UTC)
     with sessions() as s, s.begin():
-        insert_results(s, [result_row(f"bulk{i}", f"/in/b{i}.jpg", now, status="classified", label="sad",
-                                      confidence=0.7) for i in range(2500)])
+        insert_results(s, [Outcome.new(f"bulk{i}", f"/in/b{i}.jpg", now, status="classified", label="sad",
+                                       confidence=0.7) for i in range(2500)])
     assert client.get("/api/results", params={"limit": 0}).status_code == 422  # no "everything"
     assert client.get("/api/results", params={"limit": 5000}).status_code == 422
     assert len(client.get("/api/results").json()) == 50
@@ -295,8 +296,8 @@ def test_reviewing_a_row_that_is_not_a_usable_photo_is_a_clear_4xx(site):
     text.write_text("not an image")
     now = datetime.now(UTC)
     with sessions() as s, s.begin():
-        insert_results(s, [result_row("txt", str(text), now, stored_path=str(text), status="classified",
-                                      label="happy", confidence=0.6)])
+        insert_results(s, [Outcome.new("txt", str(text), now, stored_path=str(text), status="classified",
+                                       label="happy", confidence=0.6)])
     rid = client.get("/api/results", params={"limit": 1}).json()[0]["id"]
     rejected = client.get("/api/results", params={"status": "rejected"}).json()[0]["id"]
     token = _csrf(client)

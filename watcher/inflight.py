@@ -7,7 +7,7 @@ from __future__ import annotations
 import logging
 import os
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from sqlalchemy.orm import sessionmaker
 
@@ -16,9 +16,9 @@ from moodwatch.admission import FileRefused, read_regular_file
 from moodwatch.claims import ClaimStore
 from moodwatch.files import event_id_for, printable
 from moodwatch.jobs import FileJob, claim_key
+from moodwatch.outcome import Outcome
 from moodwatch.queue import BROKER_ERRORS
 from moodwatch.settings import Settings
-from watcher.moves import Recorded
 from watcher.records import database_unavailable
 
 log = logging.getLogger("moodwatch.watcher")
@@ -41,7 +41,7 @@ class InFlight:
 class Settled:
     """What one look at the files in flight found."""
 
-    recorded: list[Recorded]  # their rows appeared: to be moved now
+    recorded: list[Outcome]  # their rows appeared: to be moved now
     lost: list[str]  # event ids whose bytes left Redis with no row: to be sent again
 
 
@@ -128,7 +128,7 @@ class InFlightBound:
         except Exception as exc:  # the database is away: nothing can be told; try next time
             database_unavailable("cannot tell which sent files are recorded", exc)
             return Settled([], [])
-        recorded = [Recorded.at(r, self._files.pop(r["event_id"]).path) for r in rows]
+        recorded = [replace(r, path=self._files.pop(r.event_id).path) for r in rows]
         lost = [e for e in ids if claim_key(e) in gone and e in self._files]
         for eid in lost:
             log.warning("%s: its bytes left Redis with no row (expired, or Redis restarted); "

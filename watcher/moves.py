@@ -5,36 +5,19 @@ or an error cut short, finished by the rescan."""
 from __future__ import annotations
 
 import logging
-from dataclasses import asdict, dataclass
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
-from typing import Any
 
 from sqlalchemy.orm import sessionmaker
 
 from db.errors import describe
 from db.repository import set_stored_paths, unmoved_rows
+from moodwatch.outcome import Outcome
 from moodwatch.outcome_moves import move_outcomes
 from moodwatch.settings import Settings
 from watcher.records import database_unavailable
 
 log = logging.getLogger("moodwatch.watcher")
-
-
-@dataclass(frozen=True)
-class Recorded:
-    """A recorded outcome, with its file at the path it has in the inbox now: a row read back
-    holds only what a move needs, and the path is the one the watcher saw."""
-
-    event_id: str
-    status: str
-    label: str | None
-    stored_path: str | None
-    path: str
-
-    @classmethod
-    def at(cls, row: dict[str, Any], path: str) -> Recorded:
-        """One row of outcomes_of or unmoved_rows, for the file at `path`."""
-        return cls(row["event_id"], row["status"], row["label"], row["stored_path"], path)
 
 
 class Mover:
@@ -45,17 +28,14 @@ class Mover:
         # age. Else only one older than MOODWATCH_RESEND_SECONDS (a worker may be moving it now).
         self.any_age = any_age
 
-    def move(self, rows: list[dict[str, Any]]) -> None:
-        """Move the files of rows just recorded (the shape move_outcomes reads)."""
-        if not rows:
+    def move(self, recorded: list[Outcome]) -> None:
+        """Move the files of outcomes recorded, each at the path the watcher saw it at."""
+        if not recorded:
             return
         try:
-            move_outcomes(rows, self.settings, self._record_where)
+            move_outcomes(recorded, self.settings, self._record_where)
         except Exception as exc:  # recorded first, moved after: the next rescan finishes it
-            log.warning("%d recorded file(s) not moved yet: %s", len(rows), describe(exc))
-
-    def move_recorded(self, recorded: list[Recorded]) -> None:
-        self.move([asdict(r) for r in recorded])
+            log.warning("%d recorded file(s) not moved yet: %s", len(recorded), describe(exc))
 
     def finish(self, found: dict[str, str]) -> None:
         """Recorded files still in the inbox (event id -> path) whose move a crash or an error
@@ -65,11 +45,12 @@ class Mover:
         before = datetime.now(UTC) - timedelta(seconds=0 if self.any_age else self.settings.resend_seconds)
         try:
             with self.sessions() as session:
-                rows = unmoved_rows(session, list(found), before)
+                unmoved = unmoved_rows(session, list(found), before)
         except Exception as exc:
             database_unavailable("cannot look for unfinished moves", exc)
             return
-        self.move_recorded([Recorded.at(r, found[r["event_id"]]) for r in rows])
+        # The path the watcher found each file at: a row's is printable, not the file's name.
+        self.move([replace(o, path=found[o.event_id]) for o in unmoved])
 
     def _record_where(self, where: dict[str, str]) -> None:
         with self.sessions() as session, session.begin():

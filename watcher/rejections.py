@@ -8,14 +8,14 @@ import os
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
 
 from sqlalchemy.orm import sessionmaker
 
 from db.errors import describe
-from db.repository import insert_results, result_row
+from db.repository import insert_results
 from moodwatch.admission import FileRefused, read_regular_file
 from moodwatch.files import event_id_for, printable
+from moodwatch.outcome import Outcome
 from moodwatch.vocab import Status
 from watcher.records import already_recorded
 from watcher.validation import Checked
@@ -28,11 +28,11 @@ class Written:
     """What one write of the rejections recorded."""
 
     earlier: dict[str, str]  # event id -> path: rows an earlier try wrote, whose answer was lost
-    rows: list[dict[str, Any]]  # the rows written now: their files move
+    rows: list[Outcome]  # the rows written now: their files move
 
     def recorded(self) -> dict[str, str]:
         """Event id -> path of every rejection now known to have its row."""
-        return {**self.earlier, **{r["event_id"]: r["path"] for r in self.rows}}
+        return {**self.earlier, **{r.event_id: r.path for r in self.rows}}
 
 
 class Rejections:
@@ -65,8 +65,8 @@ class Rejections:
         done = already_recorded(self.sessions, list(rejects))
         earlier = {eid: rejects.pop(eid).path for eid in done}  # not written again
         now = datetime.now(UTC)
-        rows = [result_row(c.event_id, c.path, now, status=Status.REJECTED, error=c.rejected,
-                           sha256=c.sha256, classified_at=now) for c in rejects.values()]
+        rows = [Outcome.new(c.event_id, c.path, now, status=Status.REJECTED, error=c.rejected,
+                            sha256=c.sha256, classified_at=now) for c in rejects.values()]
         try:
             with self.sessions() as session, session.begin():
                 insert_results(session, rows)
@@ -75,7 +75,7 @@ class Rejections:
             self._waiting = {**rejects, **self._waiting}
             return Written(earlier, [])
         for row in rows:
-            log.info("%s: rejected (%s)", printable(row["path"]), printable(row["error"]))
+            log.info("%s: rejected (%s)", printable(row.path), printable(row.error))
         return Written(earlier, rows)
 
 

@@ -214,7 +214,7 @@ class Watcher:
             self.handled.forget(eid)
         if settled.lost:
             self.request_rescan()
-        self.mover.move_recorded(settled.recorded)
+        self.mover.move(settled.recorded)
 
     def send_all(self, timeout: float) -> None:
         """Send everything pending, waiting for room under the in-flight bound (`submit`)."""

@@ -11,9 +11,10 @@ from sqlalchemy.orm import sessionmaker
 
 from db.models import Result
 from db.repository import first_classified_by_sha
+from moodwatch.outcome import Outcome
 from moodwatch.settings import Settings
 from moodwatch.vocab import Status
-from worker.items import Job, Row, row_of
+from worker.items import Job, row_of
 
 if TYPE_CHECKING:  # the type only: the database and de-duplication logic runs without the model's stack
     from worker.inference import Prediction
@@ -52,7 +53,7 @@ class Classified:
     the copies of bytes classified before or earlier in the batch, and the first verdict known for
     each hash."""
 
-    rows: list[Row]
+    rows: list[Outcome]
     originals: dict[str, Job]
     duplicates: list[Job]
     known: dict[str, Verdict]
@@ -73,7 +74,7 @@ def split_duplicates(jobs: list[Job], known: dict[str, Verdict],
     return originals, duplicates
 
 
-def _prediction_row(job: Job, p: Prediction, version: str, classified_at: datetime) -> Row:
+def _prediction_row(job: Job, p: Prediction, version: str, classified_at: datetime) -> Outcome:
     ms = p.batch_seconds_per_file * 1000  # a batch average, see Prediction
     if p.error:
         status = Status.REJECTED if p.rejected else Status.FAILED
@@ -123,7 +124,7 @@ class HandedBack:
     """The files whose decode had not begun when the batch's time limit came."""
 
     items: list[dict[str, Any]]  # for a later job, as they came (their claims stay: same bytes)
-    rows: list[Row]  # or, with nowhere to send them, a `failed` row each
+    rows: list[Outcome]  # or, with nowhere to send them, a `failed` row each
 
 
 def hand_back_unstarted(batch: Classified, can_hand_back: bool, settings: Settings,

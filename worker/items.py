@@ -1,5 +1,6 @@
 """The items of a job as this worker takes them: each validated on its own into a `Job`, or the
-`failed` row of an item that is not what it claims, and the rows a job's outcome is written as.
+`failed` outcome of an item that is not what it claims, and the outcomes (moodwatch.outcome) a
+job's rows are written from.
 
 Nothing in a message is trusted: anyone who can write to the broker can write one. A malformed
 item gets its own row and the others go on.
@@ -17,14 +18,13 @@ from typing import Any
 from pydantic import ValidationError
 from sqlalchemy.orm import sessionmaker
 
-from db.repository import recorded_event_ids, result_row
+from db.repository import recorded_event_ids
 from moodwatch.admission import not_accepted
 from moodwatch.filters import is_ignored
 from moodwatch.images import extension_allowed
 from moodwatch.jobs import FileJob
+from moodwatch.outcome import Outcome
 from moodwatch.vocab import Status
-
-Row = dict[str, Any]  # one results row, as db.repository.result_row makes it
 
 
 @dataclass
@@ -53,28 +53,28 @@ class Job:
 class Triage:
     """What the checks before the model make of a batch's jobs."""
 
-    rows: list[Row] = field(default_factory=list)  # outcomes known without the model
+    rows: list[Outcome] = field(default_factory=list)  # outcomes known without the model
     jobs: list[Job] = field(default_factory=list)  # files read, to classify
     handed_back: list[dict[str, Any]] = field(default_factory=list)  # items for any worker, later
     lost: int = 0  # claims whose bytes are gone: no row, the watcher sends the file again
 
 
-def row_of(job: Job, **fields: Any) -> Row:
-    """The row of a job's outcome, under its event id and with the hash of the bytes this worker got."""
-    return result_row(job.event_id, job.path, job.received_at, sha256=job.sha256, **fields)
+def row_of(job: Job, **fields: Any) -> Outcome:
+    """The outcome of a job, under its event id and with the hash of the bytes this worker got."""
+    return Outcome.new(job.event_id, job.path, job.received_at, sha256=job.sha256, **fields)
 
 
-def refused_row(item: Any, kind: str, error: str, now: datetime) -> Row:
+def refused_row(item: Any, kind: str, error: str, now: datetime) -> Outcome:
     """The `failed` row of an item that is not what it claims. It never takes the event id the
     item claims (a forged item must not block a real file's event): its id is derived from the
     item itself, so a redelivery finds it."""
     digest = hashlib.sha256(json.dumps(item, sort_keys=True, default=str).encode()).hexdigest()
     path = item.get("path") if isinstance(item, dict) else None
-    return result_row(f"{kind}-{digest[:30]}", path if isinstance(path, str) else "(no path)", now,
-                      status=Status.FAILED, error=error[:500], classified_at=now)
+    return Outcome.new(f"{kind}-{digest[:30]}", path if isinstance(path, str) else "(no path)", now,
+                       status=Status.FAILED, error=error[:500], classified_at=now)
 
 
-def parse_item(item: Any, now: datetime) -> Job | Row:
+def parse_item(item: Any, now: datetime) -> Job | Outcome:
     """A job, or the `failed` row of an item that is malformed."""
     try:
         ok = FileJob.model_validate(item)
@@ -94,12 +94,13 @@ def name_refusal(path: str, root: Path | None = None) -> str | None:
     return None
 
 
-def skip_recorded(parsed: list[Job | Row], sessions: sessionmaker) -> tuple[list[Job], list[Row], set[str]]:
+def skip_recorded(parsed: list[Job | Outcome],
+                  sessions: sessionmaker) -> tuple[list[Job], list[Outcome], set[str]]:
     """The jobs and the malformed items' rows whose events have no row yet (a redelivered job
     adds nothing), and the jobs' event ids that are recorded already."""
     jobs = [p for p in parsed if isinstance(p, Job)]
-    bad = [p for p in parsed if not isinstance(p, Job)]
+    bad = [p for p in parsed if isinstance(p, Outcome)]
     with sessions() as session:
-        done = recorded_event_ids(session, [j.event_id for j in jobs] + [r["event_id"] for r in bad])
-    return ([j for j in jobs if j.event_id not in done], [r for r in bad if r["event_id"] not in done],
+        done = recorded_event_ids(session, [j.event_id for j in jobs] + [r.event_id for r in bad])
+    return ([j for j in jobs if j.event_id not in done], [r for r in bad if r.event_id not in done],
             {j.event_id for j in jobs if j.event_id in done})

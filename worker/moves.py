@@ -10,14 +10,14 @@ from sqlalchemy.orm import sessionmaker
 
 from db.errors import describe
 from db.repository import set_stored_paths
+from moodwatch.outcome import Outcome
 from moodwatch.outcome_moves import move_outcomes
 from moodwatch.settings import Settings
-from worker.items import Row
 
 log = logging.getLogger("moodwatch.worker")
 
 
-def move_recorded(rows: list[Row], settings: Settings, sessions: sessionmaker) -> None:
+def move_recorded(rows: list[Outcome], settings: Settings, sessions: sessionmaker) -> None:
     """Move the recorded files to their outcome folders; a failure is logged, never raised."""
     def record(where: dict[str, str]) -> None:
         with sessions() as session, session.begin():

@@ -19,9 +19,10 @@ from sqlalchemy.orm import sessionmaker
 
 from moodwatch.claims import ClaimStore
 from moodwatch.files import printable
+from moodwatch.outcome import Outcome
 from moodwatch.settings import Settings
 from worker.classification import ClassifierLike, classify, hand_back_unstarted
-from worker.items import Row, parse_item, skip_recorded
+from worker.items import parse_item, skip_recorded
 from worker.moves import move_recorded
 from worker.received import release_claims
 from worker.recording import record
@@ -68,26 +69,26 @@ def process_batch(
         retry_sink.extend(checked.handed_back + back.items)
     written = record(replace(batch, rows=bad + checked.rows + batch.rows + back.rows), sessions, dedupe)
     # After the commit; rows with ids of their own (malformed, mismatched) release no claim.
-    release_claims(claims, recorded | ({r["event_id"] for r in written.rows} & {j.event_id for j in jobs}))
+    release_claims(claims, recorded | ({r.event_id for r in written.rows} & {j.event_id for j in jobs}))
     _log_outcomes(written.rows)
     if move_files and claims is None:
         # After the commit: a file leaves the inbox only once its row exists, and only the
         # rows this run added move files (a redelivered twin running at once moves nothing).
-        move_recorded([r for r in written.rows if r["event_id"] in written.added], settings, sessions)
+        move_recorded([r for r in written.rows if r.event_id in written.added], settings, sessions)
     return _counts(written.rows, retried=len(checked.handed_back), requeued=len(back.items),
                    lost=checked.lost)
 
 
-def _log_outcomes(rows: list[Row]) -> None:
-    for row in rows:
-        outcome = f"{row['label']} ({row['confidence']:.0%})" if row["label"] else f"({row['error']})"
-        log.info("%s: %s %s", printable(row["path"]), row["status"], printable(outcome))
+def _log_outcomes(outcomes: list[Outcome]) -> None:
+    for o in outcomes:
+        said = f"{o.label} ({o.confidence:.0%})" if o.label else f"({o.error})"
+        log.info("%s: %s %s", printable(o.path), o.status.value, printable(said))
 
 
-def _counts(rows: list[Row], **more: int) -> dict[str, int]:
-    """Rows by status, and the other figures the task reports when they are not zero."""
+def _counts(outcomes: list[Outcome], **more: int) -> dict[str, int]:
+    """Rows by status (the plain words), and the other figures the task reports when not zero."""
     counts: dict[str, int] = {}
-    for row in rows:
-        counts[row["status"]] = counts.get(row["status"], 0) + 1
+    for o in outcomes:
+        counts[o.status.value] = counts.get(o.status.value, 0) + 1
     counts.update({name: n for name, n in more.items() if n})
     return counts

@@ -14,10 +14,11 @@ from moodwatch.admission import too_large
 from moodwatch.claims import ClaimStore
 from moodwatch.files import printable
 from moodwatch.jobs import claim_key
+from moodwatch.outcome import Outcome
 from moodwatch.queue import BROKER_ERRORS
 from moodwatch.settings import Settings
 from moodwatch.vocab import Status
-from worker.items import Job, Row, Triage, name_refusal, refused_row, row_of
+from worker.items import Job, Triage, name_refusal, refused_row, row_of
 
 log = logging.getLogger("moodwatch.worker")
 
@@ -30,7 +31,7 @@ class _Lost:
 LOST = _Lost()
 
 
-def receive(job: Job, claims: ClaimStore, settings: Settings, now: datetime) -> Job | Row | _Lost:
+def receive(job: Job, claims: ClaimStore, settings: Settings, now: datetime) -> Job | Outcome | _Lost:
     """The job with the bytes its claim holds, checked against the message's size and sha256;
     its row when they cannot be classified; LOST when they are gone. The size is asked first, so
     no claim larger than MOODWATCH_MAX_FILE_BYTES is ever fetched."""
@@ -58,7 +59,7 @@ def receive(job: Job, claims: ClaimStore, settings: Settings, now: datetime) -> 
 
 def triage_claims(jobs: list[Job], claims: ClaimStore, settings: Settings, now: datetime) -> Triage:
     """Refuse what the watcher would not send, take the rest's bytes from their claims."""
-    rows: list[Row] = []
+    rows: list[Outcome] = []
     taken: list[Job] = []
     lost = 0
     for job in jobs:

@@ -11,14 +11,15 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from db.models import Result
 from db.repository import first_classified_by_sha, insert_new_results, lock_hashes
+from moodwatch.outcome import Outcome
 from moodwatch.vocab import Status
 from worker.classification import Classified, Verdict
-from worker.items import Job, Row, row_of
+from worker.items import Job, row_of
 
 
 @dataclass(frozen=True)
 class Recorded:
-    rows: list[Row]  # every row of the batch, copies included (some may have been there already)
+    rows: list[Outcome]  # every row of the batch, copies included (some may have been there already)
     added: set[str]  # the event ids whose rows this run added
 
 
@@ -31,13 +32,13 @@ def yield_to_rows_that_landed(session: Session, batch: Classified) -> Classified
     if not landed:
         return batch
     lost = {batch.originals[sha].event_id for sha in landed}
-    return replace(batch, rows=[r for r in batch.rows if r["event_id"] not in lost],
+    return replace(batch, rows=[r for r in batch.rows if r.event_id not in lost],
                    originals={sha: j for sha, j in batch.originals.items() if sha not in landed},
                    duplicates=batch.duplicates + [batch.originals[sha] for sha in landed],
                    known={**batch.known, **landed})
 
 
-def duplicate_row(job: Job, first: Verdict, classified_at: datetime) -> Row:
+def duplicate_row(job: Job, first: Verdict, classified_at: datetime) -> Outcome:
     if first.status != Status.CLASSIFIED:  # the first copy failed: this copy fails the same way
         return row_of(job, status=first.status, duplicate_of=first.id, classified_at=classified_at,
                       error="same bytes as a file that could not be classified")

@@ -19,9 +19,10 @@ from moodwatch.admission import OUTSIDE, Limits, Refused, admit, cannot_read
 from moodwatch.claims import ClaimStore
 from moodwatch.files import inside, printable
 from moodwatch.jobs import UNREACHABLE_ATTEMPTS
+from moodwatch.outcome import Outcome
 from moodwatch.settings import Settings
 from moodwatch.vocab import Status
-from worker.items import Job, Row, Triage, name_refusal, row_of
+from worker.items import Job, Triage, name_refusal, row_of
 from worker.received import triage_claims
 
 log = logging.getLogger("moodwatch.worker")
@@ -45,7 +46,7 @@ def _refused_status(reason: str) -> Status:
     return Status.FAILED if unreadable or reason == OUTSIDE else Status.REJECTED
 
 
-def read(job: Job, settings: Settings, submitted: dict[str, str], now: datetime) -> Job | Row:
+def read(job: Job, settings: Settings, submitted: dict[str, str], now: datetime) -> Job | Outcome:
     """The job with its file's bytes, admitted; or its row when it cannot be classified. A file
     of the inbox must really lie in it; one `submit` registered lies where it was registered."""
     root = settings.inbox_dir if job.event_id not in submitted else None
@@ -71,7 +72,7 @@ def triage(jobs: list[Job], settings: Settings, sessions: sessionmaker, now: dat
     with sessions() as session:
         submitted = submitted_paths(session, [j.event_id for j in jobs
                                               if not inside(j.path, settings.inbox_dir)])
-    rows: list[Row] = []
+    rows: list[Outcome] = []
     taken: list[Job] = []
     handed_back: list[dict[str, Any]] = []
     for job in jobs:

@@ -78,7 +78,7 @@ ARCHITECTURES: dict[str, Callable[[], keras.Model]] = {
     "colour-blind": lambda: make_default(colour_blind=True),
     "colour-blind-160": lambda: make_default(colour_blind=True, size=160),
 }
-DEFAULT_ARCHITECTURE = "default"
+DEFAULT_ARCHITECTURE = "colour-blind-160"
 
 
 def make_model(name: str) -> keras.Model:

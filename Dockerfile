@@ -36,7 +36,7 @@ ENV MOODWATCH_DETECTOR_DIR=/opt/moodwatch/detector
 # live in the user registry, /srv/moodwatch/data/models on the data volume.
 COPY models/README.md models/shipped.json models/face-fer2013.keras \
      models/face-fer2013.provenance.txt /srv/moodwatch/models/
-COPY models/v20261129T174400800611-default-faces /srv/moodwatch/models/v20261129T174400800611-default-faces
+COPY models/v20261202T015945750687-colour-blind-160-faces /srv/moodwatch/models/v20261202T015945750687-colour-blind-160-faces
 # The pointer from shipped.json, not the building clone's models/current (an old release wrote it).
 RUN python -c "import json, pathlib; m = pathlib.Path('/srv/moodwatch/models'); \
 (m / 'current').write_text(json.loads((m / 'shipped.json').read_text())['current'] + '\n')"

@@ -12,6 +12,7 @@ import trainer.retrain
 import trainer.training
 from moodwatch.settings import Settings
 from moodwatch_app.cli import main
+from trainer.architectures import DEFAULT_ARCHITECTURE
 from trainer.dataset import DatasetError
 
 
@@ -60,7 +61,7 @@ def test_cross_validation_measures_the_same_recipe(tmp_path, monkeypatch):
     monkeypatch.setenv("MOODWATCH_RETRAIN_EPOCHS", "9")
     data = make_curated(tmp_path / "data", per_class=6)
     with contextlib.suppress(DatasetError):
-        trainer.crossval.cross_validate(data, "default", k=2)
+        trainer.crossval.cross_validate(data, DEFAULT_ARCHITECTURE, k=2)
     expected = trainer.recipe.recipe(Settings(), data, progress=False)
     assert seen and seen[0].epochs == 9
     assert seen[0] == expected

@@ -81,13 +81,20 @@ def test_sigkill_mid_batch_every_file_gets_one_row(tmp_path, tiny_model_dir, red
     files = _images(tmp_path / "in", 24)
     env = service_env(broker_url=redis_url, database_url=pg_url, model_dir=tiny_model_dir,
                       data_dir=tmp_path / "data", inbox=tmp_path / "in", visibility_timeout=4)
+    # The doomed worker reaches the database through a proxy that is cut once it is up, so it
+    # holds the batch without writing a row until it is killed, however fast it classifies
+    # (a race against its model's loading, before: a LiteRT model loads in about a second).
+    proxy = CuttableProxy(5432)
+    doomed_env = {**env, "MOODWATCH_DATABASE_URL": pg_url.replace(":5432/", f":{proxy.port}/")}
     log = tmp_path / "worker.log"
     rows = Rows(pg_url)
-    first = start_worker(env, log, concurrency=1, name="doomed")
+    first = start_worker(doomed_env, log, concurrency=1, name="doomed")
     try:
+        wait_for(lambda: "ready" in log.read_text(errors="replace"), 90, "doomed worker up", log)
+        proxy.cut()
         _enqueue(redis_url, files, batch=24)
-        # The job is taken (the child is loading the model for it) and nothing is written yet.
         wait_for(lambda: "received" in log.read_text(errors="replace"), 60, "job taken", log)
+        time.sleep(1)
         assert rows.count() == 0
         stop(first, signal.SIGKILL)
         assert rows.count() == 0
@@ -99,6 +106,7 @@ def test_sigkill_mid_batch_every_file_gets_one_row(tmp_path, tiny_model_dir, red
             stop(second)
     finally:
         stop(first, signal.SIGKILL)
+        proxy.close()
         rows.close()
 
 

@@ -5,24 +5,38 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
-from moodwatch.files import sha256_file, unique_destination
-from moodwatch.images import load_image
+from moodwatch.admission import Admitted, Limits, admit
+from moodwatch.files import sha256_file, unique_destination, write_atomic
+from moodwatch.images import ImageRejected, preprocess_bytes
 from moodwatch.settings import Settings
 from moodwatch.vocab import LABELS
 
 
+def admitted_photo(settings: Settings, src: Path) -> Admitted:
+    """The photo's bytes, let in as every outside file is (moodwatch.admission) and decoded as
+    the trainer will decode them; ImageRejected with the reason otherwise."""
+    result = admit(str(src), None, Limits(settings.max_file_bytes, settings.max_pixels))
+    if result is None:
+        raise ImageRejected("the file is gone")
+    if not isinstance(result, Admitted):
+        raise ImageRejected(result.reason)
+    preprocess_bytes(result.data, settings.max_pixels)  # refuse what the trainer would quarantine
+    return result
+
+
 def label_file(settings: Settings, src: Path, label: str) -> Path:
-    """Copy src into the label's folder; relabelling moves the earlier copy to the new label."""
+    """Copy src into the label's folder; relabelling moves the earlier copy to the new label.
+    What is copied is the bytes that were checked (read once), not whatever the path holds later."""
     if label not in LABELS:
         raise ValueError(f"label must be one of {', '.join(LABELS)}")
-    load_image(src, settings.max_pixels)  # refuse what the trainer would quarantine
-    digest = sha256_file(src)
+    photo = admitted_photo(settings, src)
+    digest = photo.sha256
     for other in LABELS:
         folder = settings.data_dir / other
         if not folder.is_dir():
             continue
         for existing in folder.iterdir():
-            same_size = existing.is_file() and existing.stat().st_size == src.stat().st_size
+            same_size = existing.is_file() and existing.stat().st_size == len(photo.data)
             if same_size and sha256_file(existing) == digest:
                 if other == label:
                     return existing
@@ -30,5 +44,5 @@ def label_file(settings: Settings, src: Path, label: str) -> Path:
                 shutil.move(existing, dest)
                 return dest
     dest = unique_destination(settings.data_dir / label, src.name)
-    shutil.copy2(src, dest)
+    write_atomic(dest, photo.data)
     return dest

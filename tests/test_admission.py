@@ -207,3 +207,22 @@ def test_the_trainer_still_decodes_what_the_header_vouches_for(tmp_path):
     path.write_bytes(png[:i] + bytes(b ^ 0x55 for b in png[i:i + 200]) + png[i + 200:])
     assert isinstance(admit(str(path), None, LIMITS), Admitted)
     assert unusable_reason(path, LIMITS.max_pixels) == "corrupt PNG data (the decoder could not read it)"
+
+
+def test_labelling_admits_the_photo_as_every_outside_file_is(tmp_path):
+    """`moodwatch label` and the review page copy through moodwatch.curation.label_file: a link is
+    refused in the admission's words (it used to be followed, its target copied), and what is
+    copied is the bytes that were checked."""
+    from moodwatch.curation import label_file
+    from moodwatch.images import ImageRejected
+    from moodwatch.settings import Settings
+
+    settings = Settings(data_dir=tmp_path / "data")
+    photo = write_image(tmp_path / "photo.jpg", face_like("happy", 3, 96))
+    link = tmp_path / "link.jpg"
+    link.symlink_to(photo)
+    with pytest.raises(ImageRejected, match="symbolic link"):
+        label_file(settings, link, "happy")
+    assert not (tmp_path / "data" / "happy").exists() or not any((tmp_path / "data" / "happy").iterdir())
+    dest = label_file(settings, photo, "happy")
+    assert dest.read_bytes() == photo.read_bytes() and dest.parent == tmp_path / "data" / "happy"

@@ -50,7 +50,7 @@ BAD_INPUT: dict[str, Case] = {
     "run": lambda t: (["run"], {"MOODWATCH_RETRAIN_CRON": "every minute"}, "MOODWATCH_RETRAIN_CRON"),
     "beat": lambda t: (["beat"], {"MOODWATCH_RETRAIN_CRON": "61 * * * *"}, "MOODWATCH_RETRAIN_CRON"),
     "retrain": lambda t: (["retrain", "--epochs", "0"], {}, "--epochs"),
-    "label": lambda t: (["label", str(_pdf(t)), "happy"], {}, "a PDF document; accepted types are"),
+    "label": lambda t: (["label", str(_pdf(t)), "happy"], {}, "file type '.pdf' is not accepted"),
     "web": lambda t: (["web", "--host", "0.0.0.0"], {"MOODWATCH_WEB_TOKEN": ""}, "MOODWATCH_WEB_TOKEN"),
 }
 EXTRA: dict[str, Case] = {

@@ -11,16 +11,20 @@ from moodwatch.images import ImageRejected, preprocess_bytes
 from moodwatch.settings import Settings
 from moodwatch.vocab import LABELS
 
+VANISHED = "the file vanished while it was checked"
 
-def admitted_photo(settings: Settings, src: Path) -> Admitted:
-    """The photo's bytes, let in as every outside file is (moodwatch.admission) and decoded as
-    the trainer will decode them; ImageRejected with the reason otherwise."""
-    result = admit(str(src), None, Limits(settings.max_file_bytes, settings.max_pixels))
+
+def training_photo(src: Path, limits: Limits) -> Admitted:
+    """A photo fit to train on: let in as every outside file is (moodwatch.admission, in the same
+    words), then decoded whole, since a header that reads well can still front pixels the decoder
+    cannot read. ImageRejected with the reason otherwise. The trainer's cleaning and `label` (the
+    CLI's and the review page's) both ask this one question."""
+    result = admit(str(src), None, limits)
     if result is None:
-        raise ImageRejected("the file is gone")
+        raise ImageRejected(VANISHED)
     if not isinstance(result, Admitted):
         raise ImageRejected(result.reason)
-    preprocess_bytes(result.data, settings.max_pixels)  # refuse what the trainer would quarantine
+    preprocess_bytes(result.data, limits.max_pixels)
     return result
 
 
@@ -29,7 +33,7 @@ def label_file(settings: Settings, src: Path, label: str) -> Path:
     What is copied is the bytes that were checked (read once), not whatever the path holds later."""
     if label not in LABELS:
         raise ValueError(f"label must be one of {', '.join(LABELS)}")
-    photo = admitted_photo(settings, src)
+    photo = training_photo(src, Limits(settings.max_file_bytes, settings.max_pixels))
     digest = photo.sha256
     for other in LABELS:
         folder = settings.data_dir / other

@@ -125,26 +125,21 @@ def test_a_path_through_a_linked_folder_out_of_the_root_is_refused(tmp_path):
     assert isinstance(admit(str(inbox / "linked" / "a.png"), None, LIMITS), Admitted)
 
 
+def _replace_with_fifo(path: Path) -> None:
+    path.unlink()
+    os.mkfifo(path)
+
+
 def test_a_fifo_swapped_in_after_the_look_is_refused_and_never_blocks(tmp_path, monkeypatch):
     photo = write_image(tmp_path / "a.png", face_like("happy", 4))
-
-    def to_fifo():
-        photo.unlink()
-        os.mkfifo(photo)
-
-    _swap_after_lstat(monkeypatch, photo, to_fifo)
+    _swap_after_lstat(monkeypatch, photo, lambda: _replace_with_fifo(photo))
     got = _bounded(lambda: admit(str(photo), tmp_path, LIMITS), unblock=photo)
     assert isinstance(got, Refused) and got.reason == NOT_REGULAR
 
 
 def test_the_watchers_check_is_never_blocked_by_a_fifo_swapped_in(tmp_path, monkeypatch):
     photo = write_image(tmp_path / "a.png", face_like("happy", 5))
-
-    def to_fifo():
-        photo.unlink()
-        os.mkfifo(photo)
-
-    _swap_after_lstat(monkeypatch, photo, to_fifo)
+    _swap_after_lstat(monkeypatch, photo, lambda: _replace_with_fifo(photo))
     checked = _bounded(lambda: check_arrival(str(photo), tmp_path, LIMITS.max_bytes, LIMITS.max_pixels),
                        unblock=photo)
     assert checked is not None and checked.rejected == NOT_REGULAR

@@ -8,9 +8,10 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
-from moodwatch.admission import DEFAULT_MAX_BYTES, Limits, Refused, admit
+from moodwatch.admission import DEFAULT_MAX_BYTES, Limits
+from moodwatch.curation import training_photo
 from moodwatch.files import move_no_clobber
-from moodwatch.images import ImageRejected, preprocess_bytes
+from moodwatch.images import ImageRejected
 from moodwatch.vocab import LABELS
 
 # Hidden files and OS clutter are not a user's photos; they are left alone, not quarantined.
@@ -28,20 +29,11 @@ class CleanReport:
         return f"kept {kept}; quarantined {len(self.quarantined)}"
 
 
-VANISHED = "the file vanished while it was checked"
-
-
 def unusable_reason(path: Path, max_pixels: int, max_bytes: int = DEFAULT_MAX_BYTES) -> str | None:
-    """The reason a curated file is unfit for training, or None when it is fine: the checks every
-    arriving file gets (moodwatch.admission, in the same words), then a whole decode, since a
-    header that reads well can still front pixels the decoder cannot read."""
-    got = admit(str(path), None, Limits(max_bytes, max_pixels))
-    if got is None:
-        return VANISHED
-    if isinstance(got, Refused):
-        return got.reason
+    """The reason a curated file is unfit for training, or None when it is fine
+    (moodwatch.curation.training_photo: the admission's checks, then a whole decode)."""
     try:
-        preprocess_bytes(got.data, max_pixels)
+        training_photo(path, Limits(max_bytes, max_pixels))
     except ImageRejected as exc:
         return exc.reason
     return None

@@ -40,6 +40,9 @@ def main() -> None:
     faces.FALLBACK = os.environ.get("FACE_FALLBACK") or None
     faces.ALIGN = os.environ.get("FACE_ALIGN", "1") != "0"
     print(f"face detection: {faces.detection_settings()}", flush=True)
+    # CONVERT=float32,dynamic-int8,...: each fold's models also converted to LiteRT and scored
+    # on the same test photos (trainer.convert.QUANTIZATIONS).
+    conversions = tuple(q for q in os.environ.get("CONVERT", "").split(",") if q)
     for spec in archs:
         # "default+faces" adds the face model (FACE_MODEL) to the default architecture.
         arch, _, extra = spec.partition("+")
@@ -48,6 +51,7 @@ def main() -> None:
                                  face_head_only=os.environ.get("FACE_TUNE") == "head",
                                  near_duplicates=os.environ.get("DEDUPE") == "1",
                                  fer_crops=fer_crops(os.environ.get("FER_VAL")),
+                                 conversions=conversions,
                                  on_fold=lambda r, spec=spec: print(
                                      f"{spec} fold {r.fold} done: acc {r.metrics['accuracy']:.3f} "
                                      f"epochs {r.epochs} FER {r.metrics['fer_accuracy']}", flush=True))
@@ -73,15 +77,30 @@ def main() -> None:
             print(f"{arch}: regime {regime}: {sel.sum()} photos ({sel.mean():.0%}), accuracy "
                   f"{m['accuracy']:.3f}, F1 {m['f1']:.3f}, ROC AUC {auc:.3f}, ECE {ece:.3f}", flush=True)
             print_calibration(y[sel], sc[sel])
+        for q in conversions:
+            lite = np.array([v for r in results for v in r.metrics["converted"][q]])
+            print_conversion(spec, q, y, sc, lite)
         if os.environ.get("SCORES_OUT"):  # the out-of-fold scores, to recompute any figure later
             out = Path(os.environ["SCORES_OUT"])
             saved = json.loads(out.read_text()) if out.exists() else {}
             saved[spec] = [{"fold": r.fold, "truth": r.metrics["truth"], "scores": r.metrics["scores"],
                             "regimes": r.metrics["regimes"], "raw": r.metrics["raw"],
                             **{key: r.metrics[key] for key in ("paths", "sources", "black_and_white",
-                                                               "grey_raw", "fer_accuracy")}}
+                                                               "grey_raw", "fer_accuracy",
+                                                               "converted")}}
                            for r in results]
             out.write_text(json.dumps(saved))
+
+
+def print_conversion(spec: str, quantization: str, y: np.ndarray, keras_scores: np.ndarray,
+                     lite_scores: np.ndarray) -> None:
+    """A conversion's pooled out-of-fold figures beside the Keras models' on the same photos."""
+    k, q = metrics_from_scores(y, keras_scores), metrics_from_scores(y, lite_scores)
+    changed = int(np.sum((keras_scores >= 0.5) != (lite_scores >= 0.5)))
+    print(f"{spec}: LiteRT {quantization}: accuracy {q['accuracy']:.4f} against Keras {k['accuracy']:.4f} "
+          f"({q['accuracy'] - k['accuracy']:+.4f}), ECE {expected_calibration_error(y, lite_scores):.3f} "
+          f"against {expected_calibration_error(y, keras_scores):.3f}, {changed} labels changed, largest "
+          f"P(sad) difference {np.max(np.abs(lite_scores - keras_scores)):.4f}", flush=True)
 
 
 def fer_crops(folder: str | None) -> tuple[np.ndarray, np.ndarray] | None:

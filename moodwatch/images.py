@@ -250,9 +250,13 @@ def _reduced_flag(width: int, height: int) -> int:
     return cv2.IMREAD_COLOR
 
 
-def decode_rgb(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
-    """Decode checked bytes to an RGB uint8 array (possibly reduced, never below IMAGE_SIZE)."""
-    info = inspect_image(data, max_pixels)
+def decode_rgb(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS,
+               info: ImageInfo | None = None) -> np.ndarray:
+    """Decode checked bytes to an RGB uint8 array (possibly reduced, never below IMAGE_SIZE).
+
+    info: what inspect_image(data, max_pixels) said of these very bytes, where the caller has
+    it already (the worker's admission inspected them): the checks are not run twice."""
+    info = info or inspect_image(data, max_pixels)
     flag = _reduced_flag(info.width, info.height) if info.format == "jpeg" else cv2.IMREAD_COLOR
     # The decoder writes RGB itself (libjpeg-turbo's RGB output, PNG's own order): the same
     # pixels as decoding to BGR and swapping, checked on every photo of the data sets, without

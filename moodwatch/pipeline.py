@@ -33,7 +33,7 @@ from moodwatch.faces import (
     detection_settings,
     face_inputs,
 )
-from moodwatch.images import DEFAULT_MAX_PIXELS, IMAGE_SIZE, decode_rgb, resize
+from moodwatch.images import DEFAULT_MAX_PIXELS, IMAGE_SIZE, ImageInfo, decode_rgb, resize
 from moodwatch.litert import LiteModel, vouched_lite_file
 from moodwatch.vocab import Regime
 
@@ -68,8 +68,10 @@ class Prepared:
     faces: FaceInputs | None = None
 
 
-def prepare_bytes(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS, faces: bool = False) -> Prepared:
-    rgb = decode_rgb(data, max_pixels)
+def prepare_bytes(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS, faces: bool = False,
+                  info: ImageInfo | None = None) -> Prepared:
+    """The model's inputs from checked bytes (info: their inspection, where it was made already)."""
+    rgb = decode_rgb(data, max_pixels, info)
     return Prepared(resize(rgb), face_inputs(rgb) if faces else None)
 
 

@@ -132,3 +132,19 @@ def test_a_known_foreign_format_named_jpg_is_named(tmp_path, fmt):
     path.write_bytes(buf.getvalue())
     checked = check_arrival(str(path), tmp_path, 10**7, 10**7)
     assert checked.rejected == f"a {fmt} image; accepted types are JPEG, PNG, BMP"
+
+
+def test_decoding_with_the_callers_inspection_skips_a_second_one(monkeypatch):
+    """The worker's admission inspected the bytes already: decode_rgb takes that ImageInfo and
+    gives the same pixels without inspecting them again."""
+    import moodwatch.images as images
+
+    data = encode(face_like("happy", 3), ".jpg")
+    info = images.inspect_image(data)
+    expected = images.decode_rgb(data)
+    calls = []
+    monkeypatch.setattr(images, "inspect_image", lambda *a, **k: calls.append(a) or info)
+    assert np.array_equal(images.decode_rgb(data, info=info), expected)
+    assert calls == []
+    images.decode_rgb(data)  # without one, the bytes are inspected as ever
+    assert len(calls) == 1

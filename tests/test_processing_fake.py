@@ -40,9 +40,11 @@ class FakeClassifier:
         self.outcomes = outcomes or {}
         self.during = during
         self.seen: list[str] = []
+        self.images: list = []  # the inspection handed over with each file's bytes
 
-    def classify_bytes(self, names, blobs, max_pixels, time_limit=None):
+    def classify_bytes(self, names, blobs, max_pixels, time_limit=None, images=None):
         self.seen += [Path(n).name for n in names]
+        self.images += list(images) if images is not None else [None] * len(names)
         if self.during is not None:
             self.during()
         return [self.outcomes.get(Path(n).name) or Prediction(n, "happy", 0.8, 0.2) for n in names]
@@ -93,6 +95,20 @@ def test_each_new_bytes_is_classified_once_and_a_copy_refers_to_its_row(db_url, 
         assert rows[twin].model_version == "vfake" and rows[twin].processing_ms == 0.0
         assert rows[twin].sha256 == rows["g0.jpg"].sha256 == hashlib.sha256(files[0].read_bytes()).hexdigest()
     assert all(rows[f"g{i}.jpg"].duplicate_of is None for i in range(3))
+
+
+def test_the_admissions_inspection_reaches_the_classifier_with_the_bytes(sqlite_url, settings):
+    """The worker inspects each file once, at admission; the decoder is handed that inspection
+    (of the same bytes) instead of repeating it."""
+    import cv2
+
+    files = _photos(settings, 2)
+    fake = FakeClassifier()
+    process_batch([_msg(p, i) for i, p in enumerate(files)], settings, _sessions(sqlite_url), fake,
+                  move_files=False)
+    for path, info in zip(files, fake.images, strict=True):
+        height, width = cv2.imread(str(path)).shape[:2]
+        assert info is not None and (info.format, info.width, info.height) == ("jpeg", width, height)
 
 
 def test_a_redelivered_job_adds_nothing_and_classifies_nothing(db_url, settings):

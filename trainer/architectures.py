@@ -77,6 +77,7 @@ ARCHITECTURES: dict[str, Callable[[], keras.Model]] = {
     "default": make_default,
     "colour-blind": lambda: make_default(colour_blind=True),
     "colour-blind-160": lambda: make_default(colour_blind=True, size=160),
+    "colour-blind-192": lambda: make_default(colour_blind=True, size=192),
 }
 DEFAULT_ARCHITECTURE = "colour-blind-160"
 

@@ -12,6 +12,7 @@ import json
 import logging
 import os
 import sys
+import weakref
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +27,7 @@ from moodwatch.registry import MODEL_FILE
 log = logging.getLogger("moodwatch.trainer")
 INPUT_SHAPES = {MODEL_FILE: (IMAGE_SIZE, IMAGE_SIZE, 3), FACE_MODEL_FILE: (FACE_SIZE, FACE_SIZE, 1),
                 CLOSE_UP_MODEL_FILE: (FACE_SIZE, FACE_SIZE, 1)}
+_SERVED: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # model -> without augmentation
 CHECK_BATCH = 8  # inputs scored both ways at conversion: noise, flat greys, black and white
 
 
@@ -47,6 +49,8 @@ def without_augmentation(model: Any) -> Any:
     branches (or without augmentation) is returned as it is."""
     import keras
 
+    if model in _SERVED:  # calling the layers again gave them a second node: rebuilt once
+        return _SERVED[model]
     layers = model.layers[1:]
     if not any(type(layer).__name__.startswith("Random") for layer in layers):
         return model
@@ -57,12 +61,22 @@ def without_augmentation(model: Any) -> Any:
     for layer in layers:
         if not type(layer).__name__.startswith("Random"):
             x = layer(x)
-    return keras.Model(inputs, x, name=model.name)
+    _SERVED[model] = keras.Model(inputs, x, name=model.name)
+    return _SERVED[model]
 
 
-def to_tflite(model: Any, shape: tuple[int, ...], quantization: str = "float32") -> bytes:
+QUANTIZATIONS = ("float32", "float16", "dynamic-int8", "int8")
+
+
+def to_tflite(model: Any, shape: tuple[int, ...], quantization: str = "float32",
+              representative: np.ndarray | None = None) -> bytes:
     """The model's inference pass as a LiteRT flatbuffer, taking uint8 images of any batch size
-    (the cast to float and the rescale inside it, as the Keras model does them)."""
+    (the cast to float and the rescale inside it, as the Keras model does them).
+
+    quantization: float32; float16 (weights stored in half precision); dynamic-int8 (int8
+    weights, activations quantized per call); int8 (weights and activations in int8, their
+    ranges measured on `representative`, images of the curated photos; input and output stay
+    uint8 and float32)."""
     import tensorflow as tf
 
     served = without_augmentation(model)
@@ -77,6 +91,11 @@ def to_tflite(model: Any, shape: tuple[int, ...], quantization: str = "float32")
         converter.target_spec.supported_types = [tf.float16]
     elif quantization == "dynamic-int8":  # int8 weights, activations quantized per call
         converter.optimizations = [tf.lite.Optimize.DEFAULT]
+    elif quantization == "int8":
+        if representative is None or not len(representative):
+            raise ValueError("int8 quantization needs representative images")
+        converter.optimizations = [tf.lite.Optimize.DEFAULT]
+        converter.representative_dataset = lambda: ([x[None]] for x in representative)
     elif quantization != "float32":
         raise ValueError(f"unknown quantization {quantization!r}")
     return converter.convert()

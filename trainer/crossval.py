@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import random
 import statistics
+import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
@@ -14,6 +15,8 @@ import cv2
 import keras
 import numpy as np
 
+from moodwatch.faces import FACE_SIZE
+from moodwatch.images import IMAGE_SIZE
 from moodwatch.pipeline import Pipeline, Prepared, combine_logits, sigmoid
 from moodwatch.settings import Settings
 from moodwatch.vocab import DEFAULT_MAX_PIXELS, LABELS
@@ -84,11 +87,13 @@ def cross_validate(
     batch_size: int = 16, seed: int = 1337, face_base: Path | None = None, face_epochs: int = 3,
     face_weight: float = 0.5, max_pixels: int = DEFAULT_MAX_PIXELS, face_head_only: bool = False,
     near_duplicates: bool = False, fer_crops: tuple[np.ndarray, np.ndarray] | None = None,
-    on_fold: Callable[[FoldResult], None] | None = None,
+    on_fold: Callable[[FoldResult], None] | None = None, conversions: tuple[str, ...] = (),
 ) -> list[FoldResult]:
     """Each fold is the test set once; the rest is split 80/20 into training and validation
     (early stopping and calibration), exactly as `moodwatch train` does with its own split, and
-    trained by the same recipe (epochs and patience as the nightly retrain's unless given)."""
+    trained by the same recipe (epochs and patience as the nightly retrain's unless given).
+    conversions: LiteRT quantizations (trainer.convert.QUANTIZATIONS) of each fold's models,
+    scoring the same test photos (metrics["converted"]), so that a conversion is judged out of fold."""
     items = list_items(data_dir, max_pixels)
     group_of = near_duplicate_key(items, max_pixels) if near_duplicates else None
     folds = folds_of(items, k, seed, group_of)
@@ -127,6 +132,8 @@ def cross_validate(
             "validation": scored_rows(pipeline, [grey(p) for p in val_prep], labels_of(inner.validation))[0],
             "test": scored_rows(pipeline, [grey(p) for p in test_prep], labels_of(test))[0]}
         metrics["fer_accuracy"] = fer_accuracy(pipeline, fer_crops)
+        train_prep = [prepared[str(it.path)] for it in train_items]
+        metrics["converted"] = {q: converted_scores(pipeline, q, train_prep, test_prep) for q in conversions}
         # What calibration sees and what it is applied to, to compare calibration rules offline
         # on the same trained models (benchmarks/calibration_rules.py).
         metrics["raw"] = {"validation": scored_rows(pipeline, val_prep, labels_of(inner.validation))[0],
@@ -136,6 +143,36 @@ def cross_validate(
             on_fold(results[-1])
         keras.backend.clear_session()
     return results
+
+
+def converted_scores(pipeline: Pipeline, quantization: str, train_prep: list[Prepared],
+                     test_prep: list[Prepared], representative: int = 256) -> list[float]:
+    """The test photos' calibrated P(sad) from the fold's CNNs converted to LiteRT as the worker
+    would serve them (same combination and calibration); int8 measures its activation ranges on
+    training photos and their face crops."""
+    from moodwatch.litert import LiteModel
+    from trainer.convert import to_tflite
+
+    rng = np.random.default_rng(0)
+    pick = rng.permutation(len(train_prep))[:representative]
+    images = np.stack([train_prep[i].image for i in pick])
+    crops = [c for i in pick if train_prep[i].faces is not None for c in train_prep[i].faces.crops]
+    face_rep = np.stack(crops) if crops else None
+    shapes = {"whole": ((IMAGE_SIZE, IMAGE_SIZE, 3), images), "face": ((FACE_SIZE, FACE_SIZE, 1), face_rep)}
+    with tempfile.TemporaryDirectory() as tmp:
+        lite = {}
+        for name, model, kind in (("whole", pipeline.whole, "whole"), ("face", pipeline.face, "face"),
+                                  ("close_up", pipeline.close_up, "face")):
+            if model is None:
+                lite[name] = None
+                continue
+            shape, rep = shapes[kind]
+            path = Path(tmp) / f"{name}.tflite"
+            path.write_bytes(to_tflite(model, shape, quantization, rep))
+            lite[name] = LiteModel(path)
+        served = Pipeline(lite["whole"], lite["face"], lite["close_up"], pipeline.combination,
+                          pipeline.batch_size)
+        return [float(s) for s in served.scores(test_prep)]
 
 
 def scored_rows(pipeline: Pipeline, prepared: list[Prepared],

@@ -17,6 +17,7 @@ from moodwatch.vocab import Status
 from worker.items import Job, row_of
 
 if TYPE_CHECKING:  # the type only: the database and de-duplication logic runs without the model's stack
+    from moodwatch.images import ImageInfo
     from worker.inference import Prediction
 
 
@@ -27,7 +28,8 @@ class ClassifierLike(Protocol):
     def version(self) -> Any: ...
 
     def classify_bytes(self, names: list[str], blobs: list[bytes], max_pixels: int,
-                       time_limit: float | None = None) -> list[Prediction]: ...
+                       time_limit: float | None = None,
+                       images: list[ImageInfo | None] | None = None) -> list[Prediction]: ...
 
 
 @dataclass(frozen=True)
@@ -92,11 +94,12 @@ def classify(jobs: list[Job], settings: Settings, sessions: sessionmaker, classi
     originals, duplicates = split_duplicates(jobs, known, dedupe)
     predictions = classifier.classify_bytes([j.path for j in originals.values()],
                                             [j.data for j in originals.values()], settings.max_pixels,
-                                            time_limit=settings.batch_time_limit)
+                                            time_limit=settings.batch_time_limit,
+                                            images=[j.image for j in originals.values()])
     for job in jobs:
         # Classified, or a duplicate: the bytes go now, from every list that holds the job (a
         # batch holds up to batch size x MOODWATCH_MAX_FILE_BYTES of them).
-        job.data = None
+        job.data = job.image = None
     version = classifier.version.name
     classified_at = datetime.now(UTC)
     rows = [_prediction_row(job, p, version, classified_at)

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from moodwatch.faces import FACE_SIZE
-from moodwatch.images import DEFAULT_MAX_PIXELS, IMAGE_SIZE, ImageRejected
+from moodwatch.images import DEFAULT_MAX_PIXELS, IMAGE_SIZE, ImageInfo, ImageRejected
 from moodwatch.modelio import ModelLoadError, label_for
 from moodwatch.pipeline import (
     CLOSE_UP_MODEL_FILE,
@@ -117,11 +117,14 @@ class Classifier:
         self.decode_threads = decode_threads or min(4, os.cpu_count() or 2)
         self._pool = ThreadPoolExecutor(max_workers=self.decode_threads, thread_name_prefix="decode")
 
-    def _decode(self, source: str | bytes, max_pixels: int) -> tuple[Prepared | None, str | None, bool]:
-        """Prepare a file by path, or bytes a caller has already read (and hashed) itself."""
+    def _decode(self, source: str | bytes, max_pixels: int,
+                info: ImageInfo | None = None) -> tuple[Prepared | None, str | None, bool]:
+        """Prepare a file by path, or bytes a caller has already read (and hashed, and perhaps
+        inspected: info) itself."""
         try:
             if isinstance(source, bytes):
-                return prepare_bytes(source, max_pixels, faces=self.pipeline.uses_faces), None, False
+                prepared = prepare_bytes(source, max_pixels, faces=self.pipeline.uses_faces, info=info)
+                return prepared, None, False
             return prepare_path(source, max_pixels, faces=self.pipeline.uses_faces), None, False
         except ImageRejected as exc:
             return None, exc.reason, True
@@ -136,13 +139,17 @@ class Classifier:
 
     def classify_bytes(self, names: Sequence[str], blobs: Sequence[bytes],
                        max_pixels: int = DEFAULT_MAX_PIXELS,
-                       time_limit: float | None = None) -> list[Prediction]:
-        """Classify bytes already read: the worker reads each file once, safely, and hashes them."""
-        return list(self.iter_classify(names, max_pixels, sources=blobs, time_limit=time_limit))
+                       time_limit: float | None = None,
+                       images: Sequence[ImageInfo | None] | None = None) -> list[Prediction]:
+        """Classify bytes already read: the worker reads each file once, safely, and hashes them
+        (and inspects them, images: each one's ImageInfo, or None to inspect it here)."""
+        return list(self.iter_classify(names, max_pixels, sources=blobs, time_limit=time_limit,
+                                       images=images))
 
     def iter_classify(
         self, paths: Iterable[str], max_pixels: int = DEFAULT_MAX_PIXELS,
         sources: Sequence[bytes] | None = None, time_limit: float | None = None,
+        images: Sequence[ImageInfo | None] | None = None,
     ) -> Iterator[Prediction]:
         """Predictions in order. time_limit: seconds the decoding of all of them may take; past
         it a file still decoding is failed and one not begun comes back `unstarted`."""
@@ -150,8 +157,10 @@ class Classifier:
         t0 = time.perf_counter()
         deadline = None if time_limit is None else t0 + time_limit
         pool = self._pool
-        futures: list[Future] = [pool.submit(self._decode, s, max_pixels)
-                                 for s in (paths if sources is None else sources)]
+        inputs = paths if sources is None else sources
+        infos = images if images is not None and sources is not None else [None] * len(paths)
+        futures: list[Future] = [pool.submit(self._decode, s, max_pixels, info)
+                                 for s, info in zip(inputs, infos, strict=True)]
         # Forward passes run on the chunk at hand while the pool decodes the next ones.
         for start in range(0, len(paths), self.batch_size):
             chunk_paths = paths[start : start + self.batch_size]

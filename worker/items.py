@@ -13,12 +13,15 @@ import json
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pydantic import ValidationError
 from sqlalchemy.orm import sessionmaker
 
 from db.repository import recorded_event_ids
+
+if TYPE_CHECKING:  # the type only: moodwatch.images loads OpenCV
+    from moodwatch.images import ImageInfo
 from moodwatch.admission import not_accepted
 from moodwatch.filters import is_ignored
 from moodwatch.images import extension_allowed
@@ -35,6 +38,7 @@ class Job:
     received_at: datetime  # aware: the message's time, or when this worker took the job
     sha256: str | None = None  # of the bytes this worker got, never the message's word for it
     data: bytes | None = None  # those bytes, until they are classified
+    image: ImageInfo | None = None  # their inspection at admission, so the decoder does not repeat it
 
     @property
     def event_id(self) -> str:

@@ -60,7 +60,7 @@ def read(job: Job, settings: Settings, submitted: dict[str, str], now: datetime)
                       f"(tried by {job.attempts + 1} worker runs)")
     if isinstance(got, Refused):
         return row_of(job, status=_refused_status(got.reason), error=got.reason, classified_at=now)
-    return replace(job, sha256=got.sha256, data=got.data)
+    return replace(job, sha256=got.sha256, data=got.data, image=got.image)
 
 
 def triage(jobs: list[Job], settings: Settings, sessions: sessionmaker, now: datetime,

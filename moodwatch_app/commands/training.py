@@ -18,7 +18,8 @@ TABLE_OR_JSON = "Print the outcome as JSON instead of a table."
 @click.option("--data", "data_dir", type=click.Path(path_type=Path), default=None,
               help="Folder with happy/ and sad/ subfolders (default: MOODWATCH_DATA_DIR).")
 @click.option("--arch", "architecture", default=None,
-              help="Model architecture: colour-blind-160 (the default), colour-blind, default or seed.")
+              help="Model architecture: colour-blind-160 (the default), colour-blind-192, colour-blind, "
+                   "default or seed.")
 @click.option("--epochs", type=click.IntRange(min=1), default=None,
               help="Most epochs (default: MOODWATCH_RETRAIN_EPOCHS; early stopping may end sooner).")
 @click.option("--batch-size", type=click.IntRange(1, MAX_BATCH_SIZE), default=None,

@@ -6,14 +6,15 @@
 The same photos go through each stage in turn, timed over all of them: read, decode, resize to
 256 px, the face detector's input (letterbox), face detection (BlazeFace on that input, boxes,
 tiles where the whole photo showed none), face crops, the face CNN (every crop of 32 photos in
-one call, as Pipeline.raw calls it) and the whole-image CNN (batches of 32, as the worker). Each
-stage's CPU time is printed beside its wall time: on a busy machine the CPU time is the stage's
-cost, the wall time also holds the other processes' turns. --serving-only: the CNNs as served
-(Pipeline.load), no comparison of runtimes and no accuracy table. The CNN stages
-run on the version's Keras models, on its LiteRT conversions (1 and 2 XNNPACK threads) and on
-quantized conversions (float16, dynamic-range int8: the whole-image CNN alone, then all three),
-the pipelines taking turns; then each pipeline's accuracy and largest score difference from Keras
-on --accuracy-images (held-back photos: the shipped version was trained on web-happy-sad).
+one call, as Pipeline.raw calls it) and the whole-image CNN (batches of 32, as the worker).
+Each stage's CPU time is printed beside its wall time: on a busy machine the CPU time is the
+stage's cost, the wall time also holds the other processes' turns. --serving-only: the CNNs as
+served (Pipeline.load, in float32 and in dynamic-int8), no comparison of runtimes and no
+accuracy table. Otherwise the CNN stages run on the version's Keras models, on its LiteRT
+conversions (1 and 2 XNNPACK threads) and on quantized conversions (float16, dynamic-range
+int8: the whole-image CNN alone, then all three), the pipelines taking turns; then each
+pipeline's accuracy and largest score difference from Keras on --accuracy-images (held-back
+photos: the shipped version was trained on web-happy-sad).
 TensorFlow gets one intra-op thread, as a worker process on 2 cores does (TF_NUM_INTRAOP_THREADS).
 """
 
@@ -49,7 +50,7 @@ from moodwatch.faces import (  # noqa: E402
     face_crop,
 )
 from moodwatch.images import DEFAULT_MAX_PIXELS, decode_rgb, resize  # noqa: E402
-from moodwatch.litert import LiteModel, lite_name  # noqa: E402
+from moodwatch.litert import DYNAMIC_INT8, FLOAT32, LiteModel, lite_name  # noqa: E402
 from moodwatch.modelio import is_sad, load_model  # noqa: E402
 from moodwatch.pipeline import CLOSE_UP_MODEL_FILE, FACE_MODEL_FILE, Pipeline, Prepared  # noqa: E402
 from moodwatch.registry import Registry  # noqa: E402
@@ -160,26 +161,33 @@ def accuracy(pipeline: Pipeline, prepared: list[Prepared], y: np.ndarray) -> tup
 
 
 def serving_table(folder: Path, prepared: list[Prepared], stages: dict[str, tuple[float, float]]) -> None:
-    """Every stage as a worker process runs it (the CNNs on what Pipeline.load serves)."""
-    pipeline = Pipeline.load(folder, BATCH)
+    """Every stage as a worker process runs it, the CNNs as Pipeline.load serves them in each
+    MOODWATCH_CNN_PRECISION (float32, dynamic-int8), timed in the same run; "all" per precision."""
     chunks = [prepared[i : i + BATCH] for i in range(0, len(prepared), BATCH)]
     crops = [np.concatenate([p.faces.crops for p in c if p.faces is not None and len(p.faces.crops)]
                             or [np.zeros((0, 48, 48, 1), np.uint8)]) for c in chunks]
     images = [np.stack([p.image for p in c]) for c in chunks]
-    runs = {"face CNN": (pipeline.face_scores, crops), "whole CNN": (pipeline.whole_scores, images)}
-    for name, (fn, batches) in runs.items():
-        if name == "face CNN" and not pipeline.uses_faces:
-            continue
-        for b in batches:  # every batch size once before timing (LiteRT allocates per size)
-            fn(b)
-        _, (wall, cpu) = timed(fn, batches)
-        stages[f"{name} ({pipeline.runtime})"] = (wall * len(batches) / len(prepared),
-                                                  cpu * len(batches) / len(prepared))
+    shared = dict(stages)
+    totals = {}
+    for precision in (FLOAT32, DYNAMIC_INT8):
+        pipeline = Pipeline.load(folder, BATCH, precision=precision)
+        runs = {"face CNN": (pipeline.face_scores, crops), "whole CNN": (pipeline.whole_scores, images)}
+        mine = []
+        for name, (fn, batches) in runs.items():
+            if name == "face CNN" and not pipeline.uses_faces:
+                continue
+            for b in batches:  # every batch size once before timing (LiteRT allocates per size)
+                fn(b)
+            _, (wall, cpu) = timed(fn, batches)
+            mine.append(key := f"{name} ({pipeline.runtime} {pipeline.precision})")
+            stages[key] = (wall * len(batches) / len(prepared), cpu * len(batches) / len(prepared))
+        totals[precision] = [stages[k] for k in [*shared, *mine]]
     print("\n| stage (one process, one thread) | ms per photo | CPU ms per photo |\n|---|---|---|")
     for stage, (w, c) in stages.items():
         print(f"| {stage} | {w * 1000:.2f} | {c * 1000:.2f} |")
-    print(f"| all | {sum(w for w, _ in stages.values()) * 1000:.2f} | "
-          f"{sum(c for _, c in stages.values()) * 1000:.2f} |")
+    for precision, rows in totals.items():
+        print(f"| all, CNNs in {precision} | {sum(w for w, _ in rows) * 1000:.2f} | "
+              f"{sum(c for _, c in rows) * 1000:.2f} |")
     print(f"\nload average at the end {os.getloadavg()[0]:.2f}")
 
 

@@ -1,11 +1,13 @@
 """LiteRT copies of a version's Keras CNNs, for serving.
 
 The Keras files stay the source of truth (training, fine-tuning); `trainer.convert` writes a
-float32 ``.tflite`` beside each one when a version is saved, and a manifest (LITE_MANIFEST) with
-the SHA-256 of both files and the largest score difference measured at conversion. A version is
-served by LiteRT only where the manifest vouches for the pair: a ``.keras`` replaced, or a
-``.tflite`` copied from another version, is served by Keras again instead of by a model it was
-not converted from. LiteRT runs these CNNs with XNNPACK without importing TensorFlow.
+float32 ``.tflite`` beside each one when a version is saved, a dynamic-range int8 one
+(``.dynamic-int8.tflite``) where it scores the version's own test photos as the Keras models do,
+and a manifest (LITE_MANIFEST) with the SHA-256 of both files and the score differences measured
+at conversion. A version is served by LiteRT only where the manifest vouches for the pair: a
+``.keras`` replaced, or a ``.tflite`` copied from another version, is served by Keras again
+instead of by a model it was not converted from. LiteRT runs these CNNs with XNNPACK without
+importing TensorFlow. Which conversion serves is MOODWATCH_CNN_PRECISION (`served_lite_file`).
 
 The converted models take the same uint8 arrays the Keras models take (the cast and the rescale
 are inside them): `moodwatch.pipeline.prepare_bytes` stays the one preprocessing function.
@@ -25,14 +27,27 @@ import numpy as np
 
 log = logging.getLogger("moodwatch.litert")
 LITE_MANIFEST = "litert.json"
+FLOAT32, DYNAMIC_INT8 = "float32", "dynamic-int8"
+PRECISIONS = (DYNAMIC_INT8, FLOAT32)  # what MOODWATCH_CNN_PRECISION may name
 # The largest difference in a score (a probability) between a Keras model and its conversion
 # that counts as the same model: float32 kernels differ in summation order, nothing more.
 PARITY_BOUND = 1e-4
+# An int8 conversion rounds weights and activations to 8 bits, so its scores move (by 0.005-0.012
+# on real photos, measured): this bound on the fixed check inputs only catches a broken
+# conversion. What admits it is the version's own test photos: its accuracy on them may differ
+# from the Keras models' by at most HELD_OUT_ACCURACY_BOUND (trainer.convert).
+QUANTIZED_PARITY_BOUND = 0.05
+HELD_OUT_ACCURACY_BOUND = 0.005
 
 
-def lite_name(keras_name: str) -> str:
-    """model.keras -> model.tflite."""
-    return Path(keras_name).with_suffix(".tflite").name
+def parity_bound(quantization: str) -> float:
+    return PARITY_BOUND if quantization == FLOAT32 else QUANTIZED_PARITY_BOUND
+
+
+def lite_name(keras_name: str, quantization: str = FLOAT32) -> str:
+    """model.keras -> model.tflite (float32), model.dynamic-int8.tflite."""
+    stem = Path(keras_name).stem
+    return f"{stem}.tflite" if quantization == FLOAT32 else f"{stem}.{quantization}.tflite"
 
 
 def sha256_of(path: Path) -> str:
@@ -52,12 +67,14 @@ def read_manifest(folder: Path) -> dict[str, Any]:
     return entries if isinstance(entries, dict) else {}
 
 
-def vouched_lite_file(folder: Path, keras_name: str) -> Path | None:
-    """The .tflite converted from this very .keras file, or None (Keras serves it)."""
+def vouched_lite_file(folder: Path, keras_name: str, quantization: str = FLOAT32) -> Path | None:
+    """The .tflite converted from this very .keras file with this quantization, or None."""
     folder = Path(folder)
-    lite, source = folder / lite_name(keras_name), folder / keras_name
+    lite, source = folder / lite_name(keras_name, quantization), folder / keras_name
     entry = read_manifest(folder).get(lite.name)
     if not isinstance(entry, dict) or not lite.is_file() or not source.is_file():
+        return None
+    if entry.get("quantization", FLOAT32) != quantization:
         return None
     try:
         same = (entry.get("source") == keras_name and entry.get("source_sha256") == sha256_of(source)
@@ -68,6 +85,15 @@ def vouched_lite_file(folder: Path, keras_name: str) -> Path | None:
         log.warning("%s was not converted from %s as it is now: serving the Keras model", lite, source)
         return None
     return lite
+
+
+def served_lite_file(folder: Path, keras_name: str, precision: str = DYNAMIC_INT8) -> Path | None:
+    """The conversion that serves a CNN: for dynamic-int8 its int8 conversion where the version
+    holds one vouched for, else the float32 one; for float32 that one only. None: Keras serves."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"unknown CNN precision {precision!r} (one of {', '.join(PRECISIONS)})")
+    tried = (DYNAMIC_INT8, FLOAT32) if precision == DYNAMIC_INT8 else (FLOAT32,)
+    return next((f for q in tried if (f := vouched_lite_file(folder, keras_name, q)) is not None), None)
 
 
 def default_threads() -> int:
@@ -85,10 +111,11 @@ class LiteModel:
     each call's count (a resize costs only when the count changes); calls are serialised, as
     an interpreter must not run in two threads at once."""
 
-    def __init__(self, path: Path, num_threads: int | None = None):
+    def __init__(self, path: Path, num_threads: int | None = None, quantization: str = FLOAT32):
         from ai_edge_litert.interpreter import Interpreter
 
         self.path = Path(path)
+        self.quantization = quantization
         threads = num_threads or default_threads()
         self._interpreter = Interpreter(model_path=str(self.path), num_threads=threads)
         inputs, outputs = self._interpreter.get_input_details(), self._interpreter.get_output_details()

@@ -34,7 +34,7 @@ from moodwatch.faces import (
     face_inputs,
 )
 from moodwatch.images import DEFAULT_MAX_PIXELS, IMAGE_SIZE, ImageInfo, decode_rgb, resize
-from moodwatch.litert import LiteModel, vouched_lite_file
+from moodwatch.litert import DYNAMIC_INT8, FLOAT32, LiteModel, lite_name, served_lite_file
 from moodwatch.vocab import Regime
 
 
@@ -210,11 +210,14 @@ class Pipeline:
                           if self.close_up is not None else self._face_fn)
 
     @classmethod
-    def load(cls, folder: Path, batch_size: int = 32, runtime: str = "auto") -> Pipeline:
+    def load(cls, folder: Path, batch_size: int = 32, runtime: str = "auto",
+             precision: str = DYNAMIC_INT8) -> Pipeline:
         """A registry version's pipeline; the face models are there only in versions that use faces.
 
         runtime "auto": each CNN on LiteRT where the version holds its vouched-for conversion
-        (moodwatch.litert), else on Keras; "keras": Keras only (parity checks, comparisons)."""
+        (moodwatch.litert.served_lite_file: precision dynamic-int8 takes the int8 one where there
+        is one, MOODWATCH_CNN_PRECISION's default), else on Keras; "keras": Keras only (parity
+        checks, comparisons)."""
         from moodwatch.modelio import load_model
 
         if runtime not in ("auto", "keras"):
@@ -222,8 +225,11 @@ class Pipeline:
         folder = Path(folder)
 
         def load_one(name: str) -> Any:
-            lite = vouched_lite_file(folder, name) if runtime == "auto" else None
-            return LiteModel(lite) if lite is not None else load_model(folder / name)
+            lite = served_lite_file(folder, name, precision) if runtime == "auto" else None
+            if lite is None:
+                return load_model(folder / name)
+            int8 = lite.name == lite_name(name, DYNAMIC_INT8)
+            return LiteModel(lite, quantization=DYNAMIC_INT8 if int8 else FLOAT32)
 
         def optional(name: str) -> Any:
             return load_one(name) if (folder / name).is_file() else None
@@ -240,6 +246,14 @@ class Pipeline:
         """What runs the CNNs: "litert", "keras" or "mixed" (some models have no conversion)."""
         kinds = {isinstance(m, LiteModel) for m in (self.whole, self.face, self.close_up) if m is not None}
         return "mixed" if len(kinds) > 1 else ("litert" if kinds == {True} else "keras")
+
+    @property
+    def precision(self) -> str:
+        """What each CNN runs in, for the worker's log line: "dynamic-int8", "float32" (LiteRT),
+        "keras", or several joined by "+" (a model without that conversion)."""
+        kinds = [m.quantization if isinstance(m, LiteModel) else "keras"
+                 for m in (self.whole, self.face, self.close_up) if m is not None]
+        return "+".join(dict.fromkeys(kinds))
 
     def _run(self, fn, x: np.ndarray, batch: int | None) -> np.ndarray:
         """Scores of x through fn: in fixed batches padded with zeros, or at once (batch None).

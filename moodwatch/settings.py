@@ -91,6 +91,12 @@ class Settings(BaseSettings):
         "", description="Comma-separated names the review page answers to besides its bound address."
     )
     seed: int = Field(1337, ge=0, le=MAX_SEED, description="Seed for splits and training.")
+    cnn_precision: Literal["dynamic-int8", "float32"] = Field(
+        "dynamic-int8",
+        description="What the worker runs the CNNs in on LiteRT: dynamic-int8 (int8 weights, "
+        "about twice as fast; a version has it only where it scored the version's test photos "
+        "within 0.005 of the Keras models) or float32 (the Keras scores within 1e-4). A version "
+        "without that conversion is served by the next one, float32, then Keras.")
     detector_dir: Path | None = Field(
         None, description="Folder of the BlazeFace .tflite files; default models/detector beside the code."
     )

@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 from matplotlib import cbook
 
-from moodwatch.litert import LITE_MANIFEST, PARITY_BOUND, LiteModel, lite_name
+from moodwatch.litert import FLOAT32, LITE_MANIFEST, PARITY_BOUND, LiteModel, lite_name
 from moodwatch.pipeline import Pipeline, Prepared, prepare_bytes
 from moodwatch.registry import Registry
 from tests.imagegen import encode, face_like
@@ -69,7 +69,7 @@ def tiny_version(tiny_model_dir: Path) -> Path:
 def test_litert_scores_as_keras(which, tiny_model_dir):
     folder = tiny_version(tiny_model_dir) if which == "tiny" else SHIPPED
     keras_pipe = Pipeline.load(folder, batch_size=4, runtime="keras")
-    lite_pipe = Pipeline.load(folder, batch_size=4)
+    lite_pipe = Pipeline.load(folder, batch_size=4, precision=FLOAT32)  # int8: tests/test_litert_int8.py
     assert keras_pipe.runtime == "keras" and lite_pipe.runtime == "litert"
     prepared = prepared_for(lite_pipe)
     if which == "shipped":  # the face models are exercised: real faces found, close-ups scored
@@ -83,7 +83,7 @@ def test_the_check_fails_with_another_models_conversion(tiny_model_dir):
     """The shipped version's whole-image CNN in place of the tiny one's: the check sees it."""
     folder = tiny_version(tiny_model_dir)
     keras_pipe = Pipeline.load(folder, batch_size=4, runtime="keras")
-    lite = Pipeline.load(folder, batch_size=4)
+    lite = Pipeline.load(folder, batch_size=4, precision=FLOAT32)
     wrong = Pipeline(LiteModel(SHIPPED / "model.tflite"), lite.face, lite.close_up, lite.combination, 4)
     assert largest_score_difference(keras_pipe, wrong, prepared_for(keras_pipe)) > PARITY_BOUND
 
@@ -94,6 +94,7 @@ def test_a_conversion_not_of_this_model_is_not_served(swap, tiny_model_dir, tmp_
     manifest no longer vouches for the pair, and the Keras model serves."""
     folder = shutil.copytree(tiny_version(tiny_model_dir), tmp_path / "version")
     shutil.copyfile(SHIPPED / swap, folder / swap)
+    (folder / "model.dynamic-int8.tflite").unlink(missing_ok=True)  # int8 would serve (and be vouched)
     pipeline = Pipeline.load(folder, batch_size=4)
     assert not isinstance(pipeline.whole, LiteModel)
     assert "was not converted from" in caplog.text
@@ -105,9 +106,10 @@ def test_training_writes_vouched_conversions(tiny_model_dir):
     by the same function (trainer.convert), and the parity test above covers them."""
     folder = tiny_version(tiny_model_dir)
     entries = json.loads((folder / LITE_MANIFEST).read_text())["models"]
+    float32 = {k: e for k, e in entries.items() if e["quantization"] == FLOAT32}  # int8: test_litert_int8
     keras_files = [n for n in ("model.keras", "face.keras", "face-closeup.keras") if (folder / n).is_file()]
-    assert set(entries) == {lite_name(n) for n in keras_files}
-    assert all(e["largest_difference_on_check_inputs"] <= PARITY_BOUND for e in entries.values())
+    assert set(float32) == {lite_name(n) for n in keras_files}
+    assert all(e["largest_difference_on_check_inputs"] <= PARITY_BOUND for e in float32.values())
 
 
 def test_a_litert_pipeline_runs_without_tensorflow():
@@ -129,6 +131,7 @@ def test_a_conversion_that_does_not_score_as_keras_is_not_kept(tiny_model_dir, t
 
     folder = shutil.copytree(tiny_version(tiny_model_dir), tmp_path / "version")
     (folder / "model.tflite").unlink()
+    (folder / "model.dynamic-int8.tflite").unlink(missing_ok=True)
     monkeypatch.setattr(convert, "to_tflite", lambda *a, **k: (SHIPPED / "model.tflite").read_bytes())
     with pytest.raises(convert.ConversionError, match="scores differ"):
         convert.convert_version(folder)

@@ -1,18 +1,23 @@
-"""Convert a version's Keras CNNs to float32 LiteRT models beside them (see moodwatch.litert).
+"""Convert a version's Keras CNNs to LiteRT models beside them (see moodwatch.litert).
 
 Run when a version is saved (trainer.versioning); for versions saved before, call
 `convert_version(folder)` or `python -m trainer.convert FOLDER...`. Each conversion is checked
 before it is kept: the Keras model and the converted one score the same inputs, and a largest
-difference above PARITY_BOUND leaves the version without that .tflite (Keras serves it).
+difference above the bound (PARITY_BOUND for float32) leaves the version without that .tflite
+(Keras serves it). The dynamic-range int8 conversions are made only where photos the version
+never trained on are at hand (its test split: `HeldOut`), and kept only where the pipeline they
+make labels those photos as the Keras one does, within HELD_OUT_ACCURACY_BOUND of its accuracy.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
 import sys
 import weakref
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -20,8 +25,17 @@ import numpy as np
 
 from moodwatch.faces import FACE_SIZE
 from moodwatch.images import IMAGE_SIZE
-from moodwatch.litert import LITE_MANIFEST, PARITY_BOUND, LiteModel, lite_name, read_manifest, sha256_of
-from moodwatch.pipeline import CLOSE_UP_MODEL_FILE, FACE_MODEL_FILE
+from moodwatch.litert import (
+    DYNAMIC_INT8,
+    FLOAT32,
+    HELD_OUT_ACCURACY_BOUND,
+    LITE_MANIFEST,
+    LiteModel,
+    lite_name,
+    parity_bound,
+    sha256_of,
+)
+from moodwatch.pipeline import CLOSE_UP_MODEL_FILE, FACE_MODEL_FILE, Pipeline, Prepared
 from moodwatch.registry import MODEL_FILE
 
 log = logging.getLogger("moodwatch.trainer")
@@ -33,6 +47,14 @@ CHECK_BATCH = 8  # inputs scored both ways at conversion: noise, flat greys, bla
 
 class ConversionError(RuntimeError):
     """A model could not be converted, or its conversion does not score as the Keras model."""
+
+
+@dataclass(frozen=True)
+class HeldOut:
+    """Photos a version never trained on (its test split), prepared, and their truth (1 = sad)."""
+
+    prepared: list[Prepared]
+    labels: np.ndarray
 
 
 def check_inputs(shape: tuple[int, ...], n: int = CHECK_BATCH) -> np.ndarray:
@@ -110,21 +132,21 @@ def largest_difference(model: Any, lite_path: Path, x: np.ndarray) -> float:
     return float(np.max(np.abs(keras_scores - lite_scores)))
 
 
-def convert_model(folder: Path, keras_name: str) -> dict[str, Any]:
+def convert_model(folder: Path, keras_name: str, quantization: str = FLOAT32) -> dict[str, Any]:
     """Convert one .keras file of the folder; its manifest entry. ConversionError where the
     conversion fails or does not score as the Keras model (no .tflite is left then)."""
     from moodwatch.modelio import load_model
 
-    source, lite = folder / keras_name, folder / lite_name(keras_name)
-    shape = INPUT_SHAPES[keras_name]
+    source, lite = folder / keras_name, folder / lite_name(keras_name, quantization)
+    shape, bound = INPUT_SHAPES[keras_name], parity_bound(quantization)
     model = load_model(source)
     tmp = lite.with_name(f".{lite.name}.tmp")
     try:
-        tmp.write_bytes(to_tflite(model, shape))
+        tmp.write_bytes(to_tflite(model, shape, quantization))
         difference = largest_difference(model, tmp, check_inputs(shape))
-        if not difference <= PARITY_BOUND:  # a NaN fails too
+        if not difference <= bound:  # a NaN fails too
             raise ConversionError(f"{lite.name} scores differ from {keras_name} by {difference:.3g} "
-                                  f"(at most {PARITY_BOUND:g} allowed)")
+                                  f"(at most {bound:g} allowed)")
         os.replace(tmp, lite)
     except ConversionError:
         raise
@@ -133,43 +155,125 @@ def convert_model(folder: Path, keras_name: str) -> dict[str, Any]:
     finally:
         tmp.unlink(missing_ok=True)
     return {"source": keras_name, "source_sha256": sha256_of(source), "sha256": sha256_of(lite),
-            "quantization": "float32", "input": ["batch", *shape], "input_dtype": "uint8",
+            "quantization": quantization, "input": ["batch", *shape], "input_dtype": "uint8",
             "largest_difference_on_check_inputs": difference}
 
 
-def convert_version(folder: Path, strict: bool = True) -> dict[str, Any]:
-    """Convert every CNN of a version folder; the manifest written. strict=False: a model that
-    fails is logged and left to Keras (a trained version is never lost to its conversion)."""
+def held_out_check(folder: Path, held_out: HeldOut, quantization: str) -> dict[str, Any]:
+    """The version's pipeline as served in `quantization` against its Keras models, on photos it
+    never trained on: accuracy of each, the largest P(sad) difference, labels changed."""
+    keras_scores = Pipeline.load(folder, runtime="keras").scores(held_out.prepared)
+    lite_scores = Pipeline.load(folder, precision=quantization).scores(held_out.prepared)
+    truth = np.asarray(held_out.labels) == 1
+    k_sad, q_sad = keras_scores >= 0.5, lite_scores >= 0.5
+    return {"photos": len(truth), "accuracy_keras": float(np.mean(k_sad == truth)),
+            "accuracy_litert": float(np.mean(q_sad == truth)),
+            "largest_difference": float(np.max(np.abs(keras_scores - lite_scores))),
+            "labels_changed": int(np.sum(k_sad != q_sad))}
+
+
+def convert_version(folder: Path, strict: bool = True, held_out: HeldOut | None = None) -> dict[str, Any]:
+    """Convert every CNN of a version folder to float32 and, with held-out photos, to dynamic-
+    range int8; the manifest written. strict=False: a model that fails is logged and left to the
+    next runtime (float32, then Keras; a trained version is never lost to its conversion)."""
     folder = Path(folder)
-    entries = {k: v for k, v in read_manifest(folder).items() if (folder / k).is_file()}
-    for keras_name in INPUT_SHAPES:
-        if not (folder / keras_name).is_file():
-            continue
-        try:
-            entries[lite_name(keras_name)] = convert_model(folder, keras_name)
-        except ConversionError as exc:
-            if strict:
-                raise
-            entries.pop(lite_name(keras_name), None)
-            (folder / lite_name(keras_name)).unlink(missing_ok=True)
-            log.warning("%s: served by Keras", exc)
-    (folder / LITE_MANIFEST).write_text(json.dumps({"models": entries}, indent=2) + "\n")
+    manifest = _read_whole_manifest(folder)
+    entries = {k: v for k, v in manifest.get("models", {}).items() if (folder / k).is_file()}
+    checks = manifest.get("checks", {})
+    present = [name for name in INPUT_SHAPES if (folder / name).is_file()]
+    checked = held_out is not None and len(held_out.labels) > 0
+    for quantization in (FLOAT32, DYNAMIC_INT8) if checked else (FLOAT32,):
+        for keras_name in present:
+            name = lite_name(keras_name, quantization)
+            try:
+                entries[name] = convert_model(folder, keras_name, quantization)
+            except ConversionError as exc:
+                if strict:
+                    raise
+                entries.pop(name, None)
+                (folder / name).unlink(missing_ok=True)
+                log.warning("%s: served by %s", exc, "float32" if quantization != FLOAT32 else "Keras")
+        _write_manifest(folder, entries, checks)
+    if checked and any(e.get("quantization") == DYNAMIC_INT8 for e in entries.values()):
+        checks[DYNAMIC_INT8] = check = held_out_check(folder, held_out, DYNAMIC_INT8)
+        if abs(check["accuracy_litert"] - check["accuracy_keras"]) > HELD_OUT_ACCURACY_BOUND:
+            check["kept"] = False
+            for keras_name in present:
+                entries.pop(lite_name(keras_name, DYNAMIC_INT8), None)
+                (folder / lite_name(keras_name, DYNAMIC_INT8)).unlink(missing_ok=True)
+            log.warning("the dynamic-int8 conversions of %s scored %d test photos %.4f against the "
+                        "Keras models' %.4f (at most %g apart): float32 serves", folder.name,
+                        check["photos"], check["accuracy_litert"], check["accuracy_keras"],
+                        HELD_OUT_ACCURACY_BOUND)
+        else:
+            check["kept"] = True
+        _write_manifest(folder, entries, checks)
     return entries
 
 
+def _read_whole_manifest(folder: Path) -> dict[str, Any]:
+    try:
+        manifest = json.loads((folder / LITE_MANIFEST).read_text())
+    except (OSError, ValueError):
+        return {}
+    return manifest if isinstance(manifest, dict) else {}
+
+
+def _write_manifest(folder: Path, entries: dict[str, Any], checks: dict[str, Any]) -> None:
+    (folder / LITE_MANIFEST).write_text(json.dumps({"models": entries, "checks": checks}, indent=2) + "\n")
+
+
+def held_out_of(folder: Path, photo_dirs: list[Path]) -> HeldOut:
+    """A version's test split (params.json), found by SHA-256 among the photos of photo_dirs
+    (the folders it was trained from, wherever they are now), prepared as the worker prepares
+    them. ConversionError when none of them is found."""
+    from moodwatch.pipeline import prepare_path
+
+    listed = json.loads((folder / "params.json").read_text())["split"]["test"]
+    wanted = {entry["sha256"]: entry["label"] for entry in listed}
+    found: dict[str, Path] = {}
+    for d in photo_dirs:
+        for p in sorted(Path(d).rglob("*")):
+            if p.is_file() and len(found) < len(wanted):
+                with open(p, "rb") as f:
+                    digest = hashlib.file_digest(f, "sha256").hexdigest()
+                if digest in wanted:
+                    found.setdefault(digest, p)
+    if not found:
+        raise ConversionError(f"none of the {len(wanted)} test photos of {folder.name} is under "
+                              f"{', '.join(map(str, photo_dirs))}")
+    faces = (folder / FACE_MODEL_FILE).is_file()
+    prepared = [prepare_path(p, faces=faces) for p in found.values()]
+    return HeldOut(prepared, np.array([int(wanted[h] == "sad") for h in found]))
+
+
 def main(argv: list[str]) -> int:
-    """python -m trainer.convert FOLDER...: convert existing versions (a version folder each)."""
-    if not argv:
-        print("usage: python -m trainer.convert VERSION_FOLDER...", file=sys.stderr)
-        return 2
-    for folder in argv:
+    """python -m trainer.convert [--held-out-from DIR[,DIR]] FOLDER...: convert existing versions."""
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="python -m trainer.convert", description=(
+        "Convert version folders' CNNs to LiteRT. --held-out-from: the folders the version was "
+        "trained from; its test photos (params.json) are found there by SHA-256 and the "
+        "dynamic-int8 conversion is made and checked on them."))
+    parser.add_argument("folders", nargs="+", type=Path, metavar="VERSION_FOLDER")
+    parser.add_argument("--held-out-from", default=None, metavar="DIR[,DIR]")
+    args = parser.parse_args(argv)
+    for folder in args.folders:
         try:
-            entries = convert_version(Path(folder))
-        except (ConversionError, OSError) as exc:
+            held_out = (held_out_of(folder, [Path(d) for d in args.held_out_from.split(",")])
+                        if args.held_out_from else None)
+            entries = convert_version(folder, held_out=held_out)
+        except (ConversionError, OSError, KeyError, ValueError) as exc:
             print(f"error: {exc}", file=sys.stderr)
             return 1
         for name, entry in entries.items():
             print(f"{folder}/{name}: largest difference {entry['largest_difference_on_check_inputs']:.2g}")
+        check = _read_whole_manifest(folder).get("checks", {}).get(DYNAMIC_INT8)
+        if held_out is not None and check:
+            print(f"{folder}: dynamic-int8 on {check['photos']} test photos: accuracy "
+                  f"{check['accuracy_litert']:.4f} against Keras {check['accuracy_keras']:.4f}, "
+                  f"{check['labels_changed']} labels changed, largest P(sad) difference "
+                  f"{check['largest_difference']:.4f}: {'kept' if check['kept'] else 'not kept'}")
     return 0
 
 

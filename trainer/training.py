@@ -19,6 +19,7 @@ from moodwatch.registry import Registry, RegistryError, Version, write_json
 from moodwatch.settings import Settings
 from moodwatch.vocab import LABELS
 from trainer.cleaning import CleanReport, clean_folders
+from trainer.convert import HeldOut
 from trainer.dataset import (
     DatasetError,
     Split,
@@ -197,7 +198,7 @@ def train(settings: Settings, options: TrainOptions) -> TrainResult:
         metrics, current_metrics, decision = _judge(pipeline, current, data.test, y_test, shortfall,
                                                     options.force_promote)
         timings["evaluate_s"] = time.perf_counter() - t2
-        save_pipeline(pipeline, history, version, close_up_base)
+        save_pipeline(pipeline, history, version, close_up_base, HeldOut(data.test, y_test))
         timings["total_s"] = time.perf_counter() - t0
         write_json(version.path / "metrics.json", {
             "test": metrics, "current_on_same_test": current_metrics, "promoted": decision.promoted,

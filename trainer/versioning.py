@@ -16,7 +16,7 @@ from moodwatch.pipeline import CLOSE_UP_MODEL_FILE, FACE_MODEL_FILE, PIPELINE_FI
 from moodwatch.publication import publish_promotion
 from moodwatch.registry import Registry, Version, write_json
 from moodwatch.settings import Settings
-from trainer.convert import convert_version
+from trainer.convert import HeldOut, convert_version
 from trainer.dataset import Item, Split
 from trainer.plots import save_history_plots
 from trainer.promotion import Decision
@@ -33,15 +33,16 @@ def save_lean(model: keras.Model, path: Path) -> None:
 
 
 def save_pipeline(pipeline: Pipeline, history: dict[str, Any], version: Version,
-                  close_up_base: Path | None) -> None:
-    """The version's models, its combination, their conversions and its training curves."""
+                  close_up_base: Path | None, held_out: HeldOut | None = None) -> None:
+    """The version's models, its combination, their conversions (int8 ones checked on held_out,
+    its test photos) and its training curves."""
     save_lean(pipeline.whole, version.model_path)
     if pipeline.face is not None:
         save_lean(pipeline.face, version.path / FACE_MODEL_FILE)
         if close_up_base is not None:
             shutil.copyfile(close_up_base, version.path / CLOSE_UP_MODEL_FILE)
     write_json(version.path / PIPELINE_FILE, pipeline.combination.to_json())
-    convert_version(version.path, strict=False)  # LiteRT copies to serve; Keras where one fails
+    convert_version(version.path, strict=False, held_out=held_out)  # LiteRT copies to serve
     save_history_plots(history, version.path)
 
 

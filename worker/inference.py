@@ -15,6 +15,7 @@ from typing import Any
 
 from moodwatch.faces import FACE_SIZE
 from moodwatch.images import DEFAULT_MAX_PIXELS, IMAGE_SIZE, ImageInfo, ImageRejected
+from moodwatch.litert import DYNAMIC_INT8
 from moodwatch.modelio import ModelLoadError, label_for
 from moodwatch.pipeline import (
     CLOSE_UP_MODEL_FILE,
@@ -103,12 +104,12 @@ class Classifier:
     """A loaded model version and its compiled batch functions; one per worker process."""
 
     def __init__(self, version: Version, batch_size: int = 32, decode_threads: int | None = None,
-                 missing_note: str = ""):
+                 missing_note: str = "", precision: str = DYNAMIC_INT8):
         self.version = version
         self.batch_size = batch_size
         self.missing_note = missing_note  # appended to "file not found: ..." (the worker says where)
         try:
-            self.pipeline = Pipeline.load(version.path, batch_size)
+            self.pipeline = Pipeline.load(version.path, batch_size, precision=precision)
         except ModelLoadError:
             raise
         except Exception as exc:
@@ -226,9 +227,11 @@ class ModelCache:
     """Holds the current model of a process, loaded and warmed up, and follows the registry's
     pointer: with watch(), a background thread loads a new version while the old one serves."""
 
-    def __init__(self, registry: Registry, batch_size: int = 32, check_every: float = 2.0):
+    def __init__(self, registry: Registry, batch_size: int = 32, check_every: float = 2.0,
+                 precision: str = DYNAMIC_INT8):
         self.registry = registry
         self.batch_size = batch_size
+        self.precision = precision  # MOODWATCH_CNN_PRECISION
         self.check_every = check_every
         self._classifier: Classifier | None = None
         self._retired: list[Classifier] = []  # replaced, closed by the next get() (no job uses them)
@@ -241,14 +244,16 @@ class ModelCache:
     def _load(self, version: Version) -> Classifier:
         """The version loaded and warmed up; ModelLoadError for anything that stops it serving."""
         t0 = time.perf_counter()
-        classifier = Classifier(version, self.batch_size, missing_note=WORKER_MISSING_NOTE)
+        classifier = Classifier(version, self.batch_size, missing_note=WORKER_MISSING_NOTE,
+                                precision=self.precision)
         try:
             classifier.warm_up()
         except Exception as exc:  # e.g. a shape the checks could not see: the model cannot serve
             classifier.close()
             raise ModelLoadError(f"model {version.name} failed its warm-up: {first_line(exc)}") from exc
-        log.info("model %s loaded and warmed up in %.1fs on %s (pid %d)", version.name,
-                 time.perf_counter() - t0, classifier.pipeline.runtime, os.getpid())
+        log.info("model %s loaded and warmed up in %.1fs on %s (%s; pid %d)", version.name,
+                 time.perf_counter() - t0, classifier.pipeline.runtime, classifier.pipeline.precision,
+                 os.getpid())
         return classifier
 
     def _report(self, problem: str | None) -> None:

@@ -38,7 +38,7 @@ class WorkerProcess:
         if self._models is None:
             # The folders, or the database's publications (MOODWATCH_MODEL_SOURCE=database).
             self._models = ModelCache(registry_for_worker(self.settings, self.sessions()),
-                                      self.settings.batch_size)
+                                      self.settings.batch_size, precision=self.settings.cnn_precision)
         return self._models
 
     def claims(self) -> ClaimStore | None:

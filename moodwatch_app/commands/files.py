@@ -84,7 +84,8 @@ def classify(state: CliState, files: tuple[Path, ...], fmt: str, model_version: 
     registry = Registry.for_settings(settings)
     try:
         version = registry.get(model_version) if model_version else registry.require_current()
-        classifier = Classifier(version, batch_size=min(32, max(1, len(files))))
+        classifier = Classifier(version, batch_size=min(32, max(1, len(files))),
+                                precision=settings.cnn_precision)
     except (RegistryError, ModelLoadError) as exc:
         fail(str(exc))
     out = RecordStream(fmt, CLASSIFY_COLUMNS, _classified_line)

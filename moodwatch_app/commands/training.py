@@ -129,7 +129,7 @@ def evaluate(state: CliState, data_dir: Path, model_version: str | None, csv_pat
     try:
         files = labelled_files(data_dir)
         version = registry.get(model_version) if model_version else registry.require_current()
-        classifier = Classifier(version, batch_size=32)
+        classifier = Classifier(version, batch_size=32, precision=settings.cnn_precision)
     except (ValueError, RegistryError, ModelLoadError) as exc:
         fail(str(exc))
     t0 = time.perf_counter()

@@ -28,6 +28,7 @@ from sqlalchemy import func, select
 from db.migrate import open_database
 from db.models import Result
 from moodwatch.images import ImageRejected, extension_allowed, inspect_image
+from moodwatch.litert import DYNAMIC_INT8, LITE_MANIFEST, lite_name
 from moodwatch.pipeline import FACE_MODEL_FILE, PIPELINE_FILE, prepare_bytes_before_cnn
 from moodwatch.queue import CLASSIFY_TASK, make_celery
 from moodwatch.registry import Registry, Version
@@ -149,15 +150,17 @@ def decode_floor(files: list[Path], processes: int, faces: bool,
 
 
 def whole_image_only(registry: Registry, scratch: Path) -> Path | None:
-    """A registry holding the current version without its face models (faces off), or None
-    when the current version reads whole images only."""
+    """A registry holding the current version without its face models (faces off), its
+    whole-image CNN served as in the version (its LiteRT conversions and their manifest come
+    along), or None when the current version reads whole images only."""
     version = registry.require_current()
     if not (version.path / FACE_MODEL_FILE).is_file():
         return None
     root = scratch / "models-no-faces"
     copy = root / version.name
     copy.mkdir(parents=True)
-    for name in ("model.keras", PIPELINE_FILE):
+    for name in ("model.keras", PIPELINE_FILE, LITE_MANIFEST, lite_name("model.keras"),
+                 lite_name("model.keras", DYNAMIC_INT8)):
         if (version.path / name).is_file():
             shutil.copy2(version.path / name, copy / name)
     Registry(root).promote(Version(version.name, copy))

@@ -32,6 +32,18 @@ def test_faces_off_copy_keeps_only_the_whole_image_model(tmp_path: Path):
     assert (copy.path / "model.keras").read_bytes() == b"model.keras"
 
 
+def test_faces_off_serves_the_whole_image_cnn_as_the_version_does(tmp_path: Path):
+    """The shipped version's faces-off copy runs its whole-image CNN on LiteRT int8 as the
+    faces-on pass does (not on Keras, which would make faces-off look slower than it is)."""
+    from moodwatch.pipeline import Pipeline
+
+    shipped = Registry(Path(__file__).resolve().parent.parent / "models")
+    copy = Registry(whole_image_only(shipped, tmp_path / "scratch")).require_current()
+    pipeline = Pipeline.load(copy.path)
+    assert not pipeline.uses_faces
+    assert (pipeline.runtime, pipeline.precision) == ("litert", "dynamic-int8")
+
+
 def test_whole_image_version_needs_no_second_pass(tmp_path: Path):
     registry = make_version(tmp_path / "models", ["model.keras"])
     assert whole_image_only(registry, tmp_path / "scratch") is None

@@ -97,10 +97,31 @@ def report(name: str, folds: list[dict], raw_key: str, shift: bool) -> None:
               f"(folds {', '.join(f'{a:.3f}' for a in fer)})")
 
 
+def conversions(spec: str, folds: list[dict]) -> None:
+    """Each LiteRT conversion (CONVERT=...) against the Keras models, the same trained models and
+    calibration scoring the same test photos: pooled and per fold, labels changed, ECE."""
+    truth = [np.array(f["truth"], dtype=np.float64) for f in folds]
+    y, keras = np.concatenate(truth), np.concatenate([np.array(f["scores"]) for f in folds])
+    for quantization in folds[0].get("converted") or {}:
+        per_fold = [np.array(f["converted"][quantization]) for f in folds]
+        lite = np.concatenate(per_fold)
+        deltas = [metrics_from_scores(t, q)["accuracy"]
+                  - metrics_from_scores(t, np.array(f["scores"]))["accuracy"]
+                  for t, q, f in zip(truth, per_fold, folds, strict=True)]
+        k, q = figures(y, keras), figures(y, lite)
+        print(f"## {spec}, LiteRT {quantization} against Keras")
+        print(f"- accuracy {q['accuracy']:.4f} against {k['accuracy']:.4f} "
+              f"({q['accuracy'] - k['accuracy']:+.4f}); per fold {', '.join(f'{d:+.4f}' for d in deltas)}; "
+              f"ECE {q['ece']:.3f} against {k['ece']:.3f}; labels changed "
+              f"{int(np.sum((keras >= 0.5) != (lite >= 0.5)))} of {len(y)}; largest P(sad) difference "
+              f"{np.max(np.abs(keras - lite)):.4f}")
+
+
 def main() -> None:
     saved = json.loads(Path(sys.argv[1]).read_text())
     for spec in sys.argv[2:] or list(saved):
         folds = saved[spec]
+        conversions(spec, folds)
         for raw_key, how in (("raw", "colour"), ("grey_raw", "grey")):
             for shift in (False, True):
                 report(f"{spec}, read in {how}, {'shifted' if shift else 'temperature only'}",

@@ -18,7 +18,7 @@ import stat
 from dataclasses import dataclass
 from pathlib import Path
 
-from moodwatch.files import UNTRUSTED_OPEN, event_id_for, inside
+from moodwatch.files import UNTRUSTED_OPEN, event_id_for, located_inside
 from moodwatch.images import EXTENSION_NAMES, ImageInfo, ImageRejected, extension_allowed, inspect_image
 from moodwatch.vocab import DEFAULT_MAX_PIXELS
 
@@ -87,6 +87,7 @@ def admit(path: str, root: Path | None, limits: Limits) -> Admitted | Refused | 
     except FileNotFoundError:
         return None
     eid = event_id_for(path, st)
+    root = root.resolve() if root is not None else None  # once: both checks below compare with it
     reason = _path_refusal(path, st, root, limits)
     if reason is None:
         try:
@@ -107,7 +108,7 @@ def _path_refusal(path: str, st: os.stat_result, root: Path | None, limits: Limi
     An empty file is left to the image check, which words it."""
     if stat.S_ISLNK(st.st_mode):
         return LINK
-    if root is not None and not inside(path, root):
+    if root is not None and not located_inside(path, root):
         return OUTSIDE
     if not stat.S_ISREG(st.st_mode):
         return NOT_REGULAR
@@ -121,7 +122,7 @@ def _path_refusal(path: str, st: os.stat_result, root: Path | None, limits: Limi
 def _judged(path: str, eid: str, got: FileBytes, root: Path | None, limits: Limits) -> Admitted | Refused:
     """The bytes read, judged: the open file's own place (a folder on the way swapped for a link
     after the check), then the image itself, from its header."""
-    if root is not None and not Path(got.real_path).is_relative_to(root.resolve()):
+    if root is not None and not Path(got.real_path).is_relative_to(root):
         return Refused(path, eid, OUTSIDE)
     try:
         info = inspect_image(got.data, limits.max_pixels)

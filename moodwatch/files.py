@@ -69,7 +69,13 @@ def located(path: str) -> str:
 
 
 def inside(path: str, folder: Path) -> bool:
-    return Path(located(path)).is_relative_to(folder.resolve())
+    return located_inside(path, folder.resolve())
+
+
+def located_inside(path: str, real_folder: Path) -> bool:
+    """inside() for a folder already resolved (once for many paths: each resolve is an lstat
+    per part of the path)."""
+    return Path(located(path)).is_relative_to(real_folder)
 
 
 def sha256_file(path: str | Path) -> str:

@@ -10,6 +10,7 @@ import logging
 import os
 from dataclasses import replace
 from datetime import datetime
+from pathlib import Path
 from typing import Any
 
 from sqlalchemy.orm import sessionmaker
@@ -17,7 +18,7 @@ from sqlalchemy.orm import sessionmaker
 from db.repository import submitted_paths
 from moodwatch.admission import OUTSIDE, Limits, Refused, admit, cannot_read
 from moodwatch.claims import ClaimStore
-from moodwatch.files import inside, printable
+from moodwatch.files import located_inside, printable
 from moodwatch.jobs import UNREACHABLE_ATTEMPTS
 from moodwatch.outcome import Outcome
 from moodwatch.settings import Settings
@@ -28,12 +29,12 @@ from worker.received import triage_claims
 log = logging.getLogger("moodwatch.worker")
 
 
-def refusal(job: Job, settings: Settings, submitted: dict[str, str]) -> str | None:
-    """Why the watcher would never have sent this path, or None: its checks, applied again."""
-    in_inbox = inside(job.path, settings.inbox_dir)
+def refusal(job: Job, in_inbox: bool, inbox: Path, submitted: dict[str, str]) -> str | None:
+    """Why the watcher would never have sent this path, or None: its checks, applied again
+    (inbox: the inbox's real path, resolved once for the batch)."""
     if not in_inbox and submitted.get(job.event_id) != printable(job.path):
         return "refused: the path is neither in the inbox nor a file `moodwatch submit` registered"
-    return name_refusal(job.path, settings.inbox_dir.resolve() if in_inbox else None)
+    return name_refusal(job.path, inbox if in_inbox else None)
 
 
 def _refused_status(reason: str) -> Status:
@@ -46,10 +47,10 @@ def _refused_status(reason: str) -> Status:
     return Status.FAILED if unreadable or reason == OUTSIDE else Status.REJECTED
 
 
-def read(job: Job, settings: Settings, submitted: dict[str, str], now: datetime) -> Job | Outcome:
+def read(job: Job, settings: Settings, root: Path | None, now: datetime) -> Job | Outcome:
     """The job with its file's bytes, admitted; or its row when it cannot be classified. A file
-    of the inbox must really lie in it; one `submit` registered lies where it was registered."""
-    root = settings.inbox_dir if job.event_id not in submitted else None
+    of the inbox must really lie in it (root); one `submit` registered lies where it was
+    registered (root None)."""
     try:
         got = admit(job.path, root, Limits(settings.max_file_bytes, settings.max_pixels))
     except OSError as exc:  # the path's lstat (a folder on the way that cannot be searched)
@@ -69,14 +70,15 @@ def triage(jobs: list[Job], settings: Settings, sessions: sessionmaker, now: dat
     worker, later), read the rest. With `claims` (broker transport) the bytes come from Redis."""
     if claims is not None:
         return triage_claims(jobs, claims, settings, now)
+    inbox = settings.inbox_dir.resolve()
+    in_inbox = {j.event_id: located_inside(j.path, inbox) for j in jobs}
     with sessions() as session:
-        submitted = submitted_paths(session, [j.event_id for j in jobs
-                                              if not inside(j.path, settings.inbox_dir)])
+        submitted = submitted_paths(session, [j.event_id for j in jobs if not in_inbox[j.event_id]])
     rows: list[Outcome] = []
     taken: list[Job] = []
     handed_back: list[dict[str, Any]] = []
     for job in jobs:
-        reason = refusal(job, settings, submitted)
+        reason = refusal(job, in_inbox[job.event_id], inbox, submitted)
         if reason is not None:
             log.warning("%s: %s", printable(job.path), reason)
             rows.append(row_of(job, status=Status.FAILED, error=reason, classified_at=now))
@@ -85,7 +87,7 @@ def triage(jobs: list[Job], settings: Settings, sessions: sessionmaker, now: dat
             handed_back.append(job.item.handed_back().wire())
         else:
             # The bytes held for a batch are bounded: batch size x MOODWATCH_MAX_FILE_BYTES.
-            got = read(job, settings, submitted, now)
+            got = read(job, settings, inbox if job.event_id not in submitted else None, now)
             if isinstance(got, Job):
                 taken.append(got)
             else:

@@ -130,3 +130,14 @@ def test_an_unknown_precision_setting_is_one_error_line(tmp_path):
     lines = [line for line in result.stderr.splitlines() if line.strip()]
     assert result.exit_code == 1 and len(lines) == 1, result.stderr
     assert lines[0].startswith("error: ") and "MOODWATCH_CNN_PRECISION" in lines[0]
+
+
+def test_the_convert_command_says_in_one_line_when_a_version_lists_no_test_split(tiny_model_dir, tmp_path,
+                                                                                  capsys):
+    from trainer import convert
+
+    folder = shutil.copytree(tiny_version(tiny_model_dir), tmp_path / "version")
+    (folder / "params.json").write_text("{}")
+    assert convert.main(["--held-out-from", str(tmp_path), str(folder)]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: ") and "no test split" in err[0]

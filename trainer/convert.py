@@ -229,8 +229,12 @@ def held_out_of(folder: Path, photo_dirs: list[Path]) -> HeldOut:
     them. ConversionError when none of them is found."""
     from moodwatch.pipeline import prepare_path
 
-    listed = json.loads((folder / "params.json").read_text())["split"]["test"]
-    wanted = {entry["sha256"]: entry["label"] for entry in listed}
+    try:
+        listed = json.loads((folder / "params.json").read_text())["split"]["test"]
+        wanted = {entry["sha256"]: entry["label"] for entry in listed}
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise ConversionError(f"{folder} lists no test split in its params.json "
+                              f"({exc.__class__.__name__}: {exc})") from exc
     found: dict[str, Path] = {}
     for d in photo_dirs:
         for p in sorted(Path(d).rglob("*")):

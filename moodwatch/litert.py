@@ -58,10 +58,11 @@ def sha256_of(path: Path) -> str:
     return digest.hexdigest()
 
 
-def read_manifest(folder: Path) -> dict[str, Any]:
-    """The manifest's entries by .tflite name; empty where there is none (or it is unreadable)."""
+def read_manifest(folder: Path, part: str = "models") -> dict[str, Any]:
+    """The manifest's entries by .tflite name (or its int8 checks by quantization, part
+    "checks"); empty where there is none (or it is unreadable)."""
     try:
-        entries = json.loads((Path(folder) / LITE_MANIFEST).read_text()).get("models", {})
+        entries = json.loads((Path(folder) / LITE_MANIFEST).read_text()).get(part, {})
     except (OSError, ValueError, AttributeError):
         return {}
     return entries if isinstance(entries, dict) else {}
@@ -76,6 +77,10 @@ def vouched_lite_file(folder: Path, keras_name: str, quantization: str = FLOAT32
         return None
     if entry.get("quantization", FLOAT32) != quantization:
         return None
+    if quantization != FLOAT32:  # served only after it passed the version's held-out check
+        check = read_manifest(folder, "checks").get(quantization)
+        if not isinstance(check, dict) or check.get("kept") is not True:
+            return None
     try:
         same = (entry.get("source") == keras_name and entry.get("source_sha256") == sha256_of(source)
                 and entry.get("sha256") == sha256_of(lite))

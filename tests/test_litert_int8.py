@@ -106,11 +106,52 @@ def test_without_held_out_photos_no_int8_conversion_is_made(tiny_model_dir, tmp_
     assert Pipeline.load(folder).precision == FLOAT32
 
 
-def test_an_int8_file_from_another_version_is_not_served(tiny_model_dir, tmp_path):
+def _kept_int8(folder, monkeypatch):
+    """The version converted with a held-out check that passes, whatever the tiny model scores."""
+    from trainer import convert
+
+    monkeypatch.setattr(convert, "held_out_check", lambda *a: {
+        "photos": 6, "accuracy_keras": 0.5, "accuracy_litert": 0.5, "largest_difference": 0.01,
+        "labels_changed": 0})
+    convert.convert_version(folder, held_out=_held_out())
+    assert served_lite_file(folder, "model.keras") == folder / INT8_FILES[0]
+
+
+def test_an_int8_file_from_another_version_is_not_served(tiny_model_dir, tmp_path, monkeypatch):
     folder = shutil.copytree(tiny_version(tiny_model_dir), tmp_path / "version")
+    _kept_int8(folder, monkeypatch)
     shutil.copyfile(SHIPPED / INT8_FILES[0], folder / INT8_FILES[0])
     assert served_lite_file(folder, "model.keras") == folder / "model.tflite"
     assert Pipeline.load(folder).precision == FLOAT32
+
+
+def test_an_int8_entry_without_a_passed_check_is_not_served(tiny_model_dir, tmp_path, monkeypatch):
+    """The manifest vouches for an int8 file only together with its check's "kept"."""
+    folder = shutil.copytree(tiny_version(tiny_model_dir), tmp_path / "version")
+    _kept_int8(folder, monkeypatch)
+    manifest = json.loads((folder / LITE_MANIFEST).read_text())
+    manifest["checks"][DYNAMIC_INT8]["kept"] = False
+    (folder / LITE_MANIFEST).write_text(json.dumps(manifest))
+    assert served_lite_file(folder, "model.keras") == folder / "model.tflite"
+
+
+def test_a_check_that_fails_to_run_leaves_the_version_to_float32(tiny_model_dir, tmp_path, monkeypatch,
+                                                               caplog):
+    from trainer import convert
+
+    folder = shutil.copytree(tiny_version(tiny_model_dir), tmp_path / "version")
+
+    def broken(*a):
+        raise RuntimeError("interpreter exploded")
+
+    monkeypatch.setattr(convert, "held_out_check", broken)
+    convert.convert_version(folder, strict=False, held_out=_held_out())  # as a training run calls it
+    assert not (folder / INT8_FILES[0]).exists()
+    check = json.loads((folder / LITE_MANIFEST).read_text())["checks"][DYNAMIC_INT8]
+    assert check["kept"] is False and "interpreter exploded" in check["error"]
+    assert Pipeline.load(folder).precision == FLOAT32 and "float32 serves" in caplog.text
+    with pytest.raises(RuntimeError):
+        convert.convert_version(folder, held_out=_held_out())
 
 
 def test_float32_precision_never_serves_int8():

@@ -151,7 +151,7 @@ def _score_current(current: Version | None, test_prep: list[Prepared]) -> np.nda
     if current is None:
         return None
     try:
-        return Pipeline.load(current.path).scores(test_prep)
+        return Pipeline.load(current.path, runtime="keras").scores(test_prep)  # as the candidate
     except Exception as exc:
         log.warning("could not evaluate current model %s: %s", current.name, exc)
         return None

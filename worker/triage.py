@@ -71,14 +71,15 @@ def triage(jobs: list[Job], settings: Settings, sessions: sessionmaker, now: dat
     if claims is not None:
         return triage_claims(jobs, claims, settings, now)
     inbox = settings.inbox_dir.resolve()
-    in_inbox = {j.event_id: located_inside(j.path, inbox) for j in jobs}
+    in_inbox = [located_inside(j.path, inbox) for j in jobs]
     with sessions() as session:
-        submitted = submitted_paths(session, [j.event_id for j in jobs if not in_inbox[j.event_id]])
+        submitted = submitted_paths(session, [j.event_id for j, inside in zip(jobs, in_inbox, strict=True)
+                                              if not inside])
     rows: list[Outcome] = []
     taken: list[Job] = []
     handed_back: list[dict[str, Any]] = []
-    for job in jobs:
-        reason = refusal(job, in_inbox[job.event_id], inbox, submitted)
+    for job, job_in_inbox in zip(jobs, in_inbox, strict=True):
+        reason = refusal(job, job_in_inbox, inbox, submitted)
         if reason is not None:
             log.warning("%s: %s", printable(job.path), reason)
             rows.append(row_of(job, status=Status.FAILED, error=reason, classified_at=now))

@@ -33,6 +33,7 @@ from moodwatch.litert import (
     LiteModel,
     lite_name,
     parity_bound,
+    read_manifest,
     sha256_of,
 )
 from moodwatch.modelio import is_sad
@@ -88,10 +89,11 @@ def without_augmentation(model: Any) -> Any:
     return _SERVED[model]
 
 
-QUANTIZATIONS = ("float32", "float16", "dynamic-int8", "int8")
+FLOAT16, INT8 = "float16", "int8"  # measured (benchmarks/crossval.py CONVERT=...), not served
+QUANTIZATIONS = (FLOAT32, FLOAT16, DYNAMIC_INT8, INT8)
 
 
-def to_tflite(model: Any, shape: tuple[int, ...], quantization: str = "float32",
+def to_tflite(model: Any, shape: tuple[int, ...], quantization: str = FLOAT32,
               representative: np.ndarray | None = None) -> bytes:
     """The model's inference pass as a LiteRT flatbuffer, taking uint8 images of any batch size
     (the cast to float and the rescale inside it, as the Keras model does them).
@@ -109,17 +111,17 @@ def to_tflite(model: Any, shape: tuple[int, ...], quantization: str = "float32",
         return served(x, training=False)
 
     converter = tf.lite.TFLiteConverter.from_concrete_functions([forward.get_concrete_function()], model)
-    if quantization == "float16":
+    if quantization == FLOAT16:
         converter.optimizations = [tf.lite.Optimize.DEFAULT]
         converter.target_spec.supported_types = [tf.float16]
-    elif quantization == "dynamic-int8":  # int8 weights, activations quantized per call
+    elif quantization == DYNAMIC_INT8:  # int8 weights, activations quantized per call
         converter.optimizations = [tf.lite.Optimize.DEFAULT]
-    elif quantization == "int8":
+    elif quantization == INT8:
         if representative is None or not len(representative):
             raise ValueError("int8 quantization needs representative images")
         converter.optimizations = [tf.lite.Optimize.DEFAULT]
         converter.representative_dataset = lambda: ([x[None]] for x in representative)
-    elif quantization != "float32":
+    elif quantization != FLOAT32:
         raise ValueError(f"unknown quantization {quantization!r}")
     return converter.convert()
 
@@ -181,9 +183,8 @@ def convert_version(folder: Path, strict: bool = True, held_out: HeldOut | None 
     range int8; the manifest written. strict=False: a model that fails is logged and left to the
     next runtime (float32, then Keras; a trained version is never lost to its conversion)."""
     folder = Path(folder)
-    manifest = _read_whole_manifest(folder)
-    entries = {k: v for k, v in manifest.get("models", {}).items() if (folder / k).is_file()}
-    checks = manifest.get("checks", {})
+    entries = {k: v for k, v in read_manifest(folder).items() if (folder / k).is_file()}
+    checks = read_manifest(folder, "checks")
     present = [name for name in INPUT_SHAPES if (folder / name).is_file()]
     for keras_name in present:
         name = lite_name(keras_name)
@@ -215,8 +216,7 @@ def _quantized(folder: Path, present: list[str], held_out: HeldOut, entries: dic
             made[keras_name] = convert_model(folder, keras_name, DYNAMIC_INT8)
         check = held_out_check(folder, held_out, {k: folder / lite_name(k, DYNAMIC_INT8) for k in present})
     except Exception as exc:
-        for keras_name in present:
-            (folder / lite_name(keras_name, DYNAMIC_INT8)).unlink(missing_ok=True)
+        _remove(folder, present, DYNAMIC_INT8)
         if strict:
             raise
         log.warning("no dynamic-int8 conversion of %s (%s: %s): float32 serves", folder.name,
@@ -226,8 +226,7 @@ def _quantized(folder: Path, present: list[str], held_out: HeldOut, entries: dic
     if check["kept"]:
         entries.update({lite_name(k, DYNAMIC_INT8): entry for k, entry in made.items()})
     else:
-        for keras_name in present:
-            (folder / lite_name(keras_name, DYNAMIC_INT8)).unlink(missing_ok=True)
+        _remove(folder, present, DYNAMIC_INT8)
         log.warning("the dynamic-int8 conversions of %s scored %d test photos %.4f against the "
                     "Keras models' %.4f (at most %g apart): float32 serves", folder.name,
                     check["photos"], check["accuracy_litert"], check["accuracy_keras"],
@@ -235,12 +234,9 @@ def _quantized(folder: Path, present: list[str], held_out: HeldOut, entries: dic
     return check
 
 
-def _read_whole_manifest(folder: Path) -> dict[str, Any]:
-    try:
-        manifest = json.loads((folder / LITE_MANIFEST).read_text())
-    except (OSError, ValueError):
-        return {}
-    return manifest if isinstance(manifest, dict) else {}
+def _remove(folder: Path, keras_names: list[str], quantization: str) -> None:
+    for keras_name in keras_names:
+        (folder / lite_name(keras_name, quantization)).unlink(missing_ok=True)
 
 
 def _write_manifest(folder: Path, entries: dict[str, Any], checks: dict[str, Any]) -> None:
@@ -297,7 +293,7 @@ def main(argv: list[str]) -> int:
             return 1
         for name, entry in entries.items():
             print(f"{folder}/{name}: largest difference {entry['largest_difference_on_check_inputs']:.2g}")
-        check = _read_whole_manifest(folder).get("checks", {}).get(DYNAMIC_INT8)
+        check = read_manifest(folder, "checks").get(DYNAMIC_INT8)
         if held_out is not None and check and "photos" in check:
             print(f"{folder}: dynamic-int8 on {check['photos']} test photos: accuracy "
                   f"{check['accuracy_litert']:.4f} against Keras {check['accuracy_keras']:.4f}, "

@@ -15,9 +15,15 @@ import cv2
 import keras
 import numpy as np
 
-from moodwatch.faces import FACE_SIZE
-from moodwatch.images import IMAGE_SIZE
-from moodwatch.pipeline import Pipeline, Prepared, combine_logits, sigmoid
+from moodwatch.pipeline import (
+    CLOSE_UP_MODEL_FILE,
+    FACE_MODEL_FILE,
+    Pipeline,
+    Prepared,
+    combine_logits,
+    sigmoid,
+)
+from moodwatch.registry import MODEL_FILE
 from moodwatch.settings import Settings
 from moodwatch.vocab import DEFAULT_MAX_PIXELS, LABELS
 from trainer.cleaning import unusable_reason
@@ -151,27 +157,24 @@ def converted_scores(pipeline: Pipeline, quantization: str, train_prep: list[Pre
     would serve them (same combination and calibration); int8 measures its activation ranges on
     training photos and their face crops."""
     from moodwatch.litert import LiteModel
-    from trainer.convert import to_tflite
+    from trainer.convert import INPUT_SHAPES, to_tflite
 
     rng = np.random.default_rng(0)
     pick = rng.permutation(len(train_prep))[:representative]
     images = np.stack([train_prep[i].image for i in pick])
     crops = [c for i in pick if train_prep[i].faces is not None for c in train_prep[i].faces.crops]
     face_rep = np.stack(crops) if crops else None
-    shapes = {"whole": ((IMAGE_SIZE, IMAGE_SIZE, 3), images), "face": ((FACE_SIZE, FACE_SIZE, 1), face_rep)}
     with tempfile.TemporaryDirectory() as tmp:
         lite = {}
-        for name, model, kind in (("whole", pipeline.whole, "whole"), ("face", pipeline.face, "face"),
-                                  ("close_up", pipeline.close_up, "face")):
-            if model is None:
-                lite[name] = None
-                continue
-            shape, rep = shapes[kind]
-            path = Path(tmp) / f"{name}.tflite"
-            path.write_bytes(to_tflite(model, shape, quantization, rep))
-            lite[name] = LiteModel(path)
-        served = Pipeline(lite["whole"], lite["face"], lite["close_up"], pipeline.combination,
-                          pipeline.batch_size)
+        for name, model, rep in ((MODEL_FILE, pipeline.whole, images),
+                                 (FACE_MODEL_FILE, pipeline.face, face_rep),
+                                 (CLOSE_UP_MODEL_FILE, pipeline.close_up, face_rep)):
+            if model is not None:
+                path = Path(tmp) / f"{name}.tflite"
+                path.write_bytes(to_tflite(model, INPUT_SHAPES[name], quantization, rep))
+                lite[name] = LiteModel(path, quantization=quantization)
+        served = Pipeline(lite[MODEL_FILE], lite.get(FACE_MODEL_FILE), lite.get(CLOSE_UP_MODEL_FILE),
+                          pipeline.combination, pipeline.batch_size)
         return [float(s) for s in served.scores(test_prep)]
 
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -182,3 +183,17 @@ def test_the_convert_command_says_in_one_line_when_a_version_lists_no_test_split
     assert convert.main(["--held-out-from", str(tmp_path), str(folder)]) == 1
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("error: ") and "no test split" in err[0]
+
+
+def test_the_held_out_check_needs_every_test_photo_of_the_version(tiny_model_dir, tmp_path):
+    """A check on some of a version's test photos would not be its own: refused, saying how many."""
+    from trainer import convert
+
+    folder = tiny_version(tiny_model_dir)
+    test = json.loads((folder / "params.json").read_text())["split"]["test"]
+    some = tmp_path / "some"
+    some.mkdir()
+    shutil.copy(test[0]["path"], some / "one.png")
+    with pytest.raises(convert.ConversionError, match=rf"1 of the {len(test)} test photos"):
+        convert.held_out_of(folder, [some])
+    assert len(convert.held_out_of(folder, [Path(test[0]["path"]).parents[1]]).prepared) == len(test)

@@ -257,8 +257,8 @@ class Pipeline:
 
     def _run(self, fn, x: np.ndarray, batch: int | None) -> np.ndarray:
         """Scores of x through fn: in fixed batches padded with zeros, or at once (batch None).
-        A LiteRT model takes a short last batch as it is: resizing its input costs 0.1 ms, where
-        padding a job of 5 photos to 32 costs 27 forward passes."""
+        A LiteRT model takes a short last batch as it is: it runs any batch as calls of a few
+        images (LITE_CALL_IMAGES), where padding a job of 5 photos to 32 costs 27 forward passes."""
         if batch is None:
             return np.asarray(fn(x)).reshape(-1).astype(np.float32)
         out = np.empty(len(x), dtype=np.float32)

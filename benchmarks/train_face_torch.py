@@ -7,7 +7,8 @@ Trains on every train crop with a fixed schedule (cosine decay; the last epoch i
 validation split chooses nothing); prints the validation figures of the Keras copy, with and
 without flip test-time augmentation, and checks that the copy scores as the PyTorch network does.
 Options from the environment: WIDTHS=32,64,128,256, LR=0.05, WD=5e-4, SMOOTH=0.05, ERASE=0.5,
-BATCH=128, SEED=1337, THREADS (default: every core), EVAL_EVERY=10 (epochs between printed
+BATCH=128, SEED=1337, BF16=1 or 0 (bfloat16 autocast; default: where the CPU has bfloat16
+instructions), THREADS (default: every core), EVAL_EVERY=10 (epochs between printed
 validation figures; information only, nothing is chosen by them).
 """
 
@@ -32,7 +33,8 @@ def recipe_from_env(epochs: int) -> Recipe:
     return Recipe(widths=tuple(int(w) for w in env("WIDTHS", "32,64,128,256").split(",")),
                   epochs=epochs, batch=int(env("BATCH", "128")), lr=float(env("LR", "0.05")),
                   weight_decay=float(env("WD", "5e-4")), smoothing=float(env("SMOOTH", "0.05")),
-                  erase=float(env("ERASE", "0.5")), seed=int(env("SEED", "1337")))
+                  erase=float(env("ERASE", "0.5")), seed=int(env("SEED", "1337")),
+                  bf16={"1": True, "0": False}.get(env("BF16", "")))
 
 
 def main() -> None:

@@ -139,6 +139,10 @@ class LiteModel:
         if len(inputs) != 1 or len(outputs) != 1:
             raise ValueError(f"LiteRT model {self.path} takes or gives several tensors")
         self._input, self._output = inputs[0]["index"], outputs[0]["index"]
+        if int(inputs[0]["shape_signature"][0]) != -1:  # the interpreter is resized to call_images
+            raise ValueError(f"LiteRT model {self.path} takes a fixed batch of "
+                             f"{int(inputs[0]['shape'][0])} image(s), not any number "
+                             "(python -m trainer.convert writes a free batch dimension)")
         self.dtype = inputs[0]["dtype"]
         # Keras-like shapes (None: any batch), so the worker's shape checks read both alike.
         self.input_shape = (None, *(int(d) for d in inputs[0]["shape_signature"][1:]))

@@ -48,3 +48,19 @@ def test_an_images_score_is_its_own_whatever_the_call(keras_name: str, quantizat
 def test_no_images_no_scores() -> None:
     served = LiteModel(SHIPPED / lite_name("model.keras", DYNAMIC_INT8), num_threads=1)
     assert served(np.zeros((0, IMAGE_SIZE, IMAGE_SIZE, 3), np.uint8)).shape == (0, 1)
+
+
+def test_a_model_of_a_fixed_batch_is_refused_when_loaded(tmp_path) -> None:
+    # The interpreter is sized once to LITE_CALL_IMAGES: a flatbuffer whose batch is fixed (one
+    # converted by hand from elsewhere) cannot be, and says so at load, not at its first job.
+    import tensorflow as tf
+
+    @tf.function(input_signature=[tf.TensorSpec([1, 4], tf.uint8)], autograph=False)
+    def forward(x):
+        return tf.reduce_mean(tf.cast(x, tf.float32), axis=1, keepdims=True)
+
+    path = tmp_path / "fixed.tflite"
+    path.write_bytes(tf.lite.TFLiteConverter.from_concrete_functions(
+        [forward.get_concrete_function()], forward).convert())
+    with pytest.raises(ValueError, match="fixed batch of 1 image"):
+        LiteModel(path, num_threads=1)

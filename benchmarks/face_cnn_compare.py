@@ -9,8 +9,8 @@ For each face CNN (a `.keras` file as trainer.face_model builds it, never fine-t
   CNNs are (trainer.convert.to_tflite);
 - its accuracy and ROC AUC on the FER-2013 validation split (never trained on);
 - on real photos (default: web-happy-sad and people-happy-sad-extra), the faces the served
-  preprocessing finds (moodwatch.pipeline.prepare_path, BlazeFace, the same crops as training
-  and service), scored as the pipeline scores them (the faces' logits weighted by area), against
+  preprocessing finds (trainer.dataset.prepare_items, BlazeFace, the same crops as training
+  and service), scored as the pipeline scores them (moodwatch.pipeline.area_weighted), against
   each photo's label: the face CNN alone, before the per-version fine-tuning and the mix with the
   whole-image CNN. A proxy for choosing which face CNN is worth a cross-validation
   (benchmarks/crossval.py with FACE_MODEL=...), which is what decides.
@@ -22,7 +22,6 @@ import argparse
 import os
 import tempfile
 import time
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
@@ -30,13 +29,15 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 import numpy as np  # noqa: E402
 
 from benchmarks.throughput import cpu_description  # noqa: E402
-from moodwatch.faces import FACE_SIZE  # noqa: E402
-from moodwatch.images import extension_allowed  # noqa: E402
+from moodwatch.faces import FACE_SIZE, FaceInputs  # noqa: E402
 from moodwatch.litert import DYNAMIC_INT8, FLOAT32, LiteModel  # noqa: E402
 from moodwatch.modelio import load_model  # noqa: E402
-from moodwatch.pipeline import logit, prepare_path  # noqa: E402
-from moodwatch.vocab import LABELS  # noqa: E402
+from moodwatch.pipeline import area_weighted, logit, sigmoid  # noqa: E402
+from moodwatch.vocab import DEFAULT_MAX_PIXELS  # noqa: E402
 from trainer.convert import to_tflite  # noqa: E402
+from trainer.crossval import list_items  # noqa: E402
+from trainer.dataset import labels_of, prepare_items  # noqa: E402
+from trainer.evaluation import metrics_from_scores  # noqa: E402
 from trainer.face_model import load_face_folder  # noqa: E402
 from trainer.report import roc_auc  # noqa: E402
 
@@ -44,23 +45,16 @@ DATASETS = Path(__file__).resolve().parents[2] / "shared" / "datasets"
 
 
 def photo_faces(folders: list[Path], limit: int | None,
-                ) -> tuple[list[np.ndarray], list[np.ndarray], np.ndarray]:
-    """Per photo with at least one face found (close-ups left out): its crops, their areas, its label."""
-    files = [(p, LABELS.index(label)) for folder in folders for label in LABELS
-             for p in sorted((folder / label).iterdir()) if p.is_file() and extension_allowed(p.name)]
-    files = files[:limit] if limit else files
-
-    def faces_of(item: tuple[Path, int]):
-        faces = prepare_path(item[0], faces=True).faces
-        if faces is None or faces.close_up or not len(faces.crops):
-            return None
-        return faces.crops, np.array([w * h for _, _, w, h in faces.boxes], np.float64), item[1]
-
-    with ThreadPoolExecutor(2) as pool:
-        found = [f for f in pool.map(faces_of, files) if f is not None]
-    print(f"{len(files)} photos, {len(found)} with faces, "
-          f"{sum(len(c) for c, _, _ in found)} faces", flush=True)
-    return [c for c, _, _ in found], [a for _, a, _ in found], np.array([y for _, _, y in found])
+                ) -> tuple[list[FaceInputs], np.ndarray]:
+    """The faces of every photo with at least one found (close-ups left out), and its label: the
+    photos a cross-validation would read (trainer.crossval.list_items), prepared as it does."""
+    items = list_items(folders)[:limit] if limit else list_items(folders)
+    prepared = prepare_items(items, DEFAULT_MAX_PIXELS, faces=True)
+    kept = [(p.faces, y) for p, y in zip(prepared, labels_of(items), strict=True)
+            if p.faces is not None and not p.faces.close_up and len(p.faces.crops)]
+    print(f"{len(items)} photos, {len(kept)} with faces, "
+          f"{sum(len(f.crops) for f, _ in kept)} faces", flush=True)
+    return [f for f, _ in kept], np.array([y for _, y in kept])
 
 
 def multiply_adds(model) -> int:
@@ -92,7 +86,7 @@ def lite_ms_per_crop(model, quantization: str, crops: np.ndarray) -> float:
 
 
 def accuracy_auc(y: np.ndarray, p_sad: np.ndarray) -> tuple[float, float]:
-    return float(np.mean((p_sad >= 0.5) == (y == 1))), roc_auc(y.astype(int), p_sad)
+    return metrics_from_scores(y, p_sad)["accuracy"], roc_auc(y.astype(int), p_sad)
 
 
 def main() -> None:
@@ -105,22 +99,19 @@ def main() -> None:
     parser.add_argument("--limit", type=int, help="first N photos only (a quick look)")
     args = parser.parse_args()
     print(f"CPU: {cpu_description()}", flush=True)
-    crops, areas, y = photo_faces([Path(d) for d in args.photos.split(",")], args.limit)
+    faces, y = photo_faces([Path(d) for d in args.photos.split(",")], args.limit)
+    crops = np.concatenate([f.crops for f in faces])
     fer_x, fer_y = load_face_folder(args.fer / "validation")
-    timing = np.concatenate(crops)[:128]
     print("| face CNN | multiply-adds a crop | LiteRT float32, CPU ms a crop | LiteRT dynamic-int8 | "
           "FER validation accuracy / ROC AUC | real photos' faces, accuracy / ROC AUC |")
     print("|---|---|---|---|---|---|")
     for path in args.models:
         model = load_model(path)
-        flat = logit(model.predict(np.concatenate(crops), batch_size=256, verbose=0).reshape(-1))
-        per_photo, start = [], 0
-        for c, a in zip(crops, areas, strict=True):
-            per_photo.append(np.sum(flat[start:start + len(c)] * a) / a.sum())
-            start += len(c)
-        photo_acc, photo_auc = accuracy_auc(y, 1 / (1 + np.exp(-np.array(per_photo))))
+        flat = iter(logit(model.predict(crops, batch_size=256, verbose=0).reshape(-1)))
+        per_photo = [area_weighted(np.array([next(flat) for _ in f.boxes]), f.boxes) for f in faces]
+        photo_acc, photo_auc = accuracy_auc(y, sigmoid(np.array(per_photo)))
         fer_acc, fer_auc = accuracy_auc(fer_y, model.predict(fer_x, batch_size=256, verbose=0).reshape(-1))
-        f32, i8 = (lite_ms_per_crop(model, q, timing) for q in (FLOAT32, DYNAMIC_INT8))
+        f32, i8 = (lite_ms_per_crop(model, q, crops[:128]) for q in (FLOAT32, DYNAMIC_INT8))
         print(f"| {path.name} | {multiply_adds(model) / 1e6:.1f} M | {f32:.2f} | {i8:.2f} | "
               f"{fer_acc:.3f} / {fer_auc:.3f} (n {len(fer_y)}) | {photo_acc:.3f} / {photo_auc:.3f} "
               f"(n {len(y)}) |", flush=True)

@@ -94,6 +94,12 @@ def logit(p: np.ndarray) -> np.ndarray:
     return np.log(p / (1 - p))
 
 
+def area_weighted(logits: np.ndarray, boxes: list[tuple[int, int, int, int]]) -> float:
+    """A photo's face logit: its faces' logits averaged, each weighted by its box's area."""
+    area = np.array([w * h for _, _, w, h in boxes], dtype=np.float64)
+    return float(np.sum(logits * area) / area.sum())
+
+
 def sigmoid(z: np.ndarray) -> np.ndarray:
     return 1 / (1 + np.exp(-np.asarray(z, dtype=np.float64)))
 
@@ -298,8 +304,7 @@ class Pipeline:
             source = flat_up if cu else flat
             logits = np.array([next(source) for _ in range(len(c))])
             if p.faces is not None and p.faces.boxes:
-                area = np.array([w * h for _, _, w, h in p.faces.boxes], dtype=np.float64)
-                faces.append(np.array([np.sum(logits * area) / area.sum()]))
+                faces.append(np.array([area_weighted(logits, p.faces.boxes)]))
             else:
                 faces.append(logits)
         return whole, faces, close

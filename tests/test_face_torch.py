@@ -1,11 +1,14 @@
 """The face CNN trained in PyTorch scores the same once copied into the served Keras network."""
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
 
 from moodwatch.pipeline import logit
-from trainer.face_torch import FaceNet, Recipe, augment, predict, to_keras, train
+from tests.conftest import missing
+from trainer.face_torch import FaceNet, Recipe, augment, native_bf16, predict, to_keras, train
 
 
 def crops(n: int, seed: int = 0) -> np.ndarray:
@@ -68,15 +71,10 @@ def test_flip_test_time_augmentation_averages_the_mirror():
 def test_bfloat16_autocast_only_where_the_cpu_has_bfloat16_instructions():
     # Emulated bfloat16 trained ten times slower than float32 on an AVX2 CPU: the default must
     # follow the CPU, which on Linux names its bfloat16 instructions among its flags.
-    from pathlib import Path
-
-    from trainer.face_torch import native_bf16
-
     cpuinfo = Path("/proc/cpuinfo")
     if not cpuinfo.exists():
-        pytest.skip("no /proc/cpuinfo on this system")
+        missing("no /proc/cpuinfo on this system")
     flags = {f for line in cpuinfo.read_text().splitlines() if line.startswith("flags")
              for f in line.split(":", 1)[1].split()}
     assert native_bf16() == bool(flags & {"avx512_bf16", "amx_bf16"})
     assert Recipe().bf16 is None  # follows the CPU unless asked
-

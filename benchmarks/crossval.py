@@ -7,12 +7,16 @@
 Several folders, comma-separated, are pooled (near-twins grouped across them) and saved per folder.
 FER_VAL=DIR (happy/ and sad/ 48x48 crops) scores each fold's fine-tuned face CNN on them.
 
+FACE_ALTERNATIVES=A.keras,B.keras: other face models, each fine-tuned beside the same fold's
+whole-image CNN in place of FACE_MODEL's and scored on the same photos (paired, fold by fold).
+
 DEDUPE=1 keeps near-duplicate photos (perceptual hash within a few bits) in one fold.
 SCORES_OUT=F.json also saves every out-of-fold score, truth and scoring regime, and each fold's
 raw logits on its validation and test photos (benchmarks/calibration_rules.py reads them).
 """
 
 import json
+import math
 import os
 import sys
 from pathlib import Path
@@ -43,6 +47,7 @@ def main() -> None:
     # CONVERT=float32,dynamic-int8,...: each fold's models also converted to LiteRT and scored
     # on the same test photos (trainer.convert.QUANTIZATIONS).
     conversions = tuple(q for q in os.environ.get("CONVERT", "").split(",") if q)
+    alternatives = tuple(Path(a) for a in os.environ.get("FACE_ALTERNATIVES", "").split(",") if a)
     for spec in archs:
         # "default+faces" adds the face model (FACE_MODEL) to the default architecture.
         arch, _, extra = spec.partition("+")
@@ -51,10 +56,11 @@ def main() -> None:
                                  face_head_only=os.environ.get("FACE_TUNE") == "head",
                                  near_duplicates=os.environ.get("DEDUPE") == "1",
                                  fer_crops=fer_crops(os.environ.get("FER_VAL")),
-                                 conversions=conversions,
+                                 conversions=conversions, face_alternatives=alternatives,
                                  on_fold=lambda r, spec=spec: print(
                                      f"{spec} fold {r.fold} done: acc {r.metrics['accuracy']:.3f} "
-                                     f"epochs {r.epochs} FER {r.metrics['fer_accuracy']}", flush=True))
+                                     f"epochs {r.epochs} FER {r.metrics['fer_accuracy']}"
+                                     f"{paired_line(r.metrics, conversions)}", flush=True))
         arch = spec
         for r in results:
             m = r.metrics
@@ -80,6 +86,8 @@ def main() -> None:
         for q in conversions:
             lite = np.array([v for r in results for v in r.metrics["converted"][q]])
             print_conversion(spec, q, y, sc, lite)
+        for alt in alternatives:
+            print_paired(spec, str(alt), results, conversions)
         if os.environ.get("SCORES_OUT"):  # the out-of-fold scores, to recompute any figure later
             out = Path(os.environ["SCORES_OUT"])
             saved = json.loads(out.read_text()) if out.exists() else {}
@@ -87,9 +95,45 @@ def main() -> None:
                             "regimes": r.metrics["regimes"], "raw": r.metrics["raw"],
                             **{key: r.metrics[key] for key in ("paths", "sources", "black_and_white",
                                                                "grey_raw", "fer_accuracy",
-                                                               "converted")}}
+                                                               "converted", "alternatives")}}
                            for r in results]
             out.write_text(json.dumps(saved))
+
+
+def paired_line(metrics: dict, conversions: tuple[str, ...]) -> str:
+    """A fold's alternative face models beside its own (the served conversion where there is one)."""
+    parts = []
+    for alt, a in metrics.get("alternatives", {}).items():
+        served = [f"{q} {a['converted'][q]['accuracy']:.3f}" for q in conversions]
+        parts.append(f"; {Path(alt).name}: acc {a['accuracy']:.3f}"
+                     + (f" ({', '.join(served)})" if served else ""))
+    return "".join(parts)
+
+
+def print_paired(spec: str, alt: str, results: list, conversions: tuple[str, ...]) -> None:
+    """An alternative face model against the fold's own, pooled over the folds, on the same photos
+    and the same whole-image CNNs: accuracy, and the photos only one of them labels right
+    (an exact two-sided sign test on those: McNemar's)."""
+    y = np.array([t for r in results for t in r.metrics["truth"]])
+    for q in (None, *conversions):
+        own = np.array([v for r in results
+                        for v in (r.metrics["converted"][q] if q else r.metrics["scores"])])
+        other = np.array([v for r in results
+                          for v in (r.metrics["alternatives"][alt]["converted"][q]["scores"] if q
+                                    else r.metrics["alternatives"][alt]["scores"])])
+        right_own, right_other = (own >= 0.5) == (y == 1), (other >= 0.5) == (y == 1)
+        only_own, only_other = int(np.sum(right_own & ~right_other)), int(np.sum(right_other & ~right_own))
+        p = sign_test(only_own, only_other)
+        print(f"{spec}: face model {Path(alt).name} ({q or 'keras'}): accuracy {right_other.mean():.4f} "
+              f"against {right_own.mean():.4f} ({right_other.mean() - right_own.mean():+.4f}); right only "
+              f"with it {only_other}, only without {only_own} (sign test p {p:.3f})", flush=True)
+
+
+def sign_test(a: int, b: int) -> float:
+    """Exact two-sided binomial p of a split a : b under an even chance."""
+    n = a + b
+    tail = sum(math.comb(n, i) for i in range(min(a, b) + 1)) / 2**n if n else 1.0
+    return min(1.0, 2 * tail)
 
 
 def print_conversion(spec: str, quantization: str, y: np.ndarray, keras_scores: np.ndarray,

@@ -5,6 +5,8 @@ from __future__ import annotations
 import contextlib
 from dataclasses import replace
 
+import keras
+import pytest
 from click.testing import CliRunner
 
 import trainer.recipe
@@ -65,3 +67,27 @@ def test_cross_validation_measures_the_same_recipe(tmp_path, monkeypatch):
     expected = trainer.recipe.recipe(Settings(), data, progress=False)
     assert seen and seen[0].epochs == 9
     assert seen[0] == expected
+
+
+def test_cross_validation_pairs_face_models_on_one_whole_cnn(tmp_path):
+    """benchmarks/crossval.py's FACE_ALTERNATIVES: each alternative face model is fine-tuned and
+    calibrated beside the fold's own whole-image CNN. The fold's own face model given again as an
+    alternative scores every photo as the fold did (nothing but the face model differs); another
+    face model does not."""
+    import trainer.crossval
+    from tests.imagegen import make_curated
+    from trainer.face_model import make_face_model
+
+    base, other = tmp_path / "face.keras", tmp_path / "other.keras"
+    make_face_model().save(base)
+    keras.utils.set_random_seed(7)
+    make_face_model().save(other)
+    data = make_curated(tmp_path / "data", per_class=6, size=48)  # close-ups: the face model scores them
+    results = trainer.crossval.cross_validate(data, DEFAULT_ARCHITECTURE, k=2, epochs=1, batch_size=8,
+                                              face_base=base, face_epochs=1,
+                                              face_alternatives=(base, other))
+    for r in results:
+        same, different = r.metrics["alternatives"][str(base)], r.metrics["alternatives"][str(other)]
+        assert same["scores"] == pytest.approx(r.metrics["scores"], abs=1e-6)
+        assert same["accuracy"] == r.metrics["accuracy"]
+        assert max(abs(a - b) for a, b in zip(different["scores"], r.metrics["scores"], strict=True)) > 1e-3

@@ -30,7 +30,7 @@ from trainer.cleaning import unusable_reason
 from trainer.dataset import Item, labels_of, make_items, prepare_items, shuffled_groups, split_items
 from trainer.dedupe import near_duplicate_key
 from trainer.evaluation import black_and_white, metrics_from_scores
-from trainer.recipe import fit_models, recipe
+from trainer.recipe import TrainOptions, fit_models, recipe, with_faces
 from trainer.report import roc_auc
 
 
@@ -94,12 +94,17 @@ def cross_validate(
     face_weight: float = 0.5, max_pixels: int = DEFAULT_MAX_PIXELS, face_head_only: bool = False,
     near_duplicates: bool = False, fer_crops: tuple[np.ndarray, np.ndarray] | None = None,
     on_fold: Callable[[FoldResult], None] | None = None, conversions: tuple[str, ...] = (),
+    face_alternatives: tuple[Path, ...] = (),
 ) -> list[FoldResult]:
     """Each fold is the test set once; the rest is split 80/20 into training and validation
     (early stopping and calibration), exactly as `moodwatch train` does with its own split, and
     trained by the same recipe (epochs and patience as the nightly retrain's unless given).
     conversions: LiteRT quantizations (trainer.convert.QUANTIZATIONS) of each fold's models,
-    scoring the same test photos (metrics["converted"]), so that a conversion is judged out of fold."""
+    scoring the same test photos (metrics["converted"]), so that a conversion is judged out of fold.
+    face_alternatives: other face models, each fine-tuned and calibrated beside the fold's own
+    whole-image CNN in place of face_base's and scored on the same test photos
+    (metrics["alternatives"][str(path)]): face models compared fold by fold, the whole CNN trained
+    once for all of them."""
     items = list_items(data_dir, max_pixels)
     group_of = near_duplicate_key(items, max_pixels) if near_duplicates else None
     folds = folds_of(items, k, seed, group_of)
@@ -140,6 +145,10 @@ def cross_validate(
         metrics["fer_accuracy"] = fer_accuracy(pipeline, fer_crops)
         train_prep = [prepared[str(it.path)] for it in train_items]
         metrics["converted"] = {q: converted_scores(pipeline, q, train_prep, test_prep) for q in conversions}
+        splits = ((train_prep, labels_of(train_items)), (val_prep, labels_of(inner.validation)),
+                  (test_prep, labels_of(test)))
+        metrics["alternatives"] = {str(alt): alternative_scores(options, pipeline, alt, *splits, conversions)
+                                   for alt in face_alternatives}
         # What calibration sees and what it is applied to, to compare calibration rules offline
         # on the same trained models (benchmarks/calibration_rules.py).
         metrics["raw"] = {"validation": scored_rows(pipeline, val_prep, labels_of(inner.validation))[0],
@@ -149,6 +158,24 @@ def cross_validate(
             on_fold(results[-1])
         keras.backend.clear_session()
     return results
+
+
+Labelled = tuple[list[Prepared], np.ndarray]  # prepared photos and their labels
+
+
+def alternative_scores(options: TrainOptions, pipeline: Pipeline, face_base: Path, train: Labelled,
+                       validation: Labelled, test: Labelled, conversions: tuple[str, ...]) -> dict[str, Any]:
+    """Another face model (its close-up copy too) beside the fold's whole-image CNN, by the same
+    fine-tuning and calibration: its test scores and accuracy, in Keras and each conversion."""
+    alt = with_faces(options, pipeline.whole, *train, *validation, face_base, close_up_base=face_base)
+    scores = alt.scores(test[0])
+    out: dict[str, Any] = {"accuracy": metrics_from_scores(test[1], scores)["accuracy"],
+                           "scores": [float(s) for s in scores], "converted": {}}
+    for q in conversions:
+        converted = converted_scores(alt, q, train[0], test[0])
+        out["converted"][q] = {"accuracy": metrics_from_scores(test[1], np.array(converted))["accuracy"],
+                               "scores": converted}
+    return out
 
 
 def converted_scores(pipeline: Pipeline, quantization: str, train_prep: list[Prepared],

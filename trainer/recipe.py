@@ -159,12 +159,24 @@ def fit_models(
         epochs=options.epochs, callbacks=callbacks, verbose=0,
         shuffle=False,  # the dataset shuffles itself (each epoch); fit's own flag is ignored for one
     )
+    return with_faces(options, model, train_prep, y_train, val_prep, y_val, face_base,
+                      close_up_base), history.history
+
+
+def with_faces(options: TrainOptions, whole: keras.Model, train_prep: list[Prepared], y_train: np.ndarray,
+               val_prep: list[Prepared], y_val: np.ndarray, face_base: Path | None,
+               close_up_base: Path | None = None) -> Pipeline:
+    """A trained whole-image CNN made a calibrated pipeline: face_base's model fine-tuned on the
+    training photos' faces beside it (none: the whole image alone). Cross-validation calls it
+    again on the same whole CNN to pair face models fold by fold."""
     face_model = None
     if face_base is not None:
+        # Seeded here too: face models paired on one whole CNN see their crops in the same order.
+        keras.utils.set_random_seed(options.seed)
         face_model = load_model(face_base)
         fine_tune_faces(face_model, train_prep, y_train, options.face_epochs, options.seed,
                         head_only=options.face_head_only)
     close_up = load_model(close_up_base) if close_up_base is not None and face_model is not None else None
-    pipeline = Pipeline(model, face_model, close_up, Combination(face_weight=options.face_weight))
+    pipeline = Pipeline(whole, face_model, close_up, Combination(face_weight=options.face_weight))
     pipeline.combination = calibrate(pipeline, val_prep, y_val)
-    return pipeline, history.history
+    return pipeline

@@ -16,7 +16,6 @@ raw logits on its validation and test photos (benchmarks/calibration_rules.py re
 """
 
 import json
-import math
 import os
 import sys
 from pathlib import Path
@@ -27,8 +26,10 @@ import cv2  # noqa: E402
 import numpy as np  # noqa: E402
 
 from moodwatch import faces  # noqa: E402
+from moodwatch.modelio import is_sad  # noqa: E402
 from trainer.crossval import cross_validate, summarise  # noqa: E402
 from trainer.evaluation import metrics_from_scores  # noqa: E402
+from trainer.promotion import mcnemar_p  # noqa: E402
 from trainer.report import calibration_table, expected_calibration_error, roc_auc  # noqa: E402
 
 
@@ -113,7 +114,7 @@ def paired_line(metrics: dict, conversions: tuple[str, ...]) -> str:
 def print_paired(spec: str, alt: str, results: list, conversions: tuple[str, ...]) -> None:
     """An alternative face model against the fold's own, pooled over the folds, on the same photos
     and the same whole-image CNNs: accuracy, and the photos only one of them labels right
-    (an exact two-sided sign test on those: McNemar's)."""
+    (the promotion's exact McNemar test on those, two-sided)."""
     y = np.array([t for r in results for t in r.metrics["truth"]])
     for q in (None, *conversions):
         own = np.array([v for r in results
@@ -121,19 +122,13 @@ def print_paired(spec: str, alt: str, results: list, conversions: tuple[str, ...
         other = np.array([v for r in results
                           for v in (r.metrics["alternatives"][alt]["converted"][q]["scores"] if q
                                     else r.metrics["alternatives"][alt]["scores"])])
-        right_own, right_other = (own >= 0.5) == (y == 1), (other >= 0.5) == (y == 1)
+        right_own, right_other = is_sad(own) == (y == 1), is_sad(other) == (y == 1)
         only_own, only_other = int(np.sum(right_own & ~right_other)), int(np.sum(right_other & ~right_own))
-        p = sign_test(only_own, only_other)
+        # Two-sided: either face model may be the better one; the promotion test is one-sided.
+        p = min(1.0, 2 * mcnemar_p(max(only_own, only_other), min(only_own, only_other)))
         print(f"{spec}: face model {Path(alt).name} ({q or 'keras'}): accuracy {right_other.mean():.4f} "
               f"against {right_own.mean():.4f} ({right_other.mean() - right_own.mean():+.4f}); right only "
-              f"with it {only_other}, only without {only_own} (sign test p {p:.3f})", flush=True)
-
-
-def sign_test(a: int, b: int) -> float:
-    """Exact two-sided binomial p of a split a : b under an even chance."""
-    n = a + b
-    tail = sum(math.comb(n, i) for i in range(min(a, b) + 1)) / 2**n if n else 1.0
-    return min(1.0, 2 * tail)
+              f"with it {only_other}, only without {only_own} (McNemar p {p:.3f})", flush=True)
 
 
 def print_conversion(spec: str, quantization: str, y: np.ndarray, keras_scores: np.ndarray,

@@ -207,24 +207,43 @@ def test_broker_outage_during_drops_loses_nothing(stack, tmp_path, redis_binary)
 
 def test_sigterm_during_a_batch_then_restart_gives_one_outcome_each(stack, tmp_path):
     data, env = stack
-    env["MOODWATCH_BATCH_SIZE"] = "8"  # 15 jobs: the worker's warm shutdown finishes only those it holds
+    env["MOODWATCH_BATCH_SIZE"] = "8"  # the worker's warm shutdown finishes only the jobs it holds
     inbox = data / "inbox"
     for i in range(120):
         write_image(inbox / f"s_{i}.jpg", face_like("happy" if i % 3 else "sad", i, 200))
+    # More photos keep arriving until the signal, as in a busy folder: on a fast machine the first
+    # 120 can all be done before the signal lands, and then nothing would be cut short.
+    signalled = threading.Event()
+    fed = []
+
+    def feed():
+        while not signalled.is_set():
+            n = 120 + len(fed)
+            write_image(inbox / f"s_{n}.jpg", face_like("happy" if n % 3 else "sad", n, 200))
+            fed.append(n)
+            time.sleep(0.02)
+
     log = tmp_path / "run.log"
     rows = Rows(f"sqlite:///{data / 'moodwatch.db'}")
     proc = start_service(env, log)
+    feeder = threading.Thread(target=feed)
     try:
         wait_for(lambda: rows.count() >= 1, 120, "the first rows", log)
+        feeder.start()
+        wait_for(lambda: rows.count() >= 40, 120, "rows while photos arrive", log)
         os.killpg(proc.pid, signal.SIGTERM)  # Ctrl-C / docker stop, mid-stream
+        signalled.set()
+        feeder.join()
+        total = 120 + len(fed)
         proc.wait(timeout=150)
         before = rows.count()
         proc = start_service(env, log)
-        wait_for(lambda: rows.count() >= 120, 180, "all rows after restart", log)
-        assert_one_row_per_name(rows, 120)
+        wait_for(lambda: rows.count() >= total, 180, "all rows after restart", log)
+        assert_one_row_per_name(rows, total)
         assert all(r.status == "classified" for r in rows.all())
-        assert before < 120, "the signal landed after every file was done: nothing was cut short"
+        assert before < total, "the signal landed after every file was done: nothing was cut short"
     finally:
+        signalled.set()
         stop(proc)
         rows.close()
-    assert len(files_under(data / "processed")) == 120
+    assert len(files_under(data / "processed")) == total

@@ -184,8 +184,10 @@ def test_a_worker_with_no_model_folder_serves_published_versions(tmp_path, tiny_
         assert {(r.status, r.model_version) for r in rows.all()} == {("classified", first.name)}
         assert not any(empty.iterdir())  # nothing came from, or went to, the model folder
 
+        # The batch's metrics are counted just after its rows commit: waited for, not raced.
+        done = 'moodwatch_files_total{status="classified"} 6.0'
+        wait_for(lambda: done in _metrics(port), 10, "the batch's metrics", log)
         page = _metrics(port)
-        assert 'moodwatch_files_total{status="classified"} 6.0' in page
         assert "moodwatch_batch_size_count 1.0" in page and "moodwatch_batch_seconds_bucket" in page
         assert "moodwatch_drop_to_row_seconds_count 6.0" in page
         # The heartbeat thread sets it within its half-second poll of the model's state.
